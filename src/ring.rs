@@ -73,27 +73,25 @@ pub fn check_points(members: &[Member], points_per_weight: u32) -> Result<u64, R
 struct Points {
     positions: Vec<u32>,
     owners: Vec<u16>,
-    /// `buckets[b]` = first point whose position's top `bits` are ≥ b;
-    /// `buckets.len() = 2^bits + 1`.
+    /// `buckets[b]` = index of the first point whose position's top `bits`
+    /// are ≥ b; `buckets.len() = 2^bits + 1`, the last entry is `len`.
     buckets: Vec<u32>,
     shift: u32,
 }
 
 impl Points {
     fn new(positions: Vec<u32>, owners: Vec<u16>) -> Points {
-        // About one point per bucket, between 2^8 and 2^20 buckets.
-        let bits = (positions.len().max(1).ilog2()).clamp(8, 20);
+        // About four points per bucket, between 2^8 and 2^18 buckets: the
+        // index stays small (≤ 1 MiB) and a lookup scans a few points.
+        let bits = positions.len().max(1).ilog2().saturating_sub(2).clamp(8, 18);
         let shift = 32 - bits;
-        let nbuckets = 1usize << bits;
-        let mut buckets = Vec::with_capacity(nbuckets + 1);
-        let mut i = 0usize;
-        for b in 0..nbuckets {
-            while i < positions.len() && (positions[i] >> shift) < b as u32 {
-                i += 1;
-            }
-            buckets.push(i as u32);
+        let mut buckets = vec![0u32; (1usize << bits) + 1];
+        for &p in &positions {
+            buckets[(p >> shift) as usize + 1] += 1;
         }
-        buckets.push(positions.len() as u32);
+        for b in 1..buckets.len() {
+            buckets[b] += buckets[b - 1];
+        }
         Points {
             positions,
             owners,
@@ -149,12 +147,7 @@ impl Ring {
                 keyed.push((position << 32) | rank as u64);
             }
         }
-        keyed.sort_unstable();
-        let positions = keyed.iter().map(|&k| (k >> 32) as u32).collect();
-        let owners = keyed
-            .iter()
-            .map(|&k| by_name[(k & 0xffff) as usize])
-            .collect();
+        let (positions, owners) = sort_points(keyed, &by_name);
         Ok(Ring {
             points: Points::new(positions, owners),
             backends: members.len(),
@@ -181,6 +174,56 @@ impl Ring {
     pub fn points_per_weight(&self) -> u32 {
         self.points_per_weight
     }
+}
+
+/// Sorts packed points (position in the high 32 bits, name rank in the low
+/// 16 bits) by (position, rank) and unpacks them into positions and owners
+/// (caller indices, through `by_name`). Points are generated in rank order,
+/// so a stable sort on the position alone is enough: a least-significant-digit
+/// radix sort in four passes of 8 bits (256 output streams stay cache- and
+/// TLB-friendly), with all four histograms counted in one read and the last
+/// pass writing the unpacked arrays directly. Small rings use the standard sort.
+fn sort_points(mut keyed: Vec<u64>, by_name: &[u16]) -> (Vec<u32>, Vec<u16>) {
+    const SMALL: usize = 256;
+    let owner = |k: u64| by_name[(k & 0xffff) as usize];
+    if keyed.len() <= SMALL {
+        keyed.sort_unstable();
+        return (
+            keyed.iter().map(|&k| (k >> 32) as u32).collect(),
+            keyed.iter().map(|&k| owner(k)).collect(),
+        );
+    }
+    let digit = |k: u64, d: usize| ((k >> (32 + 8 * d)) & 0xff) as usize;
+    let mut offsets = [[0usize; 256]; 4];
+    for &k in &keyed {
+        for (d, counts) in offsets.iter_mut().enumerate() {
+            counts[digit(k, d)] += 1;
+        }
+    }
+    for counts in offsets.iter_mut() {
+        let mut sum = 0;
+        for c in counts.iter_mut() {
+            (*c, sum) = (sum, sum + *c);
+        }
+    }
+    let mut scratch = vec![0u64; keyed.len()];
+    for (d, next) in offsets.iter_mut().enumerate().take(3) {
+        for &k in &keyed {
+            let at = &mut next[digit(k, d)];
+            scratch[*at] = k;
+            *at += 1;
+        }
+        std::mem::swap(&mut keyed, &mut scratch);
+    }
+    let mut positions = vec![0u32; keyed.len()];
+    let mut owners = vec![0u16; keyed.len()];
+    for &k in &keyed {
+        let at = &mut offsets[3][digit(k, 3)];
+        positions[*at] = (k >> 32) as u32;
+        owners[*at] = owner(k);
+        *at += 1;
+    }
+    (positions, owners)
 }
 
 /// The point on the ring of a 64-bit key hash: its top 32 bits.
@@ -385,6 +428,27 @@ mod tests {
         let moved = moved_fraction(&all, &down, Some);
         assert!((moved - all.shares()[3]).abs() < 1e-12);
         assert_eq!(down.shares()[3], 0.0);
+    }
+
+    #[test]
+    fn the_radix_sort_orders_by_position_then_rank() {
+        for len in [10usize, 256, 257, 50_000] {
+            // Generated in rank order within equal positions, as Ring::new does.
+            let mut keyed: Vec<u64> = (0..len as u64)
+                .map(|i| (mix64(i / 3) & 0xffff_ffff_0000_0000) | (i % 7))
+                .collect();
+            keyed.sort_by_key(|k| k & 0xffff);
+            let mut want = keyed.clone();
+            want.sort_unstable();
+            let by_name: Vec<u16> = (0..7).map(|r| 100 + r).collect();
+            let (positions, owners) = sort_points(keyed, &by_name);
+            let got: Vec<u64> = positions
+                .iter()
+                .zip(&owners)
+                .map(|(&p, &o)| (u64::from(p) << 32) | u64::from(o - 100))
+                .collect();
+            assert_eq!(got, want, "len {len}");
+        }
     }
 
     #[test]
