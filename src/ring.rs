@@ -83,7 +83,12 @@ impl Points {
     fn new(positions: Vec<u32>, owners: Vec<u16>) -> Points {
         // About four points per bucket, between 2^8 and 2^18 buckets: the
         // index stays small (≤ 1 MiB) and a lookup scans a few points.
-        let bits = positions.len().max(1).ilog2().saturating_sub(2).clamp(8, 18);
+        let bits = positions
+            .len()
+            .max(1)
+            .ilog2()
+            .saturating_sub(2)
+            .clamp(8, 18);
         let shift = 32 - bits;
         let mut buckets = vec![0u32; (1usize << bits) + 1];
         for &p in &positions {
