@@ -277,7 +277,7 @@ impl Iterator for Preferences<'_> {
 /// exact weighted quotas. Each round `r`, backend `i` may hold up to
 /// `ceil(r·w_i/w_max)` slots (capped by its quota), so heavy backends claim
 /// proportionally more often rather than all at the end.
-pub fn populate(sorted: &[&Member], size: usize) -> Vec<u16> {
+fn populate(sorted: &[&Member], size: usize) -> Vec<u16> {
     let n = sorted.len();
     let weights: Vec<u32> = sorted.iter().map(|m| m.weight).collect();
     let quota = apportion(size as u64, &weights);
@@ -396,7 +396,7 @@ fn mod_pow(mut base: u64, mut exp: u64, m: u64) -> u64 {
 /// derived from its name, skipping its own entries, one step per slot it owns.
 /// Any window of `G` holds each backend in proportion to its weight, within
 /// one, so `u`'s slots are spread evenly over the others.
-pub fn deal_second_choices(sorted: &[&Member], owner: &[u16]) -> Vec<u16> {
+fn deal_second_choices(sorted: &[&Member], owner: &[u16]) -> Vec<u16> {
     let n = sorted.len();
     if n < 2 {
         return vec![NONE; owner.len()];
@@ -426,7 +426,7 @@ pub fn deal_second_choices(sorted: &[&Member], owner: &[u16]) -> Vec<u16> {
 /// appearance at virtual time `(j + φ_i)/w` with a phase `φ_i ∈ [0,1)` from its
 /// name; sorting by virtual time gives a sequence in which every window holds
 /// each backend in proportion to its weight, within one.
-pub fn smooth_sequence(sorted: &[&Member]) -> Vec<u16> {
+fn smooth_sequence(sorted: &[&Member]) -> Vec<u16> {
     let total: usize = sorted.iter().map(|m| m.weight as usize).sum();
     let mut stamps: Vec<(u128, u16)> = Vec::with_capacity(total);
     for (i, m) in sorted.iter().enumerate() {
@@ -580,6 +580,68 @@ mod tests {
             c[b as usize] += 1;
         }
         c
+    }
+
+    /// The paper's fill, written plainly: walk each permutation one slot at
+    /// a time. `populate`'s batched probes and arithmetic tail must agree
+    /// with it exactly.
+    fn reference_populate(sorted: &[&Member], size: usize) -> Vec<u16> {
+        let weights: Vec<u32> = sorted.iter().map(|m| m.weight).collect();
+        let quota = apportion(size as u64, &weights);
+        let w_max = u64::from(*weights.iter().max().unwrap());
+        let m = size as u64;
+        let perms: Vec<(u64, u64)> = sorted
+            .iter()
+            .map(|member| {
+                let (h1, h2) = member_hash128(b"maglev", &member.name);
+                (h1 % m, h2 % (m - 1) + 1)
+            })
+            .collect();
+        let mut next: Vec<u64> = perms.iter().map(|p| p.0).collect();
+        let mut claimed = vec![0u64; sorted.len()];
+        let mut table = vec![NONE; size];
+        let (mut filled, mut round) = (0, 0u64);
+        while filled < size {
+            round += 1;
+            for i in 0..sorted.len() {
+                let allowed = quota[i].min((round * u64::from(weights[i])).div_ceil(w_max));
+                while claimed[i] < allowed {
+                    while table[next[i] as usize] != NONE {
+                        next[i] = (next[i] + perms[i].1) % m;
+                    }
+                    table[next[i] as usize] = i as u16;
+                    next[i] = (next[i] + perms[i].1) % m;
+                    claimed[i] += 1;
+                    filled += 1;
+                }
+            }
+        }
+        table
+    }
+
+    #[test]
+    fn the_fast_fill_equals_the_papers_slot_by_slot_walk() {
+        for (n, size) in [
+            (1, 2),
+            (3, 7),
+            (5, 101),
+            (10, 1009),
+            (7, 65_537),
+            (200, 65_537),
+        ] {
+            let members: Vec<Member> = (0..n)
+                .map(|i| Member::new(format!("m{i}"), 1 + (i as u32 * 5) % 4))
+                .collect();
+            if member::total_weight(&members) > size as u64 {
+                continue;
+            }
+            let sorted: Vec<&Member> = members.iter().collect();
+            assert_eq!(
+                populate(&sorted, size),
+                reference_populate(&sorted, size),
+                "n={n} M={size}"
+            );
+        }
     }
 
     #[test]
