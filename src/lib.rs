@@ -1,15 +1,25 @@
 //! affinity: a consistent-hashing, session-affinity HTTP load balancer.
 //!
 //! The crate is split into a pure core (hashing, tables, selection policies,
-//! configuration) with no I/O, and a thin I/O shell built on tokio and hyper.
+//! configuration, request keys, header rewriting) with no I/O, and a thin I/O
+//! shell built on tokio and hyper (the pool snapshot, the proxy, the
+//! listener, the demo backends).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
+pub mod body;
 pub mod churn;
 pub mod config;
+pub mod demo;
 pub mod hash;
+pub mod headers;
+pub mod key;
 pub mod maglev;
 pub mod member;
 pub mod policy;
+pub mod pool;
+pub mod proxy;
 pub mod ring;
 pub mod selector;
+pub mod server;

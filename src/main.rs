@@ -1,13 +1,18 @@
 //! The `affinity` command: parses the command line and calls the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 use affinity::churn::churn;
 use affinity::config::Config;
 use affinity::selector::HashAlgorithm;
+use affinity::server::Drain;
 
 /// A consistent-hashing, session-affinity HTTP load balancer.
 #[derive(Debug, Parser)]
@@ -18,21 +23,39 @@ struct Cli {
     config: PathBuf,
 
     /// Validate the config, print a summary of the pool and exit (0 if valid, 1 if not).
-    #[arg(long, conflicts_with = "churn")]
+    #[arg(long, conflicts_with_all = ["churn", "demo"])]
     check: bool,
 
     /// Dry run, no traffic: each backend's share of keys, and how many keys
     /// move if one backend leaves or one more joins, beside the optimum.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "demo")]
     churn: bool,
 
     /// With --churn: print one JSON object instead of a table.
     #[arg(long, requires = "churn")]
     json: bool,
+
+    /// Also serve built-in demo backends on every loopback backend address
+    /// of the config, each answering with its own name.
+    #[arg(long)]
+    demo: bool,
+
+    /// Log format on stderr; RUST_LOG filters (default: info).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => {
@@ -48,8 +71,91 @@ fn main() -> ExitCode {
     if cli.churn {
         return run_churn(&config, cli.json);
     }
-    eprintln!("affinity: the proxy is not built yet; use --check or --churn");
-    ExitCode::FAILURE
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("affinity: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config, cli.demo))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .from_env_lossy();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then drains.
+async fn run(config: Config, demo: bool) -> ExitCode {
+    // Installed before anything starts: a signal that arrives as soon as the
+    // listening address is logged must already mean "drain", not "die".
+    let mut stop = match StopSignals::install() {
+        Ok(stop) => stop,
+        Err(e) => {
+            eprintln!("affinity: cannot listen for SIGTERM/SIGINT: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Started before the proxy, so the proxy's first requests find them.
+    let _demo = if demo {
+        match affinity::demo::start(&config).await {
+            Ok(backends) => Some(backends),
+            Err(e) => {
+                eprintln!("affinity: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let proxy = match affinity::server::start(config).await {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            eprintln!("affinity: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = stop.recv().await;
+    tracing::info!("{name} received; shutting down");
+    if proxy.shutdown().await == Drain::TimedOut {
+        tracing::warn!("some requests were cut off by the drain timeout");
+    }
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct StopSignals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for either; returns its name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
 }
 
 fn run_churn(config: &Config, json: bool) -> ExitCode {

@@ -1,0 +1,239 @@
+//! Streaming bodies: nothing is ever buffered whole.
+//!
+//! * [`RecoverableBody`] carries a request body to a backend and gives it back
+//!   if the backend never read from it, so a request whose connect failed can
+//!   be retried on the next backend with its body intact.
+//! * [`ProxyBody`] is what the client receives: the backend's response body
+//!   streamed through (counting bytes, and ending the request's in-flight
+//!   count and access-log line when it ends or is dropped), or a short local
+//!   body for errors.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::oneshot;
+
+use crate::access::Finish;
+
+/// A request body that goes back to its [`Recovery`] if it is dropped before
+/// it was ever polled.
+///
+/// hyper's client consumes the request it sends. When connecting fails, the
+/// request (and so this body) is dropped without the body having been read,
+/// and the body returns through a oneshot channel (lock-free) to be sent to
+/// the next backend. As soon as the body is polled it belongs to that
+/// attempt: part of it may be on the wire, and it is never given back.
+#[derive(Debug)]
+pub struct RecoverableBody<B = Incoming> {
+    inner: Option<B>,
+    give_back: Option<oneshot::Sender<B>>,
+}
+
+/// The other end of a [`RecoverableBody`]: holds the body once it comes back.
+#[derive(Debug)]
+pub struct Recovery<B = Incoming>(oneshot::Receiver<B>);
+
+impl<B> RecoverableBody<B> {
+    /// Wraps `body`; the [`Recovery`] gets it back if it is dropped unpolled.
+    pub fn new(body: B) -> (RecoverableBody<B>, Recovery<B>) {
+        let (tx, rx) = oneshot::channel();
+        let wrapped = RecoverableBody {
+            inner: Some(body),
+            give_back: Some(tx),
+        };
+        (wrapped, Recovery(rx))
+    }
+}
+
+impl<B> Recovery<B> {
+    /// The body, if its [`RecoverableBody`] was dropped without being polled;
+    /// `None` if it was polled or is still alive.
+    pub fn take(mut self) -> Option<B> {
+        self.0.try_recv().ok()
+    }
+}
+
+impl<B> Drop for RecoverableBody<B> {
+    fn drop(&mut self) {
+        if let (Some(tx), Some(body)) = (self.give_back.take(), self.inner.take()) {
+            // The receiver may be gone (the request was abandoned): the body
+            // is then dropped with the failed send.
+            let _ = tx.send(body);
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for RecoverableBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        this.give_back = None;
+        match this.inner.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// The body of every response the proxy sends.
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// A backend's body, streamed through.
+    Upstream(UpstreamBody),
+    /// A short body written by the proxy itself (errors).
+    Local(Full<Bytes>),
+}
+
+impl ProxyBody {
+    /// A local body with `text`.
+    pub fn text(text: &'static str) -> ProxyBody {
+        ProxyBody::Local(Full::new(Bytes::from_static(text.as_bytes())))
+    }
+}
+
+/// A backend's response body on its way to the client.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    bytes: u64,
+    finish: Option<Finish>,
+}
+
+impl UpstreamBody {
+    /// Streams `inner`; `finish` runs when it ends, fails or is dropped.
+    pub fn new(inner: Incoming, finish: Finish) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            bytes: 0,
+            finish: Some(finish),
+        }
+    }
+
+    fn complete(&mut self, outcome: &'static str) {
+        if let Some(finish) = self.finish.take() {
+            finish.done(self.bytes, outcome);
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        self.complete("aborted");
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream(body) => {
+                let frame = ready!(Pin::new(&mut body.inner).poll_frame(cx));
+                match &frame {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            body.bytes += data.len() as u64;
+                        }
+                        if body.inner.is_end_stream() {
+                            body.complete("complete");
+                        }
+                    }
+                    Some(Err(_)) => body.complete("upstream error"),
+                    None => body.complete("complete"),
+                }
+                Poll::Ready(frame)
+            }
+            ProxyBody::Local(full) => match ready!(Pin::new(full).poll_frame(cx)) {
+                Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+                Some(Err(never)) => match never {},
+                None => Poll::Ready(None),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream(body) => body.inner.is_end_stream(),
+            ProxyBody::Local(full) => full.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream(body) => body.inner.size_hint(),
+            ProxyBody::Local(full) => full.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn full(text: &'static str) -> Full<Bytes> {
+        Full::new(Bytes::from_static(text.as_bytes()))
+    }
+
+    #[test]
+    fn a_body_dropped_unpolled_comes_back_intact() {
+        let (body, recovery) = RecoverableBody::new(full("payload"));
+        assert_eq!(body.size_hint().exact(), Some(7));
+        drop(body);
+        let back = recovery.take().expect("the body comes back");
+        assert_eq!(back.size_hint().exact(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_polled_body_is_never_given_back() {
+        let (body, recovery) = RecoverableBody::new(full("payload"));
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"payload");
+        assert!(recovery.take().is_none());
+    }
+
+    #[test]
+    fn a_live_body_is_not_given_back() {
+        let (body, recovery) = RecoverableBody::new(full("payload"));
+        assert!(recovery.take().is_none());
+        drop(body);
+    }
+
+    #[test]
+    fn a_body_dropped_after_its_recovery_is_simply_dropped() {
+        let (body, recovery) = RecoverableBody::new(full("payload"));
+        drop(recovery);
+        drop(body);
+    }
+
+    #[tokio::test]
+    async fn a_local_body_carries_its_text() {
+        let body = ProxyBody::text("no healthy backend\n");
+        assert_eq!(body.size_hint().exact(), Some(19));
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"no healthy backend\n");
+    }
+}

@@ -1,0 +1,242 @@
+//! Header rewriting between client and backend: pure functions over a
+//! [`HeaderMap`].
+//!
+//! hyper is a library, not a proxy: it forwards whatever headers it is given.
+//! A proxy must remove the hop-by-hop headers, which describe one connection
+//! and not the message (RFC 9110 §7.6.1), in both directions, and tell the
+//! backend who the client was (`X-Forwarded-For`, `-Proto`, `-Host`, the de
+//! facto headers nginx and HAProxy set).
+
+use std::net::IpAddr;
+
+use hyper::header::{
+    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+
+use crate::key::{IpText, X_FORWARDED_FOR};
+
+/// The `X-Forwarded-Proto` header.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The `X-Forwarded-Host` header.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The hop-by-hop headers of RFC 9110 §7.6.1 and RFC 2616 §13.5.1, plus the
+/// non-standard `Proxy-Connection` that some clients still send.
+pub static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// Removes the hop-by-hop headers: every header named in a `Connection`
+/// header, then the fixed [`HOP_BY_HOP`] list. Used on requests and on
+/// responses. Tokens in `Connection` that are not header names are ignored.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        // Collected first: the names borrow from the map being changed. Only
+        // requests that carry `Connection` pay for this allocation.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Sets the headers that tell the backend about the client. Call it after
+/// [`strip_hop_by_hop`], so that a client naming them in `Connection` cannot
+/// remove them.
+///
+/// * `X-Forwarded-For`: when the TCP `peer` is a trusted proxy, its address
+///   is appended to the list it sent (all its `X-Forwarded-For` headers,
+///   joined into one); otherwise the header is replaced by the peer's address
+///   alone, so a client cannot plant addresses.
+/// * `X-Forwarded-Proto`: `http`, the scheme the client used to reach us.
+/// * `X-Forwarded-Host`: the `Host` header the client sent; removed when
+///   there is none.
+///
+/// The peer's address is written in canonical form (an IPv4-mapped IPv6
+/// address as IPv4), as [`client_ip`](crate::key::client_ip) reads it.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool) {
+    let peer_text = IpText::new(peer.to_canonical());
+    let forwarded_for = if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        let mut list = Vec::new();
+        for value in headers.get_all(&X_FORWARDED_FOR) {
+            let value = value.as_bytes().trim_ascii();
+            if !value.is_empty() {
+                list.extend_from_slice(value);
+                list.extend_from_slice(b", ");
+            }
+        }
+        list.extend_from_slice(peer_text.as_bytes());
+        HeaderValue::from_bytes(&list)
+    } else {
+        HeaderValue::from_bytes(peer_text.as_bytes())
+    };
+    // Cannot fail: the bytes come from valid header values and an address.
+    if let Ok(value) = forwarded_for {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match headers.get(HOST).cloned() {
+        Some(host) => {
+            headers.insert(&X_FORWARDED_HOST, host);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn names(map: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    fn values<'a>(map: &'a HeaderMap, name: &HeaderName) -> Vec<&'a str> {
+        map.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn every_fixed_hop_by_hop_header_is_removed_and_end_to_end_ones_stay() {
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("content-type", "text/plain"),
+            ("content-length", "5"),
+            ("host", "example.com"),
+            ("authorization", "Bearer t"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            names(&h),
+            ["authorization", "content-length", "content-type", "host"]
+        );
+    }
+
+    #[test]
+    fn headers_named_in_connection_are_removed_whatever_their_case_and_spacing() {
+        let mut h = map(&[
+            ("connection", "X-Hop-One ,x-hop-two"),
+            ("connection", "  X-HOP-THREE"),
+            ("x-hop-one", "1"),
+            ("x-hop-two", "2"),
+            ("x-hop-three", "3"),
+            ("x-end-to-end", "4"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["x-end-to-end"]);
+    }
+
+    #[test]
+    fn connection_tokens_that_are_not_header_names_are_ignored() {
+        let mut h = map(&[("connection", "close, , bad token, é"), ("x-keep", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["x-keep"]);
+    }
+
+    #[test]
+    fn x_forwarded_for_is_replaced_when_the_peer_is_not_trusted() {
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("host", "a.example")]);
+        set_forwarded(&mut h, "192.0.2.7".parse().unwrap(), false);
+        assert_eq!(values(&h, &X_FORWARDED_FOR), ["192.0.2.7"]);
+    }
+
+    #[test]
+    fn x_forwarded_for_gets_the_peer_appended_when_the_peer_is_trusted() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.1, 198.51.100.2"),
+            ("x-forwarded-for", " 10.0.0.3 "),
+        ]);
+        set_forwarded(&mut h, "10.0.0.4".parse().unwrap(), true);
+        assert_eq!(
+            values(&h, &X_FORWARDED_FOR),
+            ["203.0.113.1, 198.51.100.2, 10.0.0.3, 10.0.0.4"]
+        );
+    }
+
+    #[test]
+    fn a_trusted_peer_without_x_forwarded_for_starts_the_list() {
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, "::ffff:10.0.0.4".parse().unwrap(), true);
+        assert_eq!(values(&h, &X_FORWARDED_FOR), ["10.0.0.4"]);
+    }
+
+    #[test]
+    fn proto_is_http_and_host_is_copied_to_x_forwarded_host() {
+        let mut h = map(&[
+            ("host", "shop.example:8080"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        set_forwarded(&mut h, "2001:db8::1".parse().unwrap(), false);
+        assert_eq!(values(&h, &X_FORWARDED_PROTO), ["http"]);
+        assert_eq!(values(&h, &X_FORWARDED_HOST), ["shop.example:8080"]);
+        assert_eq!(values(&h, &HOST), ["shop.example:8080"]);
+        assert_eq!(values(&h, &X_FORWARDED_FOR), ["2001:db8::1"]);
+    }
+
+    #[test]
+    fn without_host_a_planted_x_forwarded_host_is_removed() {
+        let mut h = map(&[("x-forwarded-host", "evil.example")]);
+        set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), true);
+        assert!(h.get(&X_FORWARDED_HOST).is_none());
+    }
+
+    #[test]
+    fn a_connection_header_naming_x_forwarded_for_cannot_remove_the_proxys_value() {
+        let mut h = map(&[
+            (
+                "connection",
+                "X-Forwarded-For, X-Forwarded-Host, X-Forwarded-Proto",
+            ),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("host", "a.example"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), true);
+        assert_eq!(values(&h, &X_FORWARDED_FOR), ["10.0.0.9"]);
+        assert_eq!(values(&h, &X_FORWARDED_PROTO), ["http"]);
+        assert_eq!(values(&h, &X_FORWARDED_HOST), ["a.example"]);
+    }
+}

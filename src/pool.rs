@@ -1,0 +1,756 @@
+//! The pool as requests see it: one immutable [`Snapshot`] (backends, their
+//! health, the selector, the upstream client) published through one
+//! [`arc_swap::ArcSwap`] in [`Pool`].
+//!
+//! A request loads the snapshot once and uses only that snapshot, so it sees
+//! one consistent table even while a health change or a reload publishes a
+//! new one. Building a snapshot happens off the request path; a request never
+//! waits for it and takes no lock.
+//!
+//! What must outlive a snapshot lives in [`BackendState`], shared between
+//! successive snapshots by backend name: requests in flight and the latency
+//! average. A request in flight when a new snapshot is published keeps
+//! counting against the same state.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper::Uri;
+use hyper::header::HeaderMap;
+use hyper::http::uri::{Authority, Scheme};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::RecoverableBody;
+use crate::config::{Algorithm, Config, KeySource};
+use crate::hash::{DEFAULT_HASH_KEY, KeyHasher};
+use crate::key::{self, RequestKey};
+use crate::policy::{
+    LatencyEwma, LeastConnections, LeastResponseTime, Load, Policy, Random, RoundRobin,
+    WeightedRoundRobin,
+};
+use crate::selector::{BuildError, HashAlgorithm, HashSelector, HashTable};
+
+/// The seed of the `random` policy: the ASCII bytes of `affinity` read as a
+/// big-endian `u64`. Fixed so that a pool's sequence of picks is
+/// reproducible; every new snapshot restarts the sequence.
+pub const RANDOM_SEED: u64 = u64::from_be_bytes(*b"affinity");
+
+/// How long idle pooled connections to a backend are kept.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The HTTP client the proxy sends requests to backends with.
+pub type UpstreamClient = Client<HttpConnector, RecoverableBody>;
+
+/// Why a snapshot cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The hash table or ring refused the pool.
+    #[error(transparent)]
+    Table(#[from] BuildError),
+    /// A backend URL without a host (the config module rejects these).
+    #[error("backend {name:?}: url {url} has no host")]
+    NoHost {
+        /// The backend.
+        name: String,
+        /// Its URL.
+        url: Uri,
+    },
+}
+
+/// Live figures of one backend that outlive snapshots.
+#[derive(Debug)]
+pub struct BackendState {
+    in_flight: AtomicU64,
+    latency: LatencyEwma,
+}
+
+impl BackendState {
+    fn new() -> BackendState {
+        BackendState {
+            in_flight: AtomicU64::new(0),
+            latency: LatencyEwma::default(),
+        }
+    }
+
+    /// Requests sent to this backend whose response has not finished.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The latency EWMA at `now_ns` (on [`Pool::now_ns`]'s clock); `None`
+    /// before the first response.
+    pub fn latency_ewma_ns(&self, now_ns: u64) -> Option<u64> {
+        self.latency.value_ns(now_ns)
+    }
+
+    /// Records the time to a response head, taken at `now_ns`.
+    pub fn observe_latency(&self, sample: Duration, now_ns: u64) {
+        self.latency.observe(sample, now_ns);
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+}
+
+/// One request in flight to a backend; dropping it ends the request.
+#[derive(Debug)]
+pub struct InFlight(Arc<BackendState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A backend of the pool, as a snapshot holds it.
+#[derive(Debug)]
+pub struct Backend {
+    name: Arc<str>,
+    url: Uri,
+    scheme: Scheme,
+    authority: Authority,
+    weight: u32,
+    healthy: bool,
+    state: Arc<BackendState>,
+}
+
+impl Backend {
+    /// Unique name: its identity in the hash tables.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The configured URL.
+    pub fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// The scheme requests are sent with (`http`).
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+
+    /// `host:port` requests are sent to.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// Configured weight.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// Whether the selector of this snapshot may pick it.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy
+    }
+
+    /// Live figures, shared with the other snapshots.
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.state
+    }
+}
+
+/// How a snapshot picks backends: by key hash, or by a classic policy.
+#[derive(Debug)]
+pub enum Selector {
+    /// Consistent hashing of the request key (`maglev`, `ring_hash`).
+    Hash {
+        /// The table seen through the snapshot's health.
+        selector: HashSelector,
+        /// Hashes request keys (configured `hash_key` or the default).
+        hasher: KeyHasher,
+        /// Bounded-load factor `c`, or 0 for off.
+        bounded_load: f64,
+        /// Weight of each backend (pool index), 0 for an unhealthy one.
+        weights: Vec<u32>,
+    },
+    /// A classic policy; requests have no key.
+    Policy(Policy),
+}
+
+impl Selector {
+    /// The key hasher of a hash selector; `None` for the classic policies,
+    /// which have no use for a key.
+    pub fn hasher(&self) -> Option<&KeyHasher> {
+        match self {
+            Selector::Hash { hasher, .. } => Some(hasher),
+            Selector::Policy(_) => None,
+        }
+    }
+
+    /// The next backend (pool index) to try that is not in `tried`, or
+    /// `None` when no healthy backend is left.
+    ///
+    /// Hash selectors walk the key's fallback order: the first try is the
+    /// key's pick, a retry the next backend of that order not yet tried.
+    /// With bounded load (Mirrokni, Thorup & Zadimoghaddam, "Consistent
+    /// Hashing with Bounded Loads", SODA 2018, weighted here), a backend is
+    /// skipped while its requests in flight reach `⌈c · (m + 1) · w / W⌉`,
+    /// where `m` is the requests in flight to the healthy backends, `w` its
+    /// weight and `W` the healthy weight; since `c > 1` some backend is
+    /// always below its bound. Policies pick as [`Policy::pick`] does.
+    /// `key_hash` is ignored by policies.
+    pub fn next(&self, key_hash: u64, load: &dyn Load, tried: &[usize]) -> Option<usize> {
+        match self {
+            Selector::Hash {
+                selector,
+                bounded_load,
+                weights,
+                ..
+            } => {
+                if *bounded_load > 0.0 {
+                    return next_bounded(selector, weights, *bounded_load, key_hash, load, tried);
+                }
+                if tried.is_empty() {
+                    selector.pick(key_hash)
+                } else {
+                    selector.fallback(key_hash).find(|b| !tried.contains(b))
+                }
+            }
+            Selector::Policy(policy) => policy.pick(load, tried),
+        }
+    }
+}
+
+fn next_bounded(
+    selector: &HashSelector,
+    weights: &[u32],
+    c: f64,
+    key_hash: u64,
+    load: &dyn Load,
+    tried: &[usize],
+) -> Option<usize> {
+    let healthy = || weights.iter().enumerate().filter(|(_, w)| **w > 0);
+    let total_weight: u64 = healthy().map(|(_, &w)| u64::from(w)).sum();
+    let requests: u64 = healthy().map(|(b, _)| load.in_flight(b)).sum::<u64>() + 1;
+    let mut first_untried = None;
+    for b in selector.fallback(key_hash) {
+        if tried.contains(&b) {
+            continue;
+        }
+        first_untried.get_or_insert(b);
+        let weight = weights.get(b).copied().unwrap_or(0);
+        let bound = (c * requests as f64 * f64::from(weight) / total_weight as f64).ceil();
+        if (load.in_flight(b) as f64) < bound {
+            return Some(b);
+        }
+    }
+    first_untried
+}
+
+/// Everything a request needs, immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    config: Arc<Config>,
+    key_source: KeySource,
+    backends: Vec<Backend>,
+    healthy_count: usize,
+    selector: Selector,
+    client: UpstreamClient,
+}
+
+impl Snapshot {
+    /// Builds a snapshot of `config`'s pool in which backend `i` (config
+    /// order) is healthy when `healthy[i]` is true; missing entries count as
+    /// unhealthy.
+    ///
+    /// From `previous`, when given, it takes what should survive a change:
+    /// the live state of each backend with the same name, the hash table
+    /// when the algorithm and the pool (names, weights, order) are unchanged
+    /// (so a health change costs one pass over the table, not a rebuild), and
+    /// the upstream client with its pooled connections when the upstream
+    /// settings are unchanged.
+    pub fn build(
+        config: Arc<Config>,
+        healthy: &[bool],
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, PoolError> {
+        let healthy: Vec<bool> = (0..config.backends.len())
+            .map(|i| healthy.get(i).copied().unwrap_or(false))
+            .collect();
+        let mut backends = Vec::with_capacity(config.backends.len());
+        for (b, &up) in config.backends.iter().zip(&healthy) {
+            let authority = b
+                .url
+                .authority()
+                .cloned()
+                .ok_or_else(|| PoolError::NoHost {
+                    name: b.name.clone(),
+                    url: b.url.clone(),
+                })?;
+            let state = previous
+                .and_then(|p| p.backend(&b.name))
+                .map_or_else(|| Arc::new(BackendState::new()), |p| p.state.clone());
+            backends.push(Backend {
+                name: Arc::from(b.name.as_str()),
+                url: b.url.clone(),
+                scheme: b.url.scheme().cloned().unwrap_or(Scheme::HTTP),
+                authority,
+                weight: b.weight,
+                healthy: up,
+                state,
+            });
+        }
+        let selector = build_selector(&config, &healthy, previous)?;
+        let client = match previous {
+            Some(p) if p.config.upstream == config.upstream => p.client.clone(),
+            _ => upstream_client(&config),
+        };
+        // A sticky cookie replaces the configured key with itself.
+        let key_source = match &config.balancer.sticky_cookie {
+            Some(sticky) => KeySource::Cookie(sticky.name.clone()),
+            None => config.balancer.key.clone(),
+        };
+        Ok(Snapshot {
+            healthy_count: healthy.iter().filter(|&&h| h).count(),
+            key_source,
+            config,
+            backends,
+            selector,
+            client,
+        })
+    }
+
+    /// A snapshot in which every backend is healthy, as at startup.
+    pub fn all_healthy(config: Arc<Config>) -> Result<Snapshot, PoolError> {
+        let healthy = vec![true; config.backends.len()];
+        Snapshot::build(config, &healthy, None)
+    }
+
+    /// The configuration this snapshot was built from.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The backends, in config order (their pool indices).
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// The backend called `name`.
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| &*b.name == name)
+    }
+
+    /// How many backends are healthy.
+    pub fn healthy_count(&self) -> usize {
+        self.healthy_count
+    }
+
+    /// How backends are picked.
+    pub fn selector(&self) -> &Selector {
+        &self.selector
+    }
+
+    /// The client that sends requests to backends.
+    pub fn client(&self) -> &UpstreamClient {
+        &self.client
+    }
+
+    /// Whether `peer` is one of the configured trusted proxies.
+    pub fn is_trusted(&self, peer: IpAddr) -> bool {
+        key::is_trusted(peer, &self.config.balancer.trusted_proxies)
+    }
+
+    /// What requests are keyed on: `balancer.key`, or the sticky cookie
+    /// when `[balancer.sticky_cookie]` is configured.
+    pub fn key_source(&self) -> &KeySource {
+        &self.key_source
+    }
+
+    /// The key bytes of a request under [`key_source`](Self::key_source)
+    /// (see [`key`] for exactly which bytes). With a sticky
+    /// cookie, a request without one falls back to its client IP here; the
+    /// proxy issues it a new session id instead.
+    pub fn request_key<'a>(
+        &self,
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+        peer: IpAddr,
+    ) -> RequestKey<'a> {
+        let trusted = &self.config.balancer.trusted_proxies;
+        key::request_key(&self.key_source, uri, headers, peer, trusted)
+    }
+
+    /// The hash of a request's key, for the hash algorithms; `None` for the
+    /// classic policies.
+    pub fn key_hash(&self, uri: &Uri, headers: &HeaderMap, peer: IpAddr) -> Option<u64> {
+        let hasher = self.selector.hasher()?;
+        Some(hasher.hash(self.request_key(uri, headers, peer).as_bytes()))
+    }
+
+    /// The next backend to try (pool index) that is not in `tried`, reading
+    /// live load at `now_ns` (on [`Pool::now_ns`]'s clock).
+    pub fn next_backend(&self, key_hash: u64, tried: &[usize], now_ns: u64) -> Option<usize> {
+        let load = LiveLoad {
+            backends: &self.backends,
+            now_ns,
+        };
+        self.selector.next(key_hash, &load, tried)
+    }
+
+    /// The fallback order of a key hash (hash algorithms): healthy backends,
+    /// first choice first. Empty for the classic policies.
+    pub fn fallback_order(&self, key_hash: u64) -> Vec<&Backend> {
+        match &self.selector {
+            Selector::Hash { selector, .. } => selector
+                .fallback(key_hash)
+                .filter_map(|b| self.backends.get(b))
+                .collect(),
+            Selector::Policy(_) => Vec::new(),
+        }
+    }
+}
+
+fn build_selector(
+    config: &Config,
+    healthy: &[bool],
+    previous: Option<&Snapshot>,
+) -> Result<Selector, BuildError> {
+    let balancer = &config.balancer;
+    let weighted: Vec<(usize, u32)> = config
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| healthy[i])
+        .map(|(i, b)| (i, b.weight))
+        .collect();
+    let Some(algorithm) = HashAlgorithm::from_config(balancer) else {
+        return Ok(Selector::Policy(classic_policy(
+            balancer.algorithm,
+            weighted,
+        )));
+    };
+    let reused = previous
+        .filter(|p| same_table(&p.config, config))
+        .and_then(|p| match &p.selector {
+            Selector::Hash { selector, .. } => Some(selector.table()),
+            Selector::Policy(_) => None,
+        });
+    let table = match reused {
+        Some(table) => table,
+        None => HashTable::new(algorithm, &config.members())?,
+    };
+    Ok(Selector::Hash {
+        selector: HashSelector::new(&table, healthy),
+        hasher: KeyHasher::new(balancer.hash_key.unwrap_or(DEFAULT_HASH_KEY)),
+        bounded_load: balancer.bounded_load,
+        weights: config
+            .backends
+            .iter()
+            .zip(healthy)
+            .map(|(b, &up)| if up { b.weight } else { 0 })
+            .collect(),
+    })
+}
+
+/// The classic policy over the healthy `(pool index, weight)` pairs.
+fn classic_policy(algorithm: Algorithm, weighted: Vec<(usize, u32)>) -> Policy {
+    let indices = || weighted.iter().map(|&(i, _)| i).collect::<Vec<usize>>();
+    match algorithm {
+        Algorithm::WeightedRoundRobin => {
+            Policy::WeightedRoundRobin(WeightedRoundRobin::new(weighted))
+        }
+        Algorithm::LeastConnections => Policy::LeastConnections(LeastConnections::new(weighted)),
+        Algorithm::LeastResponseTime => {
+            Policy::LeastResponseTime(LeastResponseTime::new(indices()))
+        }
+        Algorithm::Random => Policy::Random(Random::new(weighted, RANDOM_SEED)),
+        // The hash algorithms never get here (`HashAlgorithm::from_config`
+        // answers for them); were one added without a table, it would still
+        // serve, in turn.
+        Algorithm::RoundRobin | Algorithm::Maglev | Algorithm::RingHash => {
+            Policy::RoundRobin(RoundRobin::new(indices()))
+        }
+    }
+}
+
+/// Whether two configs give the same hash table: same algorithm, parameters
+/// and members in the same order.
+fn same_table(a: &Config, b: &Config) -> bool {
+    HashAlgorithm::from_config(&a.balancer) == HashAlgorithm::from_config(&b.balancer)
+        && a.members() == b.members()
+}
+
+fn upstream_client(config: &Config) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.upstream.connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// The live load of a snapshot's backends at one instant.
+struct LiveLoad<'a> {
+    backends: &'a [Backend],
+    now_ns: u64,
+}
+
+impl Load for LiveLoad<'_> {
+    fn in_flight(&self, backend: usize) -> u64 {
+        self.backends
+            .get(backend)
+            .map_or(0, |b| b.state.in_flight())
+    }
+
+    fn latency_ewma_ns(&self, backend: usize) -> Option<u64> {
+        self.backends
+            .get(backend)
+            .and_then(|b| b.state.latency_ewma_ns(self.now_ns))
+    }
+}
+
+/// The current snapshot, swapped atomically, and the pool's monotonic clock.
+#[derive(Debug)]
+pub struct Pool {
+    current: ArcSwap<Snapshot>,
+    epoch: Instant,
+}
+
+impl Pool {
+    /// A pool that starts with `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Pool {
+        Pool {
+            current: ArcSwap::from_pointee(snapshot),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The current snapshot. A request calls this once and keeps the result.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Publishes `snapshot`: requests that start afterwards use it, those
+    /// already running keep theirs.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+
+    /// Nanoseconds since the pool was created, on a monotonic clock: the
+    /// time base of the latency averages.
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(text: &str) -> Arc<Config> {
+        Arc::new(Config::from_toml(text, Path::new("test.toml")).unwrap())
+    }
+
+    fn pool_of(algorithm: &str, weights: &[u32]) -> Arc<Config> {
+        let mut text = format!("[balancer]\nalgorithm = \"{algorithm}\"\n");
+        for (i, w) in weights.iter().enumerate() {
+            text.push_str(&format!(
+                "[[backends]]\nname = \"b{i}\"\nurl = \"http://127.0.0.1:{}\"\nweight = {w}\n",
+                9000 + i
+            ));
+        }
+        config(&text)
+    }
+
+    fn names(snapshot: &Snapshot, picks: &[usize]) -> Vec<String> {
+        picks
+            .iter()
+            .map(|&i| snapshot.backends()[i].name().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_hash_snapshot_picks_the_first_backend_of_the_fallback_order_then_the_next_ones() {
+        for algorithm in ["maglev", "ring_hash"] {
+            let snapshot = Snapshot::all_healthy(pool_of(algorithm, &[1; 5])).unwrap();
+            for key_hash in [0, 1, 12_345, u64::MAX] {
+                let order: Vec<usize> = match snapshot.selector() {
+                    Selector::Hash { selector, .. } => selector.fallback(key_hash).collect(),
+                    Selector::Policy(_) => unreachable!(),
+                };
+                let mut tried = Vec::new();
+                while let Some(b) = snapshot.next_backend(key_hash, &tried, 0) {
+                    tried.push(b);
+                }
+                assert_eq!(tried, order, "{algorithm}");
+                assert_eq!(tried.len(), 5);
+            }
+        }
+    }
+
+    #[test]
+    fn unhealthy_backends_are_never_picked_and_none_healthy_picks_none() {
+        let snapshot =
+            Snapshot::build(pool_of("maglev", &[1; 3]), &[true, false, true], None).unwrap();
+        assert_eq!(snapshot.healthy_count(), 2);
+        for key_hash in 0..200 {
+            assert_ne!(snapshot.next_backend(key_hash, &[], 0), Some(1));
+        }
+        let none = Snapshot::build(pool_of("round_robin", &[1; 3]), &[false; 3], None).unwrap();
+        assert_eq!(none.next_backend(0, &[], 0), None);
+    }
+
+    #[test]
+    fn every_classic_algorithm_becomes_its_policy() {
+        for algorithm in [
+            "round_robin",
+            "weighted_round_robin",
+            "least_connections",
+            "least_response_time",
+            "random",
+        ] {
+            let snapshot = Snapshot::all_healthy(pool_of(algorithm, &[1, 2, 3])).unwrap();
+            assert!(snapshot.selector().hasher().is_none(), "{algorithm}");
+            assert_eq!(
+                snapshot.key_hash(
+                    &Uri::from_static("/"),
+                    &HeaderMap::new(),
+                    [127, 0, 0, 1].into()
+                ),
+                None
+            );
+            let mut tried = Vec::new();
+            while let Some(b) = snapshot.next_backend(0, &tried, 0) {
+                tried.push(b);
+            }
+            tried.sort_unstable();
+            assert_eq!(tried, [0, 1, 2], "{algorithm}");
+        }
+    }
+
+    #[test]
+    fn round_robin_cycles_in_config_order() {
+        let snapshot = Snapshot::all_healthy(pool_of("round_robin", &[1; 3])).unwrap();
+        let picks: Vec<usize> = (0..6)
+            .map(|_| snapshot.next_backend(0, &[], 0).unwrap())
+            .collect();
+        assert_eq!(
+            names(&snapshot, &picks),
+            ["b0", "b1", "b2", "b0", "b1", "b2"]
+        );
+    }
+
+    #[test]
+    fn live_state_is_shared_by_name_across_snapshots() {
+        let first = Snapshot::all_healthy(pool_of("least_connections", &[1; 3])).unwrap();
+        let guard = first.backend("b1").unwrap().state().begin();
+        let second = Snapshot::build(first.config().clone(), &[true; 3], Some(&first)).unwrap();
+        assert_eq!(second.backend("b1").unwrap().state().in_flight(), 1);
+        drop(guard);
+        assert_eq!(second.backend("b1").unwrap().state().in_flight(), 0);
+
+        let renamed = config(
+            "[[backends]]\nname = \"other\"\nurl = \"http://127.0.0.1:1\"\n\
+             [[backends]]\nname = \"b1\"\nurl = \"http://127.0.0.1:2\"\n",
+        );
+        let _busy = first.backend("b1").unwrap().state().begin();
+        let third = Snapshot::build(renamed, &[true; 2], Some(&first)).unwrap();
+        assert_eq!(third.backend("b1").unwrap().state().in_flight(), 1);
+        assert_eq!(third.backend("other").unwrap().state().in_flight(), 0);
+    }
+
+    #[test]
+    fn a_health_change_reuses_the_hash_table() {
+        let first = Snapshot::all_healthy(pool_of("maglev", &[1; 4])).unwrap();
+        let second = Snapshot::build(
+            first.config().clone(),
+            &[true, false, true, true],
+            Some(&first),
+        )
+        .unwrap();
+        match (first.selector(), second.selector()) {
+            (Selector::Hash { selector: a, .. }, Selector::Hash { selector: b, .. }) => {
+                match (a.table(), b.table()) {
+                    (HashTable::Maglev(x), HashTable::Maglev(y)) => assert!(Arc::ptr_eq(&x, &y)),
+                    _ => panic!("expected Maglev tables"),
+                }
+            }
+            _ => panic!("expected hash selectors"),
+        }
+    }
+
+    #[test]
+    fn least_connections_reads_in_flight_requests_from_the_live_state() {
+        let snapshot = Snapshot::all_healthy(pool_of("least_connections", &[1; 2])).unwrap();
+        let _busy = snapshot.backends()[0].state().begin();
+        for _ in 0..10 {
+            assert_eq!(snapshot.next_backend(0, &[], 0), Some(1));
+        }
+    }
+
+    #[test]
+    fn least_response_time_reads_the_latency_average() {
+        let snapshot = Snapshot::all_healthy(pool_of("least_response_time", &[1; 3])).unwrap();
+        let b = snapshot.backends();
+        b[0].state()
+            .observe_latency(Duration::from_millis(200), 1_000);
+        b[1].state()
+            .observe_latency(Duration::from_millis(2), 1_000);
+        b[2].state()
+            .observe_latency(Duration::from_millis(50), 1_000);
+        for _ in 0..10 {
+            assert_eq!(snapshot.next_backend(0, &[], 2_000), Some(1));
+        }
+    }
+
+    #[test]
+    fn bounded_load_moves_a_key_off_a_backend_at_its_bound() {
+        let mut text = String::from("[balancer]\nbounded_load = 1.25\n");
+        for i in 0..4 {
+            text.push_str(&format!(
+                "[[backends]]\nname = \"b{i}\"\nurl = \"http://127.0.0.1:{}\"\n",
+                9000 + i
+            ));
+        }
+        let snapshot = Snapshot::all_healthy(config(&text)).unwrap();
+        let key_hash = 42;
+        let order: Vec<usize> = match snapshot.selector() {
+            Selector::Hash { selector, .. } => selector.fallback(key_hash).collect(),
+            Selector::Policy(_) => unreachable!(),
+        };
+        // Idle pool: bound ⌈1.25 · 1 / 4⌉ = 1, everyone is below it.
+        assert_eq!(snapshot.next_backend(key_hash, &[], 0), Some(order[0]));
+        // The first choice holds 2 of 2 requests: bound ⌈1.25 · 3 / 4⌉ = 1.
+        let _a = snapshot.backends()[order[0]].state().begin();
+        let _b = snapshot.backends()[order[0]].state().begin();
+        assert_eq!(snapshot.next_backend(key_hash, &[], 0), Some(order[1]));
+        // A retry never returns a tried backend even when it is below the bound.
+        assert_eq!(
+            snapshot.next_backend(key_hash, &[order[1]], 0),
+            Some(order[2])
+        );
+    }
+
+    #[test]
+    fn the_random_seed_is_the_documented_ascii_string() {
+        assert_eq!(RANDOM_SEED.to_be_bytes(), *b"affinity");
+    }
+
+    #[test]
+    fn the_pool_publishes_a_new_snapshot_and_old_loads_keep_theirs() {
+        let first = Snapshot::all_healthy(pool_of("round_robin", &[1; 2])).unwrap();
+        let config = first.config().clone();
+        let pool = Pool::new(first);
+        let held = pool.snapshot();
+        let second = Snapshot::build(config, &[false, true], Some(&held)).unwrap();
+        pool.publish(second);
+        assert_eq!(held.healthy_count(), 2);
+        assert_eq!(pool.snapshot().healthy_count(), 1);
+        assert!(pool.now_ns() < pool.now_ns() + 1);
+    }
+}

@@ -1,0 +1,531 @@
+//! The request path: from a client's request to a backend's response.
+//!
+//! For each request the proxy loads the pool [`Snapshot`] once, then:
+//! 1. removes the hop-by-hop headers ([`headers::strip_hop_by_hop`]) and, for
+//!    an HTTP/2 or absolute-form request without `Host`, sets `Host` from the
+//!    request's authority (so `Host` reaches the backend as the client meant
+//!    it);
+//! 2. reads the request key and hashes it (hash algorithms only; see
+//!    [`key`]); with `[balancer.sticky_cookie]`, the key is that
+//!    cookie, and a request without it gets a new random session id as its
+//!    key and, on the backend's response, a `Set-Cookie` carrying it;
+//! 3. sets `X-Forwarded-For`, `-Proto` and `-Host` ([`headers::set_forwarded`]);
+//! 4. sends the request to the selector's first choice with the body
+//!    streaming through, and returns the response head as soon as it arrives,
+//!    its body streaming back with the hop-by-hop headers removed.
+//!
+//! # Failures
+//! * Connect failure (refused, unreachable, `connect_timeout`): the request
+//!   never reached the backend, so it is retried, with its body, whatever its
+//!   method, on the next backend: the key's next backend in its fallback order
+//!   (hash algorithms) or the policy's next pick, never one already tried, up
+//!   to `upstream.retries` times.
+//! * No healthy backend, or every healthy backend refused the connection:
+//!   `503`. Retries used up while untried backends remain: `502`.
+//! * Any other upstream error (the backend accepted the connection, then
+//!   broke it off before a response head): retried the same way only for an
+//!   idempotent method (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`)
+//!   whose body was never read, since the backend may have acted on the
+//!   request; otherwise `502`.
+//! * No response head within `upstream.request_timeout` of the request's
+//!   arrival (all attempts together): `504`.
+//! * A backend's own error status (say `500`) is its answer and is passed
+//!   through untouched.
+//!
+//! [`error_response`] is the one place where a [`ProxyError`] becomes a
+//! status.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue, SET_COOKIE};
+use hyper::http::request::Parts;
+use hyper::http::uri::{self, PathAndQuery};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy;
+
+use crate::access::{self, AccessRecord, Finish};
+use crate::body::{ProxyBody, RecoverableBody, UpstreamBody};
+use crate::config::StickyCookieConfig;
+use crate::headers;
+use crate::key::{self, KeyOrigin};
+use crate::pool::{InFlight, Pool, Snapshot};
+
+/// Why the proxy answered a request itself instead of with a backend's
+/// response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The snapshot has no healthy backend.
+    #[error("no healthy backend")]
+    NoHealthyBackend,
+    /// Every healthy backend was tried and refused the connection.
+    #[error("every healthy backend refused the connection ({tried} tried)")]
+    AllBackendsFailed {
+        /// Backends tried.
+        tried: usize,
+    },
+    /// Connecting failed and no retry was left.
+    #[error("cannot connect to backend {backend}")]
+    Connect {
+        /// The last backend tried.
+        backend: Arc<str>,
+        /// What went wrong.
+        #[source]
+        source: legacy::Error,
+    },
+    /// The backend was reached but the exchange failed.
+    #[error("backend {backend} failed")]
+    Upstream {
+        /// The backend.
+        backend: Arc<str>,
+        /// What went wrong.
+        #[source]
+        source: legacy::Error,
+    },
+    /// No response head within `upstream.request_timeout`.
+    #[error("backend {backend} sent no response within {}", humantime::format_duration(*timeout))]
+    Timeout {
+        /// The backend waited for.
+        backend: Arc<str>,
+        /// The configured timeout.
+        timeout: Duration,
+    },
+    /// A method a reverse proxy does not forward (`CONNECT`).
+    #[error("{0} requests are not supported")]
+    UnsupportedMethod(Method),
+    /// The request target cannot be turned into a backend URI.
+    #[error("the request target cannot be forwarded")]
+    BadTarget(#[source] uri::InvalidUriParts),
+}
+
+/// The response the client gets for `error`: a status and a short text body.
+/// The only place where proxy errors become statuses.
+pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
+    let (status, text) = match error {
+        ProxyError::NoHealthyBackend | ProxyError::AllBackendsFailed { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n")
+        }
+        ProxyError::Connect { .. } | ProxyError::Upstream { .. } => {
+            (StatusCode::BAD_GATEWAY, "bad gateway\n")
+        }
+        ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n"),
+        ProxyError::UnsupportedMethod(_) => {
+            (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        ProxyError::BadTarget(_) => (StatusCode::BAD_REQUEST, "bad request\n"),
+    };
+    let mut response = Response::new(ProxyBody::text(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The request handler shared by every client connection.
+#[derive(Debug)]
+pub struct Proxy {
+    pool: Arc<Pool>,
+}
+
+/// A backend's response head, with what its body still holds on to.
+struct Answer {
+    response: Response<Incoming>,
+    in_flight: InFlight,
+    backend: Arc<str>,
+}
+
+/// A request's key, as the hash algorithms use it.
+struct Keyed {
+    /// The key hash; `None` for the classic policies.
+    hash: Option<u64>,
+    /// The configured header or cookie was missing: the client IP was hashed.
+    fell_back: bool,
+    /// A sticky-cookie session id issued to this request (its key).
+    new_session: Option<String>,
+}
+
+impl Keyed {
+    fn new(snapshot: &Snapshot, parts: &Parts, peer: IpAddr) -> Keyed {
+        let Some(hasher) = snapshot.selector().hasher() else {
+            return Keyed {
+                hash: None,
+                fell_back: false,
+                new_session: None,
+            };
+        };
+        let key = snapshot.request_key(&parts.uri, &parts.headers, peer);
+        let fell_back = key.origin() == KeyOrigin::ClientIpFallback;
+        if fell_back && snapshot.config().balancer.sticky_cookie.is_some() {
+            // A new client: its key is the session id it is about to get.
+            let id = session_id();
+            return Keyed {
+                hash: Some(hasher.hash(id.as_bytes())),
+                fell_back: false,
+                new_session: Some(id),
+            };
+        }
+        Keyed {
+            hash: Some(hasher.hash(key.as_bytes())),
+            fell_back,
+            new_session: None,
+        }
+    }
+}
+
+/// What happened to the attempts of one request, for the access log.
+#[derive(Default)]
+struct Attempts {
+    count: u32,
+    failed: Vec<Arc<str>>,
+}
+
+impl Proxy {
+    /// A proxy over `pool`.
+    pub fn new(pool: Arc<Pool>) -> Proxy {
+        Proxy { pool }
+    }
+
+    /// The pool requests are routed with.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Forwards one client request from `peer`; never fails: errors become
+    /// the responses [`error_response`] gives.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let snapshot = self.pool.snapshot();
+        let (mut parts, body) = request.into_parts();
+        let peer = peer.ip().to_canonical();
+
+        headers::strip_hop_by_hop(&mut parts.headers);
+        if !parts.headers.contains_key(HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(HOST, host);
+        }
+        let keyed = Keyed::new(&snapshot, &parts, peer);
+        let mut record = access::enabled().then(|| AccessRecord {
+            client: key::client_ip(
+                peer,
+                &parts.headers,
+                &snapshot.config().balancer.trusted_proxies,
+            ),
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            key_hash: keyed.hash,
+            key_fallback: keyed.fell_back,
+            new_session: keyed.new_session.is_some(),
+            backend: None,
+            attempts: 0,
+            failed: Vec::new(),
+            status: 0,
+            started,
+        });
+        headers::set_forwarded(&mut parts.headers, peer, snapshot.is_trusted(peer));
+
+        let mut attempts = Attempts::default();
+        let result = self
+            .forward(
+                &snapshot,
+                parts,
+                body,
+                keyed.hash.unwrap_or(0),
+                &mut attempts,
+            )
+            .await;
+        if let Some(record) = record.as_mut() {
+            record.attempts = attempts.count;
+            record.failed = attempts.failed;
+        }
+        match result {
+            Ok(Answer {
+                response,
+                in_flight,
+                backend,
+            }) => {
+                let (mut head, incoming) = response.into_parts();
+                headers::strip_hop_by_hop(&mut head.headers);
+                if let (Some(id), Some(sticky)) = (
+                    &keyed.new_session,
+                    &snapshot.config().balancer.sticky_cookie,
+                ) && let Ok(cookie) = HeaderValue::from_str(&set_cookie(sticky, id))
+                {
+                    head.headers.append(SET_COOKIE, cookie);
+                }
+                if let Some(record) = record.as_mut() {
+                    record.backend = Some(backend);
+                    record.status = head.status.as_u16();
+                }
+                let finish = Finish::new(in_flight, record);
+                Response::from_parts(
+                    head,
+                    ProxyBody::Upstream(UpstreamBody::new(incoming, finish)),
+                )
+            }
+            Err(error) => {
+                tracing::warn!(client = %peer, error = %Chain(&error), "request failed");
+                let response = error_response(&error);
+                if let Some(mut record) = record {
+                    record.status = response.status().as_u16();
+                    record.log(0, "local");
+                }
+                response
+            }
+        }
+    }
+
+    /// Sends the request to backends until one answers or a failure ends it.
+    async fn forward(
+        &self,
+        snapshot: &Snapshot,
+        parts: Parts,
+        mut body: Incoming,
+        key_hash: u64,
+        attempts: &mut Attempts,
+    ) -> Result<Answer, ProxyError> {
+        if parts.method == Method::CONNECT {
+            return Err(ProxyError::UnsupportedMethod(parts.method));
+        }
+        let upstream = &snapshot.config().upstream;
+        let deadline = tokio::time::Instant::now() + upstream.request_timeout;
+        let Parts {
+            method,
+            uri,
+            mut headers,
+            ..
+        } = parts;
+        let path_and_query = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let retries = usize::try_from(upstream.retries).unwrap_or(usize::MAX);
+        let mut tried: Vec<usize> = Vec::new();
+        loop {
+            let next = snapshot.next_backend(key_hash, &tried, self.pool.now_ns());
+            let Some((index, backend)) = next.and_then(|i| Some((i, snapshot.backends().get(i)?)))
+            else {
+                return Err(if tried.is_empty() {
+                    ProxyError::NoHealthyBackend
+                } else {
+                    ProxyError::AllBackendsFailed { tried: tried.len() }
+                });
+            };
+            // Headers are copied only while a retry could still need them.
+            let may_retry = tried.len() < retries && tried.len() + 1 < snapshot.healthy_count();
+            let request_headers = if may_retry {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+            let mut target = uri::Parts::default();
+            target.scheme = Some(backend.scheme().clone());
+            target.authority = Some(backend.authority().clone());
+            target.path_and_query = Some(path_and_query.clone());
+            let target = Uri::from_parts(target).map_err(ProxyError::BadTarget)?;
+
+            let (request_body, recovery) = RecoverableBody::new(body);
+            let mut request = Request::new(request_body);
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = target;
+            *request.version_mut() = Version::HTTP_11;
+            *request.headers_mut() = request_headers;
+
+            attempts.count += 1;
+            let in_flight = backend.state().begin();
+            let sent = Instant::now();
+            let outcome =
+                tokio::time::timeout_at(deadline, snapshot.client().request(request)).await;
+            match outcome {
+                Err(_elapsed) => {
+                    return Err(ProxyError::Timeout {
+                        backend: backend.name().clone(),
+                        timeout: upstream.request_timeout,
+                    });
+                }
+                Ok(Ok(response)) => {
+                    backend
+                        .state()
+                        .observe_latency(sent.elapsed(), self.pool.now_ns());
+                    return Ok(Answer {
+                        response,
+                        in_flight,
+                        backend: backend.name().clone(),
+                    });
+                }
+                Ok(Err(error)) => {
+                    drop(in_flight);
+                    let connect = error.is_connect();
+                    tried.push(index);
+                    attempts.failed.push(backend.name().clone());
+                    if connect && tried.len() >= snapshot.healthy_count() {
+                        return Err(ProxyError::AllBackendsFailed { tried: tried.len() });
+                    }
+                    // Past a connect failure the backend may have acted on
+                    // the request: only an idempotent one is sent again, and
+                    // only if its body was never read (so, in practice, one
+                    // without a body).
+                    let replayable = connect || is_idempotent(&method);
+                    let recovered = if may_retry && replayable {
+                        recovery.take()
+                    } else {
+                        None
+                    };
+                    match recovered {
+                        Some(recovered) => {
+                            tracing::warn!(
+                                backend = %backend.name(),
+                                error = %Chain(&error),
+                                "backend failed; trying the next one"
+                            );
+                            body = recovered;
+                        }
+                        None if connect => {
+                            return Err(ProxyError::Connect {
+                                backend: backend.name().clone(),
+                                source: error,
+                            });
+                        }
+                        None => {
+                            return Err(ProxyError::Upstream {
+                                backend: backend.name().clone(),
+                                source: error,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Methods that mean the same whether sent once or twice (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A new session id: 128 random bits as 32 lowercase hex characters, from
+/// `fastrand` (seeded per thread from the OS). It only chooses a backend, so
+/// it need not be secret: a client can send any cookie it likes anyway.
+fn session_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// The `Set-Cookie` value that hands a new client its session id.
+fn set_cookie(sticky: &StickyCookieConfig, id: &str) -> String {
+    format!(
+        "{}={id}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax",
+        sticky.name,
+        sticky.max_age.as_secs().max(1)
+    )
+}
+
+/// An error with its chain of causes, `: `-separated, for logs.
+struct Chain<'a>(&'a dyn StdError);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn rendered(error: ProxyError) -> (u16, String) {
+        let response = error_response(&error);
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn each_error_maps_to_its_status_with_a_short_text_body() {
+        assert_eq!(
+            rendered(ProxyError::NoHealthyBackend).await,
+            (503, "no healthy backend\n".to_owned())
+        );
+        assert_eq!(
+            rendered(ProxyError::AllBackendsFailed { tried: 3 }).await,
+            (503, "no healthy backend\n".to_owned())
+        );
+        assert_eq!(
+            rendered(ProxyError::Timeout {
+                backend: Arc::from("b"),
+                timeout: Duration::from_millis(500)
+            })
+            .await,
+            (504, "gateway timeout\n".to_owned())
+        );
+        assert_eq!(
+            rendered(ProxyError::UnsupportedMethod(Method::CONNECT)).await,
+            (405, "method not allowed\n".to_owned())
+        );
+        let mut scheme_only = uri::Parts::default();
+        scheme_only.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        let bad = Uri::from_parts(scheme_only).unwrap_err();
+        assert_eq!(
+            rendered(ProxyError::BadTarget(bad)).await,
+            (400, "bad request\n".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_session_cookie_is_32_hex_characters_with_max_age_path_and_flags() {
+        let id = session_id();
+        assert_eq!(id.len(), 32);
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_ne!(id, session_id());
+        let sticky = StickyCookieConfig {
+            name: "sid".into(),
+            max_age: Duration::from_secs(90),
+        };
+        assert_eq!(
+            set_cookie(&sticky, "00ff"),
+            "sid=00ff; Max-Age=90; Path=/; HttpOnly; SameSite=Lax"
+        );
+        let short = StickyCookieConfig {
+            name: "sid".into(),
+            max_age: Duration::from_millis(10),
+        };
+        assert!(set_cookie(&short, "1").contains("Max-Age=1;"));
+    }
+
+    #[test]
+    fn a_timeout_names_the_backend_and_the_duration() {
+        let error = ProxyError::Timeout {
+            backend: Arc::from("server-2"),
+            timeout: Duration::from_millis(1500),
+        };
+        assert_eq!(
+            error.to_string(),
+            "backend server-2 sent no response within 1s 500ms"
+        );
+    }
+}

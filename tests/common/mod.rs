@@ -1,0 +1,542 @@
+//! Helpers shared by the integration tests: real backends, the proxy started
+//! in-process on port 0, and an HTTP/1.1 client that can connect from any
+//! 127.0.0.0/8 source address.
+//!
+//! Everything binds 127.0.0.1 (or 127.0.0.N) on ephemeral ports, and every
+//! task is aborted when its owner is dropped, so a test cleans up by ending.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use affinity::config::Config;
+use affinity::server::ProxyHandle;
+
+/// Every await in a test is bounded by this, so a bug fails instead of hanging.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+/// Awaits `future`, failing the test if it takes longer than [`LIMIT`].
+pub async fn bounded<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(LIMIT, future)
+        .await
+        .expect("timed out: the proxy or a backend hung")
+}
+
+// ---------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------
+
+/// How a test backend answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// `200` with its name.
+    Normal = 0,
+    /// Like `Normal`, after the configured delay.
+    Slow = 1,
+    /// `500` with body `boom`.
+    Fail = 2,
+    /// Never answers.
+    Hang = 3,
+}
+
+/// What a backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Method.
+    pub method: Method,
+    /// Request target.
+    pub uri: Uri,
+    /// Headers as received.
+    pub headers: HeaderMap,
+    /// Body length.
+    pub body_len: u64,
+    /// FNV-1a of the body.
+    pub body_hash: u64,
+}
+
+struct Shared {
+    name: String,
+    count: AtomicU64,
+    mode: AtomicU8,
+    delay_ms: AtomicU64,
+    seen: Mutex<Vec<Seen>>,
+    released: watch::Sender<bool>,
+}
+
+/// A real HTTP backend on 127.0.0.1, port 0.
+///
+/// Every request is counted and recorded (method, target, headers, body
+/// length and hash). It answers `200` with its name as the body and an
+/// `x-backend` header, plus `x-body-len` and `x-body-hash` of the body it
+/// read, unless:
+/// * the mode says otherwise (slow, `500`, hang);
+/// * the path is `/hold`: it waits until [`TestBackend::release`];
+/// * the path is `/download?bytes=N`: it streams N bytes of [`pattern`];
+/// * the path is `/hop`: its response carries hop-by-hop headers;
+/// * the path is `/trickle`: it sends `first` and then waits for
+///   [`TestBackend::release`] before sending `second`.
+pub struct TestBackend {
+    /// Its name in the proxy config.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    _tasks: JoinSet<()>,
+}
+
+impl TestBackend {
+    /// Starts a backend called `name`.
+    pub async fn start(name: &str) -> TestBackend {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            count: AtomicU64::new(0),
+            mode: AtomicU8::new(Mode::Normal as u8),
+            delay_ms: AtomicU64::new(0),
+            seen: Mutex::new(Vec::new()),
+            released: watch::channel(false).0,
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(accept_loop(listener, shared.clone()));
+        TestBackend {
+            name: name.to_owned(),
+            addr,
+            shared,
+            _tasks: tasks,
+        }
+    }
+
+    /// Starts backends `server-1` .. `server-N`.
+    pub async fn start_many(n: usize) -> Vec<TestBackend> {
+        let mut backends = Vec::with_capacity(n);
+        for i in 1..=n {
+            backends.push(TestBackend::start(&format!("server-{i}")).await);
+        }
+        backends
+    }
+
+    /// Requests received so far.
+    pub fn count(&self) -> u64 {
+        self.shared.count.load(Ordering::SeqCst)
+    }
+
+    /// Changes how it answers.
+    pub fn set_mode(&self, mode: Mode) {
+        self.shared.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Makes it answer after `delay`.
+    pub fn set_slow(&self, delay: Duration) {
+        self.shared
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.set_mode(Mode::Slow);
+    }
+
+    /// Lets `/hold` and `/trickle` requests finish.
+    pub fn release(&self) {
+        self.shared.released.send_replace(true);
+    }
+
+    /// The requests it has seen, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared.seen.lock().unwrap().clone()
+    }
+}
+
+/// An address on which nothing listens: bound, then closed.
+pub async fn dead_address() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A backend that accepts connections and closes each at once, without
+/// answering: the request reaches a server but gets no response. The
+/// listener lives as long as the returned set.
+pub async fn closing_backend() -> (SocketAddr, JoinSet<()>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(async move {
+        loop {
+            if let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        }
+    });
+    (addr, tasks)
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        let service = service_fn(move |request| answer(request, shared.clone()));
+        connections.spawn(async move {
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+type TestBody = BoxBody<Bytes, Infallible>;
+
+async fn answer(
+    request: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<TestBody>, Infallible> {
+    shared.count.fetch_add(1, Ordering::SeqCst);
+    let (parts, mut body) = request.into_parts();
+    let mut hasher = Fnv::new();
+    let mut body_len = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            hasher.write(data);
+            body_len += data.len() as u64;
+        }
+    }
+    shared.seen.lock().unwrap().push(Seen {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+        body_len,
+        body_hash: hasher.finish(),
+    });
+
+    match shared.mode.load(Ordering::SeqCst) {
+        m if m == Mode::Hang as u8 => std::future::pending::<()>().await,
+        m if m == Mode::Slow as u8 => {
+            let delay = shared.delay_ms.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        m if m == Mode::Fail as u8 => {
+            let mut response = Response::new(full("boom"));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            return Ok(named(response, &shared.name));
+        }
+        _ => {}
+    }
+
+    let path = parts.uri.path();
+    if path == "/hold" {
+        let mut released = shared.released.subscribe();
+        let _ = released.wait_for(|&r| r).await;
+    }
+    if path == "/download" {
+        let bytes: u64 = parts
+            .uri
+            .query()
+            .and_then(|q| q.strip_prefix("bytes="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let body = PatternBody {
+            offset: 0,
+            len: bytes,
+        };
+        return Ok(named(Response::new(body.boxed()), &shared.name));
+    }
+    if path == "/trickle" {
+        let (tx, body) = ChannelBody::new();
+        let mut released = shared.released.subscribe();
+        tokio::spawn(async move {
+            let _ = tx.send(Bytes::from_static(b"first")).await;
+            let _ = released.wait_for(|&r| r).await;
+            let _ = tx.send(Bytes::from_static(b"second")).await;
+        });
+        return Ok(named(Response::new(body.boxed()), &shared.name));
+    }
+    let mut response = Response::new(full(&shared.name));
+    let headers = response.headers_mut();
+    headers.insert("x-body-len", HeaderValue::from(body_len));
+    headers.insert(
+        "x-body-hash",
+        HeaderValue::from_str(&format!("{:016x}", hasher.finish())).unwrap(),
+    );
+    if path == "/hop" {
+        for (name, value) in [
+            ("connection", "x-backend-hop"),
+            ("x-backend-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic realm=\"x\""),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x-checksum"),
+            ("upgrade", "h2c"),
+            ("x-end-to-end", "kept"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    Ok(named(response, &shared.name))
+}
+
+fn named(mut response: Response<TestBody>, name: &str) -> Response<TestBody> {
+    response
+        .headers_mut()
+        .insert("x-backend", HeaderValue::from_str(name).unwrap());
+    response
+}
+
+/// A full body from text.
+pub fn full(text: &str) -> TestBody {
+    Full::new(Bytes::from(text.to_owned())).boxed()
+}
+
+/// A full body from bytes.
+pub fn full_bytes(bytes: Bytes) -> TestBody {
+    Full::new(bytes).boxed()
+}
+
+// ---------------------------------------------------------------------------
+// Bodies
+// ---------------------------------------------------------------------------
+
+/// Byte `i` of the deterministic download pattern.
+pub fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(2_654_435_761) >> 13) as u8
+}
+
+/// `len` bytes of [`pattern`], produced in 64 KiB frames as they are polled.
+pub struct PatternBody {
+    offset: u64,
+    len: u64,
+}
+
+impl Body for PatternBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.offset >= self.len {
+            return Poll::Ready(None);
+        }
+        let end = (self.offset + 64 * 1024).min(self.len);
+        let chunk: Vec<u8> = (self.offset..end).map(pattern).collect();
+        self.offset = end;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len - self.offset)
+    }
+}
+
+/// A body fed chunk by chunk through a channel, of unknown length.
+pub struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl ChannelBody {
+    /// The sending end and the body.
+    pub fn new() -> (mpsc::Sender<Bytes>, ChannelBody) {
+        let (tx, rx) = mpsc::channel(4);
+        (tx, ChannelBody(rx))
+    }
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+/// 64-bit FNV-1a, to compare bodies without keeping them.
+pub struct Fnv(u64);
+
+impl Fnv {
+    /// An empty hash.
+    pub fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    /// Adds bytes.
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    /// The hash so far.
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The proxy
+// ---------------------------------------------------------------------------
+
+/// A config on 127.0.0.1:0 with `sections` (TOML tables, may be empty) and
+/// one `[[backends]]` entry per `(name, address)`.
+pub fn config_text(sections: &str, backends: &[(&str, SocketAddr)]) -> String {
+    let mut text =
+        format!("[listener]\naddress = \"127.0.0.1:0\"\ndrain_timeout = \"2s\"\n{sections}\n");
+    for (name, addr) in backends {
+        text.push_str(&format!(
+            "[[backends]]\nname = \"{name}\"\nurl = \"http://{addr}\"\n"
+        ));
+    }
+    text
+}
+
+/// `(name, address)` of each backend, for [`config_text`].
+pub fn pool(backends: &[TestBackend]) -> Vec<(&str, SocketAddr)> {
+    backends.iter().map(|b| (b.name.as_str(), b.addr)).collect()
+}
+
+/// Parses a config.
+pub fn parse(text: &str) -> Config {
+    Config::from_toml(text, Path::new("test.toml")).unwrap()
+}
+
+/// Starts the proxy in-process from config text.
+pub async fn start_proxy(text: &str) -> ProxyHandle {
+    affinity::server::start(parse(text)).await.unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// The client
+// ---------------------------------------------------------------------------
+
+/// What the client got back.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as text.
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+
+    /// The `x-backend` header: which backend answered.
+    pub fn backend(&self) -> &str {
+        self.headers
+            .get("x-backend")
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection to the proxy.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<TestBody>,
+    _connection: JoinSet<()>,
+}
+
+impl Client {
+    /// Connects from 127.0.0.1.
+    pub async fn connect(proxy: SocketAddr) -> Client {
+        Client::connect_from(IpAddr::V4(Ipv4Addr::LOCALHOST), proxy).await
+    }
+
+    /// Connects from `source` (any 127.0.0.0/8 address works on Linux).
+    pub async fn connect_from(source: IpAddr, proxy: SocketAddr) -> Client {
+        let stream = connect_stream_from(source, proxy).await;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let _ = connection.await;
+        });
+        Client {
+            sender,
+            _connection: tasks,
+        }
+    }
+
+    /// `GET path` with extra headers.
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = Request::get(path).header("host", "proxy.test");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request.body(full("")).unwrap()).await
+    }
+
+    /// Sends a request and reads the whole response.
+    pub async fn send(&mut self, request: Request<TestBody>) -> Reply {
+        bounded(async {
+            self.sender.ready().await.unwrap();
+            let response = self.sender.send_request(request).await.unwrap();
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            }
+        })
+        .await
+    }
+
+    /// Sends a request and returns the response with its body unread.
+    pub async fn send_streaming(&mut self, request: Request<TestBody>) -> Response<Incoming> {
+        bounded(async {
+            self.sender.ready().await.unwrap();
+            self.sender.send_request(request).await.unwrap()
+        })
+        .await
+    }
+}
+
+/// A TCP connection to `proxy` from `source`, port chosen by the OS.
+pub async fn connect_stream_from(source: IpAddr, proxy: SocketAddr) -> TcpStream {
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    bounded(socket.connect(proxy)).await.unwrap()
+}
+
+/// A header name, for building requests in tests.
+pub fn header(name: &'static str) -> HeaderName {
+    HeaderName::from_static(name)
+}

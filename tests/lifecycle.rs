@@ -1,0 +1,123 @@
+//! The proxy's life: HTTP/2 with prior knowledge on the same listener, and
+//! graceful shutdown (stop accepting, drain, bounded by the drain timeout).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use affinity::server::Drain;
+use common::*;
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served_and_host_comes_from_the_authority() {
+    let backends = TestBackend::start_many(1).await;
+    let proxy = start_proxy(&config_text("", &pool(&backends))).await;
+    let stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..3 {
+        let request = Request::get("http://shop.example/h2")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = bounded(sender.send_request(request)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-backend"], "server-1");
+        let body = bounded(response.into_body().collect()).await.unwrap();
+        assert_eq!(&body.to_bytes()[..], b"server-1");
+    }
+    let seen = backends[0].seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].headers["host"], "shop.example");
+    assert_eq!(seen[0].uri, "/h2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_connections_and_lets_a_request_in_flight_finish() {
+    let backends = TestBackend::start_many(1).await;
+    let proxy = start_proxy(&config_text("", &pool(&backends))).await;
+    let addr = proxy.local_addr();
+    let in_flight = tokio::spawn(async move {
+        let mut client = Client::connect(addr).await;
+        client.get("/hold", &[]).await
+    });
+    bounded(async {
+        while backends[0].count() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let shutdown = tokio::spawn(proxy.shutdown());
+    // The listener closes promptly; the drain waits for the held request.
+    bounded(async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(!shutdown.is_finished());
+    backends[0].release();
+    let reply = bounded(in_flight).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "server-1");
+    assert_eq!(bounded(shutdown).await.unwrap(), Drain::Complete);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_does_not_hold_up_shutdown() {
+    let backends = TestBackend::start_many(1).await;
+    let proxy = start_proxy(&config_text("", &pool(&backends))).await;
+    let mut client = Client::connect(proxy.local_addr()).await;
+    assert_eq!(client.get("/", &[]).await.status, 200);
+    let started = Instant::now();
+    assert_eq!(bounded(proxy.shutdown()).await, Drain::Complete);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn the_drain_timeout_cuts_off_a_request_that_does_not_finish() {
+    let backends = TestBackend::start_many(1).await;
+    backends[0].set_mode(Mode::Hang);
+    let text = config_text("", &pool(&backends))
+        .replace("drain_timeout = \"2s\"", "drain_timeout = \"300ms\"");
+    let proxy = start_proxy(&text).await;
+    let addr = proxy.local_addr();
+    let stuck = tokio::spawn(async move {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = Request::get("/")
+            .header("host", "x")
+            .body(Empty::new())
+            .unwrap();
+        sender.send_request(request).await
+    });
+    bounded(async {
+        while backends[0].count() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let started = Instant::now();
+    assert_eq!(bounded(proxy.shutdown()).await, Drain::TimedOut);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1300),
+        "took {took:?}"
+    );
+    assert!(
+        bounded(stuck).await.unwrap().is_err(),
+        "the client saw its connection cut"
+    );
+}
