@@ -33,7 +33,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -115,7 +115,7 @@ if command -v haproxy >/dev/null; then
   {
     echo "global"
     echo "  nbthread 2"
-    echo "  maxconn 10000"
+    echo "  maxconn 4096"
     echo "defaults"
     echo "  mode http"
     echo "  timeout connect 1s"

@@ -71,7 +71,10 @@ fn main() -> ExitCode {
     if cli.churn {
         return run_churn(&config, cli.json);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The proxy runs one single-threaded runtime per core (see
+    // `server::start_workers`); this one hosts the first worker, the signal
+    // handlers and the demo backends.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -120,7 +123,8 @@ async fn run(config: Config, demo: bool) -> ExitCode {
     } else {
         None
     };
-    let proxy = match affinity::server::start(config).await {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let proxy = match affinity::server::start_workers(config, workers).await {
         Ok(proxy) => proxy,
         Err(e) => {
             eprintln!("affinity: {e}");

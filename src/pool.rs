@@ -1,5 +1,5 @@
 //! The pool as requests see it: one immutable [`Snapshot`] (backends, their
-//! health, the selector, the upstream client) published through one
+//! health, the selector) published through one
 //! [`arc_swap::ArcSwap`] in [`Pool`].
 //!
 //! A request loads the snapshot once and uses only that snapshot, so it sees
@@ -255,7 +255,6 @@ pub struct Snapshot {
     backends: Vec<Backend>,
     healthy_count: usize,
     selector: Selector,
-    client: UpstreamClient,
 }
 
 impl Snapshot {
@@ -301,10 +300,6 @@ impl Snapshot {
             });
         }
         let selector = build_selector(&config, &healthy, previous)?;
-        let client = match previous {
-            Some(p) if p.config.upstream == config.upstream => p.client.clone(),
-            _ => upstream_client(&config),
-        };
         // A sticky cookie replaces the configured key with itself.
         let key_source = match &config.balancer.sticky_cookie {
             Some(sticky) => KeySource::Cookie(sticky.name.clone()),
@@ -316,7 +311,6 @@ impl Snapshot {
             config,
             backends,
             selector,
-            client,
         })
     }
 
@@ -351,9 +345,28 @@ impl Snapshot {
         &self.selector
     }
 
-    /// The client that sends requests to backends.
-    pub fn client(&self) -> &UpstreamClient {
-        &self.client
+    /// The client that sends requests to backends, for this thread.
+    ///
+    /// Each thread keeps its own client (and so its own pool of backend
+    /// connections) per upstream settings: hyper's client drives every
+    /// connection as a task on the runtime that opened it, so a client shared
+    /// by several single-threaded runtimes would bounce every request between
+    /// threads. A snapshot with the same upstream settings as the previous
+    /// one reuses the same client and its pooled connections.
+    pub fn client(&self) -> UpstreamClient {
+        THREAD_CLIENTS.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            let settings = &self.config.upstream;
+            if let Some((_, client)) = clients.iter().find(|(s, _)| s == settings) {
+                return client.clone();
+            }
+            let client = upstream_client(&self.config);
+            if clients.len() == THREAD_CLIENTS_KEPT {
+                clients.remove(0);
+            }
+            clients.push((settings.clone(), client.clone()));
+            client
+        })
     }
 
     /// Whether `peer` is one of the configured trusted proxies.
@@ -479,6 +492,14 @@ fn classic_policy(algorithm: Algorithm, weighted: Vec<(usize, u32)>) -> Policy {
 fn same_table(a: &Config, b: &Config) -> bool {
     HashAlgorithm::from_config(&a.balancer) == HashAlgorithm::from_config(&b.balancer)
         && a.members() == b.members()
+}
+
+/// How many upstream clients (distinct upstream settings) a thread keeps.
+const THREAD_CLIENTS_KEPT: usize = 4;
+
+thread_local! {
+    static THREAD_CLIENTS: std::cell::RefCell<Vec<(crate::config::UpstreamConfig, UpstreamClient)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn upstream_client(config: &Config) -> UpstreamClient {

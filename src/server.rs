@@ -34,7 +34,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -64,6 +64,9 @@ pub enum StartError {
     /// The pool could not be built.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// A worker thread or its runtime could not be started.
+    #[error("cannot start a worker: {0}")]
+    Runtime(String),
 }
 
 /// How a shutdown ended.
@@ -83,6 +86,9 @@ pub struct ProxyHandle {
     pool: Arc<Pool>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Drain>,
+    /// The other workers, each on its own thread and runtime: how to stop
+    /// it, and how its drain ended.
+    workers: Vec<(oneshot::Sender<()>, oneshot::Receiver<Drain>)>,
 }
 
 impl ProxyHandle {
@@ -98,41 +104,115 @@ impl ProxyHandle {
     }
 
     /// Stops accepting, lets requests in flight finish within the drain
-    /// timeout, and returns how that went.
+    /// timeout, and returns how that went (on every worker).
     pub async fn shutdown(mut self) -> Drain {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task).await.unwrap_or(Drain::TimedOut)
+        let workers = std::mem::take(&mut self.workers);
+        let mut done = Vec::with_capacity(workers.len());
+        for (stop, drained) in workers {
+            let _ = stop.send(());
+            done.push(drained);
+        }
+        let mut drain = (&mut self.task).await.unwrap_or(Drain::TimedOut);
+        for drained in done {
+            if drained.await.unwrap_or(Drain::TimedOut) == Drain::TimedOut {
+                drain = Drain::TimedOut;
+            }
+        }
+        drain
     }
 }
 
-/// Starts the proxy for `config`: binds the listener and serves it on the
-/// current tokio runtime until the handle is shut down or dropped. Every
+/// Starts the proxy for `config` on the current tokio runtime: binds the
+/// listener and serves it until the handle is shut down or dropped. Every
 /// backend starts healthy.
 pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
+    start_workers(config, 1).await
+}
+
+/// Starts the proxy with `workers` accept loops sharing one listening port
+/// (`SO_REUSEPORT`, so the kernel spreads connections between them): one on
+/// the current runtime, each other on a thread of its own with a
+/// single-threaded runtime. A connection, its requests and their backend
+/// connections then stay on one thread from accept to response, with no
+/// cross-thread wake-ups; every worker routes with the same pool.
+pub async fn start_workers(config: Config, workers: usize) -> Result<ProxyHandle, StartError> {
+    let workers = workers.max(1);
     let config = Arc::new(config);
     let pool = Arc::new(Pool::new(Snapshot::all_healthy(config.clone())?));
     let address = config.listener.address;
     let bind_error = |source| StartError::Bind { address, source };
-    let listener = TcpListener::bind(address).await.map_err(bind_error)?;
+    let shared = workers > 1;
+    let listener = bind(address, shared)
+        .and_then(|socket| socket.listen(LISTEN_BACKLOG))
+        .map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
-    tracing::info!(address = %local_addr, "listening on {local_addr}");
+    // Bound here, so that a bind error is reported before anything runs;
+    // each becomes a listener on its own thread's runtime.
+    let mut sockets = Vec::with_capacity(workers - 1);
+    for _ in 1..workers {
+        sockets.push(bind(local_addr, true).map_err(bind_error)?);
+    }
+    let drain_timeout = config.listener.drain_timeout;
+    let mut others = Vec::with_capacity(sockets.len());
+    for (n, socket) in sockets.into_iter().enumerate() {
+        let (stop, stopped) = oneshot::channel();
+        let (drained, drain) = oneshot::channel();
+        let proxy = Arc::new(Proxy::new(pool.clone()));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
+        std::thread::Builder::new()
+            .name(format!("affinity-worker-{}", n + 1))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let outcome = match socket.listen(LISTEN_BACKLOG) {
+                        Ok(listener) => serve(listener, proxy, drain_timeout, stopped).await,
+                        Err(error) => {
+                            tracing::error!(%error, "worker cannot listen");
+                            Drain::Complete
+                        }
+                    };
+                    let _ = drained.send(outcome);
+                });
+            })
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
+        others.push((stop, drain));
+    }
+    tracing::info!(address = %local_addr, workers, "listening on {local_addr}");
 
     let (stop, stopped) = oneshot::channel();
     let proxy = Arc::new(Proxy::new(pool.clone()));
-    let task = tokio::spawn(serve(
-        listener,
-        proxy,
-        config.listener.drain_timeout,
-        stopped,
-    ));
+    let task = tokio::spawn(serve(listener, proxy, drain_timeout, stopped));
     Ok(ProxyHandle {
         local_addr,
         pool,
         stop: Some(stop),
         task,
+        workers: others,
     })
+}
+
+/// Pending connections the kernel queues per listening socket.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A TCP socket bound to `address`, with `SO_REUSEADDR` (restarts do not
+/// wait for TIME_WAIT) and, when `shared`, `SO_REUSEPORT`.
+fn bind(address: SocketAddr, shared: bool) -> io::Result<TcpSocket> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if shared {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(address)?;
+    Ok(socket)
 }
 
 /// hyper's connection settings: HTTP/1.1 or HTTP/2 (prior knowledge), with

@@ -121,3 +121,36 @@ async fn the_drain_timeout_cuts_off_a_request_that_does_not_finish() {
         "the client saw its connection cut"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_share_the_port_route_alike_and_all_drain() {
+    let backends = TestBackend::start_many(5).await;
+    let text = config_text("[balancer]\nkey = \"url\"\n", &pool(&backends));
+    let proxy = affinity::server::start_workers(parse(&text), 3)
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    // Many connections, so the kernel spreads them over the three workers;
+    // every worker must send each URL to the same backend.
+    let mut first: std::collections::HashMap<String, String> = Default::default();
+    for round in 0..2 {
+        for c in 0..24 {
+            let mut client = Client::connect(addr).await;
+            for k in 0..10 {
+                let path = format!("/item/{}", c * 10 + k);
+                let reply = client.get(&path, &[]).await;
+                assert_eq!(reply.status, 200, "round {round} {path}");
+                let backend = reply.backend().to_string();
+                let was = first.entry(path.clone()).or_insert_with(|| backend.clone());
+                assert_eq!(*was, backend, "{path} moved between connections");
+            }
+        }
+    }
+    let total: u64 = backends.iter().map(TestBackend::count).sum();
+    assert_eq!(total, 480);
+    assert_eq!(bounded(proxy.shutdown()).await, Drain::Complete);
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "every worker stopped listening"
+    );
+}
