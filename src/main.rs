@@ -87,10 +87,18 @@ fn main() -> ExitCode {
     runtime.block_on(run(config, cli.demo))
 }
 
+/// The log filter when `RUST_LOG` is unset.
+const DEFAULT_LOG_DIRECTIVES: &str = "info,access=off";
+
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::builder()
-        .with_default_directive(LevelFilter::INFO.into())
-        .from_env_lossy();
+    // Without RUST_LOG: info, and no access log (one line per request is
+    // for operators who ask for it: RUST_LOG=info,access=info).
+    let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder()
+            .with_default_directive(LevelFilter::INFO.into())
+            .parse_lossy(directives),
+        _ => EnvFilter::new(DEFAULT_LOG_DIRECTIVES),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
