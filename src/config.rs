@@ -933,6 +933,15 @@ impl Source<'_> {
         };
         let sticky_cookie = match &file.sticky_cookie {
             None => None,
+            Some(_) if !algorithm.is_hash() => {
+                return Err(self.error(
+                    "balancer.sticky_cookie",
+                    file.algorithm.as_ref().map(Spanned::span),
+                    format!(
+                        "a sticky cookie is hashed to pick the backend, so it needs maglev or ring_hash, not {algorithm}"
+                    ),
+                ));
+            }
             Some(sticky) => Some(self.sticky_cookie(sticky)?),
         };
         Ok(BalancerConfig {
@@ -2211,6 +2220,19 @@ mod tests {
         );
         let off = with_backend("[balancer]\nalgorithm = \"least_connections\"\nbounded_load = 0");
         assert!(parse(&off).is_ok());
+    }
+
+    #[test]
+    fn a_sticky_cookie_with_a_non_hash_algorithm_is_rejected() {
+        let text = with_backend(
+            "[balancer]\nalgorithm = \"round_robin\"\n[balancer.sticky_cookie]\nname = \"s\"",
+        );
+        assert_rejected(
+            &text,
+            "balancer.sticky_cookie",
+            2,
+            "needs maglev or ring_hash",
+        );
     }
 
     #[test]
