@@ -265,9 +265,9 @@ impl Snapshot {
     /// From `previous`, when given, it takes what should survive a change:
     /// the live state of each backend with the same name, the hash table
     /// when the algorithm and the pool (names, weights, order) are unchanged
-    /// (so a health change costs one pass over the table, not a rebuild), and
-    /// the upstream client with its pooled connections when the upstream
-    /// settings are unchanged.
+    /// (so a health change costs one pass over the table, not a rebuild).
+    /// Pooled backend connections outlive snapshots too: they belong to the
+    /// per-thread clients of [`Snapshot::client`].
     pub fn build(
         config: Arc<Config>,
         healthy: &[bool],
