@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod hash;
 pub mod headers;
+pub mod health;
 pub mod key;
 pub mod maglev;
 pub mod member;

@@ -15,8 +15,9 @@
 //!    its body streaming back with the hop-by-hop headers removed.
 //!
 //! # Failures
-//! * Connect failure (refused, unreachable, `connect_timeout`): the request
-//!   never reached the backend, so it is retried, with its body, whatever its
+//! * Connect failure (refused, unreachable, `connect_timeout`): counted
+//!   against the backend's health as a failed probe (see [`crate::health`]).
+//!   The request never reached the backend, so it is retried, with its body, whatever its
 //!   method, on the next backend: the key's next backend in its fallback order
 //!   (hash algorithms) or the policy's next pick, never one already tried, up
 //!   to `upstream.retries` times.
@@ -52,6 +53,7 @@ use crate::access::{self, AccessRecord, Finish};
 use crate::body::{ProxyBody, RecoverableBody, UpstreamBody};
 use crate::config::StickyCookieConfig;
 use crate::headers;
+use crate::health::HealthReporter;
 use crate::key::{self, KeyOrigin};
 use crate::pool::{InFlight, Pool, Snapshot};
 
@@ -131,6 +133,7 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
 #[derive(Debug)]
 pub struct Proxy {
     pool: Arc<Pool>,
+    health: Option<HealthReporter>,
 }
 
 /// A backend's response head, with what its body still holds on to.
@@ -188,7 +191,16 @@ struct Attempts {
 impl Proxy {
     /// A proxy over `pool`.
     pub fn new(pool: Arc<Pool>) -> Proxy {
-        Proxy { pool }
+        Proxy { pool, health: None }
+    }
+
+    /// A proxy over `pool` that reports connect failures to the health
+    /// checks through `health`.
+    pub fn with_health(pool: Arc<Pool>, health: HealthReporter) -> Proxy {
+        Proxy {
+            pool,
+            health: Some(health),
+        }
     }
 
     /// The pool requests are routed with.
@@ -367,6 +379,9 @@ impl Proxy {
                 Ok(Err(error)) => {
                     drop(in_flight);
                     let connect = error.is_connect();
+                    if connect && let Some(health) = &self.health {
+                        health.connect_failed(backend.name());
+                    }
                     tried.push(index);
                     attempts.failed.push(backend.name().clone());
                     if connect && tried.len() >= snapshot.healthy_count() {

@@ -39,6 +39,7 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::Config;
+use crate::health::{self, HealthChecks};
 use crate::pool::{Pool, PoolError, Snapshot};
 use crate::proxy::Proxy;
 
@@ -89,6 +90,9 @@ pub struct ProxyHandle {
     /// The other workers, each on its own thread and runtime: how to stop
     /// it, and how its drain ended.
     workers: Vec<(oneshot::Sender<()>, oneshot::Receiver<Drain>)>,
+    /// The health probes and the task that publishes health changes;
+    /// dropping them (with the handle) stops them.
+    health: HealthChecks,
 }
 
 impl ProxyHandle {
@@ -106,6 +110,7 @@ impl ProxyHandle {
     /// Stops accepting, lets requests in flight finish within the drain
     /// timeout, and returns how that went (on every worker).
     pub async fn shutdown(mut self) -> Drain {
+        self.health.stop();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -127,7 +132,8 @@ impl ProxyHandle {
 
 /// Starts the proxy for `config` on the current tokio runtime: binds the
 /// listener and serves it until the handle is shut down or dropped. Every
-/// backend starts healthy.
+/// backend starts healthy; the health checks ([`crate::health`]) run on this
+/// runtime until then.
 pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
     start_workers(config, 1).await
 }
@@ -156,11 +162,12 @@ pub async fn start_workers(config: Config, workers: usize) -> Result<ProxyHandle
         sockets.push(bind(local_addr, true).map_err(bind_error)?);
     }
     let drain_timeout = config.listener.drain_timeout;
+    let health = health::spawn(pool.clone());
     let mut others = Vec::with_capacity(sockets.len());
     for (n, socket) in sockets.into_iter().enumerate() {
         let (stop, stopped) = oneshot::channel();
         let (drained, drain) = oneshot::channel();
-        let proxy = Arc::new(Proxy::new(pool.clone()));
+        let proxy = Arc::new(Proxy::with_health(pool.clone(), health.reporter()));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -185,7 +192,7 @@ pub async fn start_workers(config: Config, workers: usize) -> Result<ProxyHandle
     tracing::info!(address = %local_addr, workers, "listening on {local_addr}");
 
     let (stop, stopped) = oneshot::channel();
-    let proxy = Arc::new(Proxy::new(pool.clone()));
+    let proxy = Arc::new(Proxy::with_health(pool.clone(), health.reporter()));
     let task = tokio::spawn(serve(listener, proxy, drain_timeout, stopped));
     Ok(ProxyHandle {
         local_addr,
@@ -193,6 +200,7 @@ pub async fn start_workers(config: Config, workers: usize) -> Result<ProxyHandle
         stop: Some(stop),
         task,
         workers: others,
+        health,
     })
 }
 

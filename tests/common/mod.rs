@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -79,6 +79,8 @@ struct Shared {
     count: AtomicU64,
     mode: AtomicU8,
     delay_ms: AtomicU64,
+    health_ok: AtomicBool,
+    probes: AtomicU64,
     seen: Mutex<Vec<Seen>>,
     released: watch::Sender<bool>,
 }
@@ -90,6 +92,9 @@ struct Shared {
 /// `x-backend` header, plus `x-body-len` and `x-body-hash` of the body it
 /// read, unless:
 /// * the mode says otherwise (slow, `500`, hang);
+/// * the path is [`HEALTH_PATH`] (the proxy's health probe): it answers
+///   `200`, or `503` after [`TestBackend::set_health`]`(false)`, whatever its
+///   mode, and the probe is neither counted nor recorded;
 /// * the path is `/hold`: it waits until [`TestBackend::release`];
 /// * the path is `/download?bytes=N`: it streams N bytes of [`pattern`];
 /// * the path is `/hop`: its response carries hop-by-hop headers;
@@ -114,6 +119,8 @@ impl TestBackend {
             count: AtomicU64::new(0),
             mode: AtomicU8::new(Mode::Normal as u8),
             delay_ms: AtomicU64::new(0),
+            health_ok: AtomicBool::new(true),
+            probes: AtomicU64::new(0),
             seen: Mutex::new(Vec::new()),
             released: watch::channel(false).0,
         });
@@ -154,6 +161,16 @@ impl TestBackend {
         self.set_mode(Mode::Slow);
     }
 
+    /// Makes it pass (`true`, the default) or fail (`503`) health probes.
+    pub fn set_health(&self, ok: bool) {
+        self.shared.health_ok.store(ok, Ordering::SeqCst);
+    }
+
+    /// Health probes received so far.
+    pub fn probes(&self) -> u64 {
+        self.shared.probes.load(Ordering::SeqCst)
+    }
+
     /// Lets `/hold` and `/trickle` requests finish.
     pub fn release(&self) {
         self.shared.released.send_replace(true);
@@ -164,6 +181,9 @@ impl TestBackend {
         self.shared.seen.lock().unwrap().clone()
     }
 }
+
+/// The default `health_check.path`, which test backends answer apart.
+pub const HEALTH_PATH: &str = "/health";
 
 /// An address on which nothing listens: bound, then closed.
 pub async fn dead_address() -> SocketAddr {
@@ -210,6 +230,14 @@ async fn answer(
     request: Request<Incoming>,
     shared: Arc<Shared>,
 ) -> Result<Response<TestBody>, Infallible> {
+    if request.uri().path() == HEALTH_PATH {
+        shared.probes.fetch_add(1, Ordering::SeqCst);
+        let mut response = Response::new(full("health"));
+        if !shared.health_ok.load(Ordering::SeqCst) {
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        return Ok(named(response, &shared.name));
+    }
     shared.count.fetch_add(1, Ordering::SeqCst);
     let (parts, mut body) = request.into_parts();
     let mut hasher = Fnv::new();
