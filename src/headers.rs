@@ -102,11 +102,13 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool) 
     }
 }
 
+/// Helpers for this crate's unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
+    use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    /// A header map from (name, value) pairs, appended in order.
+    pub(crate) fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
             map.append(
@@ -116,6 +118,13 @@ mod tests {
         }
         map
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::test_support::header_map as map;
 
     fn names(map: &HeaderMap) -> Vec<&str> {
         let mut names: Vec<&str> = map.keys().map(HeaderName::as_str).collect();

@@ -274,16 +274,7 @@ mod tests {
         list.iter().map(|n| n.parse().unwrap()).collect()
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
-    }
+    use crate::headers::test_support::header_map as headers;
 
     fn key_text(source: &KeySource, target: &str, headers: &HeaderMap, peer: &str) -> String {
         let uri: Uri = target.parse().unwrap();
