@@ -126,7 +126,6 @@ impl Points {
 pub struct Ring {
     points: Points,
     backends: usize,
-    points_per_weight: u32,
 }
 
 impl Ring {
@@ -156,7 +155,6 @@ impl Ring {
         Ok(Ring {
             points: Points::new(positions, owners),
             backends: members.len(),
-            points_per_weight,
         })
     }
 
@@ -173,11 +171,6 @@ impl Ring {
     /// Whether the ring has no points (never true for a built ring).
     pub fn is_empty(&self) -> bool {
         self.points.len() == 0
-    }
-
-    /// Points per unit of weight.
-    pub fn points_per_weight(&self) -> u32 {
-        self.points_per_weight
     }
 }
 

@@ -1,9 +1,9 @@
 //! Least connections, as HAProxy's `balance leastconn` and nginx's
 //! `least_conn`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
-use super::Load;
+use super::{Load, rotating_best};
 
 /// Least connections: picks the backend with the fewest requests in flight
 /// per unit of weight (HAProxy's `balance leastconn`; nginx's `least_conn`,
@@ -47,29 +47,20 @@ impl LeastConnections {
     /// The backend with the fewest requests in flight per unit of weight that
     /// is not in `exclude`, or `None` if there is none.
     pub fn pick(&self, load: &dyn Load, exclude: &[usize]) -> Option<usize> {
-        let n = self.eligible.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let (tail, head) = self.eligible.split_at(start);
-        let mut best: Option<(usize, u128, u128)> = None;
-        for &(backend, weight) in head.iter().chain(tail) {
-            if weight == 0 || exclude.contains(&backend) {
-                continue;
-            }
-            let (in_flight, weight) = (u128::from(load.in_flight(backend)), u128::from(weight));
-            let better = match best {
-                None => true,
-                Some((_, best_in_flight, best_weight)) => {
-                    in_flight * best_weight < best_in_flight * weight
-                }
-            };
-            if better {
-                best = Some((backend, in_flight, weight));
-            }
-        }
-        best.map(|(backend, _, _)| backend)
+        rotating_best(
+            &self.eligible,
+            &self.next,
+            |&(backend, weight)| {
+                (weight != 0 && !exclude.contains(&backend)).then(|| {
+                    let in_flight = u128::from(load.in_flight(backend));
+                    (backend, (in_flight, u128::from(weight)))
+                })
+            },
+            // in_flight/weight compared by cross-multiplication: exact, no floats.
+            |&(in_flight, weight), &(best_in_flight, best_weight)| {
+                in_flight * best_weight < best_in_flight * weight
+            },
+        )
     }
 }
 

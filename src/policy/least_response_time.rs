@@ -1,8 +1,8 @@
 //! Least response time: the backend with the lowest latency EWMA.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
-use super::Load;
+use super::{Load, rotating_best};
 
 /// Least response time: picks the backend with the lowest latency EWMA (see
 /// [`LatencyEwma`](super::LatencyEwma)), in the family of Finagle's and
@@ -45,25 +45,19 @@ impl LeastResponseTime {
 
     /// The best-ranked backend not in `exclude`, or `None` if there is none.
     pub fn pick(&self, load: &dyn Load, exclude: &[usize]) -> Option<usize> {
-        let n = self.eligible.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let (tail, head) = self.eligible.split_at(start);
-        let mut best: Option<(usize, (bool, u64, u64))> = None;
-        for &backend in head.iter().chain(tail) {
-            if exclude.contains(&backend) {
-                continue;
-            }
-            // Unmeasured (`None`) sorts first.
-            let ewma = load.latency_ewma_ns(backend);
-            let rank = (ewma.is_some(), ewma.unwrap_or(0), load.in_flight(backend));
-            if best.is_none_or(|(_, best_rank)| rank < best_rank) {
-                best = Some((backend, rank));
-            }
-        }
-        best.map(|(backend, _)| backend)
+        rotating_best(
+            &self.eligible,
+            &self.next,
+            |&backend| {
+                (!exclude.contains(&backend)).then(|| {
+                    // Unmeasured (`None`) sorts first.
+                    let ewma = load.latency_ewma_ns(backend);
+                    let rank = (ewma.is_some(), ewma.unwrap_or(0), load.in_flight(backend));
+                    (backend, rank)
+                })
+            },
+            |rank, best| rank < best,
+        )
     }
 }
 

@@ -53,6 +53,33 @@ pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use weighted_round_robin::{MAX_PERIOD, WeightedRoundRobin};
 
+/// The shared scan of the load-aware policies: walks `eligible` once from a
+/// start that rotates with `next` (so candidates that tie share the load in
+/// turn), ranks each with `rank` (`None` skips it: excluded or drained), and
+/// returns the backend of the first candidate no later one beats.
+fn rotating_best<T, R>(
+    eligible: &[T],
+    next: &std::sync::atomic::AtomicUsize,
+    rank: impl Fn(&T) -> Option<(usize, R)>,
+    beats: impl Fn(&R, &R) -> bool,
+) -> Option<usize> {
+    if eligible.is_empty() {
+        return None;
+    }
+    let start = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % eligible.len();
+    let (tail, head) = eligible.split_at(start);
+    let mut best: Option<(usize, R)> = None;
+    for candidate in head.iter().chain(tail) {
+        let Some((backend, r)) = rank(candidate) else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(_, best_r)| beats(&r, best_r)) {
+            best = Some((backend, r));
+        }
+    }
+    best.map(|(backend, _)| backend)
+}
+
 /// Live load figures of the pool, read at pick time.
 ///
 /// `backend` is an index into the pool, the same index the policy was built
