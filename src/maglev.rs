@@ -147,8 +147,6 @@ pub struct Maglev {
     by_name: Vec<u16>,
     /// Cumulative weights in name order, for weighted pseudo-random picks.
     cumulative: Vec<u64>,
-    /// Caller index → weight.
-    weights: Vec<u32>,
 }
 
 impl Maglev {
@@ -161,7 +159,6 @@ impl Maglev {
         let mut by_name: Vec<u16> = (0..n as u16).collect();
         by_name.sort_unstable_by(|&a, &b| members[a as usize].name.cmp(&members[b as usize].name));
         let sorted: Vec<&Member> = by_name.iter().map(|&i| &members[i as usize]).collect();
-        let weights_sorted: Vec<u32> = sorted.iter().map(|m| m.weight).collect();
 
         let owner_sorted = populate(&sorted, size);
         let second_sorted = deal_second_choices(&sorted, &owner_sorted);
@@ -173,16 +170,16 @@ impl Maglev {
                 by_name[rank as usize]
             }
         };
-        let mut cumulative = Vec::with_capacity(n);
-        let mut acc = 0u64;
-        for &w in &weights_sorted {
-            acc += u64::from(w);
-            cumulative.push(acc);
-        }
+        let cumulative = sorted
+            .iter()
+            .scan(0u64, |acc, m| {
+                *acc += u64::from(m.weight);
+                Some(*acc)
+            })
+            .collect();
         Ok(Maglev {
             owner: owner_sorted.into_iter().map(to_caller).collect(),
             second: second_sorted.into_iter().map(to_caller).collect(),
-            weights: members.iter().map(|m| m.weight).collect(),
             by_name,
             cumulative,
         })
@@ -195,7 +192,7 @@ impl Maglev {
 
     /// Number of backends in the configured pool.
     pub fn backends(&self) -> usize {
-        self.weights.len()
+        self.by_name.len()
     }
 
     /// The slot a key hash falls into: `hash % M`.
@@ -531,11 +528,6 @@ impl HealthyMaglev {
     /// The slot → backend table (empty when no backend is healthy).
     pub fn entries(&self) -> &[u16] {
         &self.table
-    }
-
-    /// Whether backend `i` is healthy in this view.
-    pub fn is_healthy(&self, i: usize) -> bool {
-        self.healthy.get(i).copied().unwrap_or(false)
     }
 
     /// Each backend's share of the key space: its slots / M, exactly.
