@@ -78,14 +78,6 @@ impl HashTable {
         })
     }
 
-    /// Number of configured backends.
-    pub fn backends(&self) -> usize {
-        match self {
-            HashTable::Maglev(t) => t.backends(),
-            HashTable::Ring(r) => r.backends(),
-        }
-    }
-
     /// Maglev table size, or the number of ring points.
     pub fn size(&self) -> usize {
         match self {
