@@ -329,7 +329,22 @@ async fn rebuild_loop(pool: Arc<Pool>, mut events: mpsc::UnboundedReceiver<Healt
         }
         let healthy: Vec<bool> = states.iter().map(|s| s.healthy).collect();
         let current = pool.snapshot();
-        match Snapshot::build(config.clone(), &healthy, Some(&current)) {
+        // The build is CPU work (a pass over the table, a full rebuild when
+        // the pool changed): off the runtime thread, which also serves
+        // requests.
+        let (config_for_build, healthy_for_build) = (config.clone(), healthy.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            Snapshot::build(config_for_build, &healthy_for_build, Some(&current))
+        })
+        .await;
+        let built = match built {
+            Ok(built) => built,
+            Err(error) => {
+                tracing::error!(%error, "the pool rebuild task failed");
+                continue;
+            }
+        };
+        match built {
             Ok(next) => {
                 tracing::info!(
                     healthy = next.healthy_count(),
