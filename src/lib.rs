@@ -18,6 +18,7 @@ pub mod health;
 pub mod key;
 pub mod maglev;
 pub mod member;
+pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

@@ -1,7 +1,7 @@
 //! The `affinity` command: parses the command line and calls the library.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
@@ -12,7 +12,7 @@ use tracing_subscriber::filter::LevelFilter;
 use affinity::churn::churn;
 use affinity::config::Config;
 use affinity::selector::HashAlgorithm;
-use affinity::server::Drain;
+use affinity::server::{Drain, ProxyHandle};
 
 /// A consistent-hashing, session-affinity HTTP load balancer.
 #[derive(Debug, Parser)]
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config, cli.demo))
+    runtime.block_on(run(config, cli.config, cli.demo))
 }
 
 /// The log filter when `RUST_LOG` is unset.
@@ -108,14 +108,14 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Serves until SIGTERM or SIGINT, then drains.
-async fn run(config: Config, demo: bool) -> ExitCode {
+/// Serves until SIGTERM or SIGINT, then drains; SIGHUP reloads `path`.
+async fn run(config: Config, path: PathBuf, demo: bool) -> ExitCode {
     // Installed before anything starts: a signal that arrives as soon as the
     // listening address is logged must already mean "drain", not "die".
     let mut stop = match StopSignals::install() {
         Ok(stop) => stop,
         Err(e) => {
-            eprintln!("affinity: cannot listen for SIGTERM/SIGINT: {e}");
+            eprintln!("affinity: cannot listen for SIGTERM/SIGINT/SIGHUP: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -139,7 +139,12 @@ async fn run(config: Config, demo: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let name = stop.recv().await;
+    let name = loop {
+        match stop.recv().await {
+            Received::Reload => reload(&proxy, &path).await,
+            Received::Stop(name) => break name,
+        }
+    };
     tracing::info!("{name} received; shutting down");
     if proxy.shutdown().await == Drain::TimedOut {
         tracing::warn!("some requests were cut off by the drain timeout");
@@ -147,10 +152,40 @@ async fn run(config: Config, demo: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGTERM and SIGINT, caught from the moment they are installed.
+/// SIGHUP: re-reads the config file and, if it is valid, replaces the
+/// running config; if not, logs why and keeps running the old one.
+async fn reload(proxy: &ProxyHandle, path: &Path) {
+    tracing::info!(config = %path.display(), "SIGHUP received; reloading");
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(%error, "invalid config; keeping the running one");
+            return;
+        }
+    };
+    match proxy.reload(config).await {
+        Ok(reloaded) if reloaded.needs_restart.is_empty() => tracing::info!("config reloaded"),
+        Ok(reloaded) => tracing::warn!(
+            needs_restart = ?reloaded.needs_restart,
+            "config reloaded, except settings that need a restart"
+        ),
+        Err(error) => tracing::error!(%error, "cannot apply the config; keeping the running one"),
+    }
+}
+
+/// What a signal asks for.
+enum Received {
+    /// SIGHUP.
+    Reload,
+    /// SIGTERM or SIGINT, by name.
+    Stop(&'static str),
+}
+
+/// SIGTERM, SIGINT and SIGHUP, caught from the moment they are installed.
 struct StopSignals {
     terminate: Signal,
     interrupt: Signal,
+    hangup: Signal,
 }
 
 impl StopSignals {
@@ -158,14 +193,16 @@ impl StopSignals {
         Ok(StopSignals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
-    /// Waits for either; returns its name.
-    async fn recv(&mut self) -> &'static str {
+    /// Waits for the next one.
+    async fn recv(&mut self) -> Received {
         tokio::select! {
-            _ = self.terminate.recv() => "SIGTERM",
-            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => Received::Stop("SIGTERM"),
+            _ = self.interrupt.recv() => Received::Stop("SIGINT"),
+            _ = self.hangup.recv() => Received::Reload,
         }
     }
 }

@@ -13,9 +13,9 @@
 //! counting against the same state.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use hyper::Uri;
@@ -29,6 +29,7 @@ use crate::body::RecoverableBody;
 use crate::config::{Algorithm, Config, KeySource};
 use crate::hash::{DEFAULT_HASH_KEY, KeyHasher};
 use crate::key::{self, RequestKey};
+use crate::metrics::Metrics;
 use crate::policy::{
     LatencyEwma, LeastConnections, LeastResponseTime, Load, Policy, Random, RoundRobin,
     WeightedRoundRobin,
@@ -60,6 +61,9 @@ pub enum PoolError {
         /// Its URL.
         url: Uri,
     },
+    /// Building the snapshot failed unexpectedly (a panic in the build).
+    #[error("building the pool failed: {0}")]
+    BuildFailed(String),
 }
 
 /// Live figures of one backend that outlive snapshots.
@@ -67,6 +71,28 @@ pub enum PoolError {
 pub struct BackendState {
     in_flight: AtomicU64,
     latency: LatencyEwma,
+    health: Mutex<HealthRecord>,
+}
+
+/// When a backend's health last changed and what its last probe said, for
+/// operators (the health itself is the snapshot's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthRecord {
+    /// When the backend last changed health, or when the pool first had it.
+    pub since: SystemTime,
+    /// The last probe or request result counted for its health.
+    pub last_probe: Option<ProbeRecord>,
+}
+
+/// One result counted for a backend's health.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeRecord {
+    /// When it was counted.
+    pub at: SystemTime,
+    /// Whether it counted as a success.
+    pub ok: bool,
+    /// What happened, such as `probe answered 200`.
+    pub detail: String,
 }
 
 impl BackendState {
@@ -74,7 +100,36 @@ impl BackendState {
         BackendState {
             in_flight: AtomicU64::new(0),
             latency: LatencyEwma::default(),
+            health: Mutex::new(HealthRecord {
+                since: SystemTime::now(),
+                last_probe: None,
+            }),
         }
+    }
+
+    /// When its health last changed, and its last probe.
+    pub fn health(&self) -> HealthRecord {
+        self.health_record().clone()
+    }
+
+    /// Records a result counted for its health, and whether it changed the
+    /// health.
+    pub fn record_probe(&self, ok: bool, detail: String, changed: bool) {
+        let now = SystemTime::now();
+        let mut record = self.health_record();
+        record.last_probe = Some(ProbeRecord {
+            at: now,
+            ok,
+            detail,
+        });
+        if changed {
+            record.since = now;
+        }
+    }
+
+    fn health_record(&self) -> std::sync::MutexGuard<'_, HealthRecord> {
+        // The record is plain data, valid even if a writer panicked.
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Requests sent to this backend whose response has not finished.
@@ -255,6 +310,21 @@ pub struct Snapshot {
     backends: Vec<Backend>,
     healthy_count: usize,
     selector: Selector,
+    rebuild: Option<Rebuild>,
+}
+
+/// How a published snapshot came to be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rebuild {
+    /// When it was published.
+    pub at: SystemTime,
+    /// How long building it took.
+    pub duration: Duration,
+    /// The share of the key space whose backend it changed (hash
+    /// algorithms; 0 for the classic policies).
+    pub moved: f64,
+    /// Why: `health` or `reload`.
+    pub cause: &'static str,
 }
 
 impl Snapshot {
@@ -311,7 +381,37 @@ impl Snapshot {
             config,
             backends,
             selector,
+            rebuild: None,
         })
+    }
+
+    /// This snapshot, recorded as the result of `rebuild`.
+    pub fn with_rebuild(mut self, rebuild: Rebuild) -> Snapshot {
+        self.rebuild = Some(rebuild);
+        self
+    }
+
+    /// How this snapshot came to be; `None` for the first one.
+    pub fn rebuild(&self) -> Option<&Rebuild> {
+        self.rebuild.as_ref()
+    }
+
+    /// The exact share of the key space whose backend differs between
+    /// `previous` and this snapshot, backends matched by name (hash
+    /// algorithms); 0 for the classic policies, which keep no mapping.
+    pub fn moved_from(&self, previous: &Snapshot) -> f64 {
+        match (&self.selector, &previous.selector) {
+            (
+                Selector::Hash { selector: now, .. },
+                Selector::Hash {
+                    selector: before, ..
+                },
+            ) => now.moved_fraction(before, |i| {
+                let name = previous.backends.get(i)?.name();
+                self.backends.iter().position(|b| b.name() == name)
+            }),
+            _ => 0.0,
+        }
     }
 
     /// A snapshot in which every backend is healthy, as at startup.
@@ -538,6 +638,7 @@ impl Load for LiveLoad<'_> {
 pub struct Pool {
     current: ArcSwap<Snapshot>,
     epoch: Instant,
+    metrics: Metrics,
 }
 
 impl Pool {
@@ -546,7 +647,13 @@ impl Pool {
         Pool {
             current: ArcSwap::from_pointee(snapshot),
             epoch: Instant::now(),
+            metrics: Metrics::new(),
         }
+    }
+
+    /// The pool's metrics, which outlive its snapshots.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The current snapshot. A request calls this once and keeps the result.

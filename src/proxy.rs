@@ -380,7 +380,7 @@ impl Proxy {
                     drop(in_flight);
                     let connect = error.is_connect();
                     if connect && let Some(health) = &self.health {
-                        health.connect_failed(backend.name());
+                        health.connect_failed(backend.name(), backend.authority());
                     }
                     tried.push(index);
                     attempts.failed.push(backend.name().clone());

@@ -39,7 +39,7 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::Config;
-use crate::health::{self, HealthChecks};
+use crate::health::{self, HealthChecks, ReloadError};
 use crate::pool::{Pool, PoolError, Snapshot};
 use crate::proxy::Proxy;
 
@@ -79,6 +79,14 @@ pub enum Drain {
     TimedOut,
 }
 
+/// What a reload applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Changed settings that take effect only on restart (kept as they
+    /// were): `listener.address`, `admin`.
+    pub needs_restart: Vec<&'static str>,
+}
+
 /// A running proxy. Dropping it stops the proxy as [`shutdown`](Self::shutdown)
 /// does, without waiting for the drain.
 #[derive(Debug)]
@@ -105,6 +113,32 @@ impl ProxyHandle {
     /// The pool the proxy routes with; publish a new snapshot to change it.
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// Replaces the running config with `config` (a SIGHUP reload): the
+    /// pool, its selector, keys, health settings and upstream settings take
+    /// effect for requests that start afterwards, with no connection
+    /// dropped; backends keep their health by name, and a new one starts
+    /// healthy. The listener and admin addresses cannot change while
+    /// running: a change of either is reported as needing a restart, and
+    /// everything else is applied. On error the running config stays.
+    pub async fn reload(&self, config: Config) -> Result<Reloaded, ReloadError> {
+        let current = self.pool.snapshot().config().clone();
+        let mut needs_restart = Vec::new();
+        if config.listener.address != current.listener.address {
+            needs_restart.push("listener.address");
+        }
+        if config.admin != current.admin {
+            needs_restart.push("admin");
+        }
+        let mut config = config;
+        config.listener.address = current.listener.address;
+        config.admin = current.admin.clone();
+        for field in &needs_restart {
+            tracing::warn!(field, "{field} changed: it takes effect on restart");
+        }
+        self.health.reload(Arc::new(config)).await?;
+        Ok(Reloaded { needs_restart })
     }
 
     /// Stops accepting, lets requests in flight finish within the drain
