@@ -11,12 +11,20 @@
 //!   `[0, interval)` so that backends are not probed in lockstep), each probe
 //!   bounded by `health_check.timeout`; a `2xx` or `3xx` is a success,
 //!   anything else (timeout, connect error, other status) a failure;
-//! * one rebuild task, the only owner of the health states: it receives the
-//!   probe results and the passive failures ([`HealthReporter`]: connect
-//!   failures seen by real requests) on one channel, applies them, and on any
-//!   transition builds the next [`Snapshot`] and publishes it. Observations
-//!   that arrive together are applied first and cost one rebuild. Builds
-//!   never happen on the request path.
+//! * one controller task, the only owner of the health states (by backend
+//!   name) and of the probe tasks: it receives the probe results and the
+//!   passive failures ([`HealthReporter`]: connect failures seen by real
+//!   requests), applies them, and on any transition builds the next
+//!   [`Snapshot`] and publishes it. Observations that arrive together are
+//!   applied first and cost one rebuild. Builds run on the blocking pool,
+//!   never on the request path. Each transition is logged once and counted
+//!   in the pool's metrics; each probe result is recorded on the backend's
+//!   live state for `/status`.
+//! * a reload ([`HealthChecks::reload`]) goes through the same controller:
+//!   backends whose name is unchanged keep their health (a new one starts
+//!   healthy), probes restart only for backends whose address or probe
+//!   settings changed, and the new snapshot is published; an observation
+//!   made at an address a backend no longer has is ignored.
 //!
 //! Dropping the [`HealthChecks`] the shell returns stops every task.
 

@@ -167,9 +167,22 @@ fn start_demo(log_format: &str) -> (Running, TempFile, SocketAddr) {
         ));
     }
     let file = TempFile::new(&format!("demo-{log_format}.toml"), &text);
+    let (child, log, address) = start_affinity(&file, &["--demo", "--log-format", log_format]);
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || while log.recv().is_ok() {});
+    (child, file, address)
+}
+
+/// Starts `affinity -c FILE ARGS` with `RUST_LOG=info`; returns the process,
+/// its stderr lines (read on a thread: keep receiving, or drop the receiver
+/// to discard them) and the proxy address it logged. JSON log lines are
+/// checked to be JSON.
+fn start_affinity(file: &TempFile, args: &[&str]) -> (Running, mpsc::Receiver<String>, SocketAddr) {
+    let json = args.contains(&"json");
     let mut child = Running(
         Command::new(BIN)
-            .args(["--demo", "-c", file.path(), "--log-format", log_format])
+            .args(["-c", file.path()])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -190,8 +203,8 @@ fn start_demo(log_format: &str) -> (Running, TempFile, SocketAddr) {
     let address = loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("affinity --demo never logged its address");
-        if log_format == "json" {
+            .expect("affinity never logged its address");
+        if json {
             let entry: serde_json::Value = serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
             assert!(entry["level"].is_string(), "{line}");
@@ -206,17 +219,33 @@ fn start_demo(log_format: &str) -> (Running, TempFile, SocketAddr) {
             break token.parse::<SocketAddr>().unwrap();
         }
     };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    (child, file, address)
+    (child, rx, address)
 }
 
-fn terminate(child: &mut Running) -> ExitStatus {
+/// Waits (at most 10 s) for a log line containing one of `needles`;
+/// returns it.
+fn wait_for_line(log: &mpsc::Receiver<String>, needles: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no log line with any of {needles:?}"));
+        if needles.iter().any(|n| line.contains(n)) {
+            return line;
+        }
+    }
+}
+
+fn signal(child: &Running, name: &str) {
     let status = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
+        .args([&format!("-{name}"), &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+fn terminate(child: &mut Running) -> ExitStatus {
+    signal(child, "TERM");
     child.wait_timeout(Duration::from_secs(10))
 }
 
@@ -268,4 +297,153 @@ fn a_listener_address_in_use_fails_with_exit_1() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("cannot listen on"), "{stderr}");
+}
+
+/// The backend each `/k/<i>` URL key goes to under `text`, all healthy.
+fn predicted(text: &str, keys: usize) -> Vec<String> {
+    use affinity::hash::KeyHasher;
+    use affinity::selector::{HashAlgorithm, HashSelector, HashTable};
+    let config = parse(text);
+    let table = HashTable::new(
+        HashAlgorithm::from_config(&config.balancer).unwrap(),
+        &config.members(),
+    )
+    .unwrap();
+    let selector = HashSelector::new(&table, &vec![true; config.backends.len()]);
+    (0..keys)
+        .map(|i| {
+            let hash = KeyHasher::default().hash(format!("/k/{i}").as_bytes());
+            config.backends[selector.pick(hash).unwrap()].name.clone()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_sighup_reloads_valid_and_invalid_under_load_fail_no_request() {
+    const KEYS: usize = 60;
+    let backends = TestBackend::start_many(5).await;
+    // Valid variants: all five; four, server-1 weighted 3; four without
+    // server-5. Invalid ones: a typo, a duplicate name.
+    let base = "[balancer]\nkey = \"url\"\n[health_check]\ninterval = \"1h\"\ntimeout = \"1s\"\n";
+    let valid = [
+        config_text(base, &pool(&backends)),
+        config_text(base, &pool(&backends[..4])).replacen(
+            "name = \"server-1\"\n",
+            "name = \"server-1\"\nweight = 3\n",
+            1,
+        ),
+        config_text(base, &pool(&backends[1..])),
+    ];
+    let invalid = [
+        valid[1].replacen("[balancer]", "bogus = 1\n[balancer]", 1),
+        format!(
+            "{}[[backends]]\nname = \"server-2\"\nurl = \"http://127.0.0.1:1\"\n",
+            valid[2]
+        ),
+    ];
+    let file = TempFile::new("reload.toml", &valid[0]);
+    let (child, log, address) = start_affinity(&file, &[]);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut client = Client::connect(address).await;
+            let (mut sent, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let reply = client
+                    .get(&format!("/k/{}", sent as usize % KEYS), &[])
+                    .await;
+                if reply.status != 200 {
+                    failed.push(format!("{} {}", reply.status, reply.text()));
+                }
+                sent += 1;
+            }
+            (sent, failed)
+        })
+    };
+
+    let mut client = Client::connect(address).await;
+    let mut running = &valid[0];
+    for reload in 0..20 {
+        if reload % 2 == 0 {
+            running = &valid[(reload / 2 + 1) % valid.len()];
+            std::fs::write(&file.0, running).unwrap();
+            signal(&child, "HUP");
+            let line = wait_for_line(&log, &["config reloaded", "keeping the running one"]);
+            assert!(line.contains("config reloaded"), "reload {reload}: {line}");
+        } else {
+            std::fs::write(&file.0, &invalid[(reload / 2) % invalid.len()]).unwrap();
+            signal(&child, "HUP");
+            let line = wait_for_line(&log, &["config reloaded", "keeping the running one"]);
+            assert!(line.contains("invalid config"), "reload {reload}: {line}");
+            assert!(
+                line.contains(file.path()),
+                "the error names the file: {line}"
+            );
+        }
+        // Whatever happened, requests go where the running config says.
+        let want = predicted(running, KEYS);
+        for (i, backend) in want.iter().enumerate() {
+            let reply = client.get(&format!("/k/{i}"), &[]).await;
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.backend(), backend, "key {i} after reload {reload}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sent, failed) = bounded(load).await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {failed:?}",
+        failed.len()
+    );
+    assert!(sent >= 20, "the load sent only {sent}");
+    drop(log);
+    let mut child = child;
+    assert_eq!(terminate(&mut child).code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_request_finish_refuses_new_connections_and_exits_0() {
+    let backends = TestBackend::start_many(2).await;
+    let text = config_text("[balancer]\nkey = \"url\"", &pool(&backends))
+        .replace("drain_timeout = \"2s\"", "drain_timeout = \"5s\"");
+    let file = TempFile::new("drain.toml", &text);
+    let (mut child, log, address) = start_affinity(&file, &[]);
+    std::thread::spawn(move || while log.recv().is_ok() {});
+    let held = tokio::spawn(async move {
+        let mut client = Client::connect(address).await;
+        client.get("/hold", &[]).await
+    });
+    bounded(async {
+        while backends.iter().map(TestBackend::count).sum::<u64>() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let signalled = Instant::now();
+    signal(&child, "TERM");
+    // The listener closes at once: new connections are refused.
+    bounded(async {
+        while tokio::net::TcpStream::connect(address).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for backend in &backends {
+        backend.release();
+    }
+    let reply = bounded(held).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(child.wait_timeout(Duration::from_secs(5)).code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "exit took {:?}",
+        signalled.elapsed()
+    );
 }

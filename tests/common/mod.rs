@@ -112,7 +112,13 @@ pub struct TestBackend {
 impl TestBackend {
     /// Starts a backend called `name`.
     pub async fn start(name: &str) -> TestBackend {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        TestBackend::start_at(name, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Starts a backend called `name` listening on `addr` (port 0: any), such
+    /// as the address of a backend that was stopped, to restart it.
+    pub async fn start_at(name: &str, addr: SocketAddr) -> TestBackend {
+        let listener = bind_reusing(addr).await;
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             name: name.to_owned(),
@@ -180,6 +186,15 @@ impl TestBackend {
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
     }
+}
+
+/// A listener on `addr` that does not wait for the TIME_WAIT of an earlier
+/// listener on the same port.
+async fn bind_reusing(addr: SocketAddr) -> TcpListener {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(addr).unwrap();
+    socket.listen(1024).unwrap()
 }
 
 /// The default `health_check.path`, which test backends answer apart.
