@@ -108,13 +108,18 @@ pub fn request_key<'a>(
                 .map_or("/", |pq| pq.as_str())
                 .as_bytes(),
         ),
-        KeySource::Path => Some(uri.path().as_bytes()),
+        // An authority-form target (`host:port`) has no path: it is
+        // forwarded as `/`, and keyed as `/` too.
+        KeySource::Path => Some(match uri.path() {
+            "" => b"/".as_slice(),
+            path => path.as_bytes(),
+        }),
         KeySource::Header(name) => headers.get(name).map(HeaderValue::as_bytes),
         KeySource::Cookie(name) => cookie(headers, name),
     };
     match configured {
-        // A path is never empty (`Uri::path` gives at least `/`), so only a
-        // header or cookie can fall back here.
+        // A URL or path key is never empty, so only a header or cookie can
+        // fall back here.
         Some(bytes) if !bytes.is_empty() => RequestKey {
             bytes: KeyBytes::Borrowed(bytes),
             origin: KeyOrigin::Configured,
@@ -283,6 +288,19 @@ mod tests {
     }
 
     // --- client_ip -----------------------------------------------------------
+
+    #[test]
+    fn an_authority_form_target_is_keyed_as_the_root_path_like_it_is_forwarded() {
+        let uri: Uri = "example.com:80".parse().unwrap();
+        assert_eq!(uri.path(), "");
+        let headers = HeaderMap::new();
+        let peer = IpAddr::from([192, 0, 2, 1]);
+        for source in [KeySource::Url, KeySource::Path] {
+            let key = request_key(&source, &uri, &headers, peer, &[]);
+            assert_eq!(key.as_bytes(), b"/", "{source}");
+            assert_eq!(key.origin(), KeyOrigin::Configured);
+        }
+    }
 
     #[test]
     fn an_untrusted_peer_is_the_client_whatever_x_forwarded_for_says() {
