@@ -5,13 +5,15 @@
 //!   be retried on the next backend with its body intact.
 //! * [`ProxyBody`] is what the client receives: the backend's response body
 //!   streamed through (counting bytes, and ending the request's in-flight
-//!   count and access-log line when it ends or is dropped), or a short local
-//!   body for errors.
+//!   count and access-log line when it ends or is dropped), a short local
+//!   body for errors, or no body (a `101`, whose tunnel takes those over).
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::oneshot;
@@ -30,6 +32,8 @@ use crate::access::Finish;
 pub struct RecoverableBody<B = Incoming> {
     inner: Option<B>,
     give_back: Option<oneshot::Sender<B>>,
+    /// Where the bytes read are added up, for the access log.
+    read: Option<Arc<AtomicU64>>,
 }
 
 /// The other end of a [`RecoverableBody`]: holds the body once it comes back.
@@ -43,8 +47,16 @@ impl<B> RecoverableBody<B> {
         let wrapped = RecoverableBody {
             inner: Some(body),
             give_back: Some(tx),
+            read: None,
         };
         (wrapped, Recovery(rx))
+    }
+
+    /// The same body, adding the data bytes read from it to `read` (when
+    /// given), so a request's body bytes add up across its attempts.
+    pub fn counting(mut self, read: Option<Arc<AtomicU64>>) -> RecoverableBody<B> {
+        self.read = read;
+        self
     }
 }
 
@@ -76,10 +88,16 @@ impl<B: Body + Unpin> Body for RecoverableBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         this.give_back = None;
-        match this.inner.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx),
-            None => Poll::Ready(None),
+        let Some(body) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(body).poll_frame(cx);
+        if let (Some(read), Poll::Ready(Some(Ok(frame)))) = (&this.read, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            read.fetch_add(data.remaining() as u64, Ordering::Relaxed);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -106,6 +124,12 @@ impl ProxyBody {
     /// A local body with `text`.
     pub fn text(text: &'static str) -> ProxyBody {
         ProxyBody::Local(Full::new(Bytes::from_static(text.as_bytes())))
+    }
+
+    /// No body at all: a `101 Switching Protocols` answer, after which the
+    /// connection carries a tunnel instead (see [`crate::tunnel`]).
+    pub fn empty() -> ProxyBody {
+        ProxyBody::Local(Full::new(Bytes::new()))
     }
 }
 
@@ -222,11 +246,27 @@ mod tests {
         drop(body);
     }
 
+    #[tokio::test]
+    async fn a_counting_body_adds_the_bytes_read_to_its_counter() {
+        let read = Arc::new(AtomicU64::new(5));
+        let (body, _recovery) = RecoverableBody::new(full("payload"));
+        let body = body.counting(Some(read.clone()));
+        body.collect().await.unwrap();
+        assert_eq!(read.load(Ordering::Relaxed), 12);
+    }
+
     #[test]
     fn a_body_dropped_after_its_recovery_is_simply_dropped() {
         let (body, recovery) = RecoverableBody::new(full("payload"));
         drop(recovery);
         drop(body);
+    }
+
+    #[test]
+    fn an_empty_body_has_ended_before_it_starts() {
+        let body = ProxyBody::empty();
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
     }
 
     #[tokio::test]

@@ -65,6 +65,8 @@ pub struct Config {
     pub health_check: HealthCheckConfig,
     /// Connections to backends.
     pub upstream: UpstreamConfig,
+    /// What one client, connection or backend may cost the proxy.
+    pub limits: LimitsConfig,
     /// The pool, in config order; never empty.
     pub backends: Vec<BackendConfig>,
 }
@@ -236,6 +238,8 @@ pub const DEFAULT_KEY: KeySource = KeySource::ClientIp;
 pub const DEFAULT_TABLE_SIZE: usize = crate::maglev::DEFAULT_TABLE_SIZE;
 /// Default `balancer.bounded_load`: off.
 pub const DEFAULT_BOUNDED_LOAD: f64 = 0.0;
+/// Default `balancer.panic_threshold`: off.
+pub const DEFAULT_PANIC_THRESHOLD: f64 = 0.0;
 
 /// The `[balancer]` table.
 #[derive(Debug, Clone, PartialEq)]
@@ -252,6 +256,10 @@ pub struct BalancerConfig {
     pub hash_key: Option<[u8; 16]>,
     /// Bounded-load factor c (> 1), or 0 for off (Mirrokni et al. 2018).
     pub bounded_load: f64,
+    /// Panic mode, in percent (0 = off): while fewer than this share of
+    /// the backends is healthy, route over every configured backend as if
+    /// all were healthy (Envoy's healthy panic threshold).
+    pub panic_threshold: f64,
     /// Issue a session cookie to clients that have none.
     pub sticky_cookie: Option<StickyCookieConfig>,
 }
@@ -265,6 +273,7 @@ impl Default for BalancerConfig {
             trusted_proxies: Vec::new(),
             hash_key: None,
             bounded_load: DEFAULT_BOUNDED_LOAD,
+            panic_threshold: DEFAULT_PANIC_THRESHOLD,
             sticky_cookie: None,
         }
     }
@@ -359,6 +368,59 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// Default `limits.header_timeout`.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `limits.max_header_bytes`.
+pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// The smallest `limits.max_header_bytes`: hyper's smallest read buffer.
+pub const MIN_MAX_HEADER_BYTES: u32 = 8192;
+/// The largest `limits.max_header_bytes`.
+pub const MAX_MAX_HEADER_BYTES: u32 = 16 * 1024 * 1024;
+/// Default `limits.max_headers`.
+pub const DEFAULT_MAX_HEADERS: u32 = 100;
+/// Default `limits.max_body_bytes`: no limit.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 0;
+/// Default `limits.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// Default `limits.max_in_flight_per_backend`: no limit.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_BACKEND: u32 = 0;
+
+/// The `[limits]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// How long a client may take to send a request head, counted from the
+    /// connection's start or the end of its previous response: the
+    /// slowloris guard, and so also how long an idle keep-alive connection
+    /// is kept (HTTP/1.1).
+    pub header_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; larger
+    /// gets `431`.
+    pub max_header_bytes: u32,
+    /// Most header fields in a request; more gets `431`.
+    pub max_headers: u32,
+    /// Largest request body in bytes (0: no limit); larger gets `413`.
+    pub max_body_bytes: u64,
+    /// Most client connections open at once, over all workers; a connection
+    /// beyond it is closed as soon as it is accepted.
+    pub max_connections: u32,
+    /// Most requests in flight to one backend (0: no limit); a full backend
+    /// is skipped like an unhealthy one, and `503` when all are full.
+    pub max_in_flight_per_backend: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_in_flight_per_backend: DEFAULT_MAX_IN_FLIGHT_PER_BACKEND,
+        }
+    }
+}
+
 /// Default `backends[].weight`.
 pub const DEFAULT_WEIGHT: u32 = 1;
 
@@ -434,6 +496,9 @@ impl Config {
         } else if b.key != DEFAULT_KEY {
             let _ = write!(out, " (key {} is ignored by {})", b.key, b.algorithm);
         }
+        if b.panic_threshold > 0.0 {
+            let _ = write!(out, ", panic below {}% healthy", b.panic_threshold);
+        }
         out.push('\n');
         if let Some(sticky) = &b.sticky_cookie {
             let _ = writeln!(
@@ -468,6 +533,23 @@ impl Config {
             humantime::format_duration(u.connect_timeout),
             humantime::format_duration(u.request_timeout),
             plural(u.retries, "retry", "retries"),
+        );
+        let l = &self.limits;
+        let _ = writeln!(
+            out,
+            "limits        header timeout {}, head {} bytes / {} headers, body {}, {} connections, {} per backend",
+            humantime::format_duration(l.header_timeout),
+            l.max_header_bytes,
+            l.max_headers,
+            match l.max_body_bytes {
+                0 => "unlimited".to_owned(),
+                n => format!("{n} bytes"),
+            },
+            l.max_connections,
+            match l.max_in_flight_per_backend {
+                0 => "unlimited in flight".to_owned(),
+                n => format!("{n} in flight"),
+            },
         );
 
         let total: u64 = self.backends.iter().map(|b| u64::from(b.weight)).sum();
@@ -618,6 +700,8 @@ struct FileConfig {
     health_check: FileHealthCheck,
     #[serde(default)]
     upstream: FileUpstream,
+    #[serde(default)]
+    limits: FileLimits,
     backends: Option<Spanned<Vec<FileBackend>>>,
 }
 
@@ -643,6 +727,7 @@ struct FileBalancer {
     trusted_proxies: Option<Vec<Spanned<String>>>,
     hash_key: Option<Spanned<String>>,
     bounded_load: Option<Spanned<f64>>,
+    panic_threshold: Option<Spanned<f64>>,
     sticky_cookie: Option<FileStickyCookie>,
 }
 
@@ -669,6 +754,17 @@ struct FileUpstream {
     connect_timeout: Option<Spanned<DurationText>>,
     request_timeout: Option<Spanned<DurationText>>,
     retries: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [limits] table")]
+struct FileLimits {
+    header_timeout: Option<Spanned<DurationText>>,
+    max_header_bytes: Option<Spanned<i64>>,
+    max_headers: Option<Spanned<i64>>,
+    max_body_bytes: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+    max_in_flight_per_backend: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -793,6 +889,7 @@ impl Source<'_> {
         let balancer = self.balancer(&file.balancer)?;
         let health_check = self.health_check(&file.health_check)?;
         let upstream = self.upstream(&file.upstream)?;
+        let limits = self.limits(&file.limits)?;
         let backends = self.backends(file.backends.as_ref())?;
 
         let members: Vec<Member> = backends
@@ -819,6 +916,7 @@ impl Source<'_> {
             balancer,
             health_check,
             upstream,
+            limits,
             backends,
         })
     }
@@ -931,6 +1029,22 @@ impl Source<'_> {
                 c
             }
         };
+        let panic_threshold = match &file.panic_threshold {
+            None => DEFAULT_PANIC_THRESHOLD,
+            Some(value) => {
+                let percent = *value.get_ref();
+                if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
+                    return Err(self.error_at(
+                        "balancer.panic_threshold",
+                        value,
+                        format!(
+                            "panic_threshold {percent} is out of range; use a percentage from 0 (off) to 100, such as 50 (below half the backends healthy, route over all of them)"
+                        ),
+                    ));
+                }
+                percent
+            }
+        };
         let sticky_cookie = match &file.sticky_cookie {
             None => None,
             Some(_) if !algorithm.is_hash() => {
@@ -951,6 +1065,7 @@ impl Source<'_> {
             trusted_proxies,
             hash_key,
             bounded_load,
+            panic_threshold,
             sticky_cookie,
         })
     }
@@ -1070,6 +1185,56 @@ impl Source<'_> {
                 false,
             )?,
             retries: self.count(&file.retries, "upstream.retries", DEFAULT_RETRIES, 0)?,
+        })
+    }
+
+    fn limits(&self, file: &FileLimits) -> Result<LimitsConfig, ConfigError> {
+        let max_header_bytes = self.count_in(
+            &file.max_header_bytes,
+            "limits.max_header_bytes",
+            DEFAULT_MAX_HEADER_BYTES,
+            MIN_MAX_HEADER_BYTES..=MAX_MAX_HEADER_BYTES,
+        )?;
+        let max_body_bytes = match &file.max_body_bytes {
+            None => DEFAULT_MAX_BODY_BYTES,
+            Some(value) => u64::try_from(*value.get_ref()).map_err(|_| {
+                self.error_at(
+                    "limits.max_body_bytes",
+                    value,
+                    format!(
+                        "{} is out of range; use 0 (no limit) or a size in bytes",
+                        value.get_ref()
+                    ),
+                )
+            })?,
+        };
+        Ok(LimitsConfig {
+            header_timeout: self.duration(
+                &file.header_timeout,
+                "limits.header_timeout",
+                DEFAULT_HEADER_TIMEOUT,
+                false,
+            )?,
+            max_header_bytes,
+            max_headers: self.count(
+                &file.max_headers,
+                "limits.max_headers",
+                DEFAULT_MAX_HEADERS,
+                1,
+            )?,
+            max_body_bytes,
+            max_connections: self.count(
+                &file.max_connections,
+                "limits.max_connections",
+                DEFAULT_MAX_CONNECTIONS,
+                1,
+            )?,
+            max_in_flight_per_backend: self.count(
+                &file.max_in_flight_per_backend,
+                "limits.max_in_flight_per_backend",
+                DEFAULT_MAX_IN_FLIGHT_PER_BACKEND,
+                0,
+            )?,
         })
     }
 
@@ -1201,20 +1366,34 @@ impl Source<'_> {
         default: u32,
         min: u32,
     ) -> Result<u32, ConfigError> {
+        self.count_in(value, field, default, min..=u32::MAX)
+    }
+
+    fn count_in(
+        &self,
+        value: &Option<Spanned<i64>>,
+        field: &str,
+        default: u32,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Result<u32, ConfigError> {
         let Some(value) = value else {
             return Ok(default);
         };
         let n = *value.get_ref();
-        u32::try_from(n).ok().filter(|&n| n >= min).ok_or_else(|| {
-            self.error_at(
-                field,
-                value,
-                format!(
-                    "{n} is out of range; it must be between {min} and {}",
-                    u32::MAX
-                ),
-            )
-        })
+        u32::try_from(n)
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                self.error_at(
+                    field,
+                    value,
+                    format!(
+                        "{n} is out of range; it must be between {} and {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            })
     }
 
     fn socket_addr(
@@ -1548,6 +1727,7 @@ mod tests {
             trusted_proxies = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]
             hash_key = "000102030405060708090a0b0c0d0E0F"
             bounded_load = 1.25
+            panic_threshold = 40
 
             [balancer.sticky_cookie]
             name = "sid"
@@ -1564,6 +1744,14 @@ mod tests {
             connect_timeout = "250ms"
             request_timeout = "1m"
             retries = 0
+
+            [limits]
+            header_timeout = "3s"
+            max_header_bytes = 16384
+            max_headers = 50
+            max_body_bytes = 1048576
+            max_connections = 500
+            max_in_flight_per_backend = 64
 
             [[backends]]
             name = "a"
@@ -1601,6 +1789,7 @@ mod tests {
                 ],
                 hash_key: Some([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]),
                 bounded_load: 1.25,
+                panic_threshold: 40.0,
                 sticky_cookie: Some(StickyCookieConfig {
                     name: "sid".into(),
                     max_age: Duration::from_secs(30 * 60),
@@ -1623,6 +1812,17 @@ mod tests {
                 connect_timeout: Duration::from_millis(250),
                 request_timeout: Duration::from_secs(60),
                 retries: 0,
+            }
+        );
+        assert_eq!(
+            config.limits,
+            LimitsConfig {
+                header_timeout: Duration::from_secs(3),
+                max_header_bytes: 16384,
+                max_headers: 50,
+                max_body_bytes: 1 << 20,
+                max_connections: 500,
+                max_in_flight_per_backend: 64,
             }
         );
         assert_eq!(
@@ -2196,6 +2396,60 @@ mod tests {
     }
 
     #[test]
+    fn limits_have_defaults_and_reject_out_of_range_values() {
+        assert_eq!(
+            parse(&with_backend("")).unwrap().limits,
+            LimitsConfig::default()
+        );
+        for (field, bad, message) in [
+            ("max_header_bytes", "8191", "between 8192 and 16777216"),
+            ("max_header_bytes", "16777217", "between 8192 and 16777216"),
+            ("max_headers", "0", "between 1 and"),
+            ("max_connections", "0", "between 1 and"),
+            ("max_connections", "-5", "between 1 and"),
+            ("max_in_flight_per_backend", "-1", "between 0 and"),
+            (
+                "max_body_bytes",
+                "-1",
+                "use 0 (no limit) or a size in bytes",
+            ),
+            ("header_timeout", "\"0s\"", "must be greater than zero"),
+            ("header_timeout", "\"soon\"", "is not a duration"),
+        ] {
+            let text = with_backend(&format!("[limits]\n{field} = {bad}"));
+            assert_rejected(&text, &format!("limits.{field}"), 2, message);
+        }
+    }
+
+    #[test]
+    fn panic_threshold_is_a_percentage_off_by_default() {
+        let config = parse(&with_backend("")).unwrap();
+        assert_eq!(config.balancer.panic_threshold, 0.0);
+        for (text, percent) in [("0", 0.0), ("50", 50.0), ("33.3", 33.3), ("100", 100.0)] {
+            let config = parse(&with_backend(&format!(
+                "[balancer]\npanic_threshold = {text}"
+            )))
+            .unwrap();
+            assert_eq!(config.balancer.panic_threshold, percent);
+            assert_eq!(
+                config
+                    .summary()
+                    .contains(&format!("panic below {percent}% healthy")),
+                percent > 0.0
+            );
+        }
+        for bad in ["-1", "100.5", "nan", "inf"] {
+            let text = with_backend(&format!("[balancer]\npanic_threshold = {bad}"));
+            assert_rejected(
+                &text,
+                "balancer.panic_threshold",
+                2,
+                "a percentage from 0 (off) to 100",
+            );
+        }
+    }
+
+    #[test]
     fn bounded_load_up_to_one_negative_or_not_finite_is_rejected() {
         for c in ["0.5", "1.0", "1", "-2", "nan", "inf"] {
             let text = with_backend(&format!("[balancer]\nbounded_load = {c}"));
@@ -2439,6 +2693,7 @@ admin         127.0.0.1:9900
 balancer      maglev on client_ip, table size 65537
 health check  GET /health every 5s, timeout 2s, restore after 2 successes, remove after 2 failures
 upstream      connect timeout 1s, request timeout 30s, 1 retry
+limits        header timeout 10s, head 65536 bytes / 100 headers, body unlimited, 10000 connections, unlimited in flight per backend
 backends      2, total weight 4
   server-1   http://127.0.0.1:9001  weight    1   25.0%
   server-22  http://127.0.0.1:9002  weight    3   75.0%

@@ -6,9 +6,17 @@
 //! and not the message (RFC 9110 §7.6.1), in both directions, and tell the
 //! backend who the client was (`X-Forwarded-For`, `-Proto`, `-Host`, the de
 //! facto headers nginx and HAProxy set).
+//!
+//! Upgrades are the one exception: `Upgrade` and `Connection: upgrade` are
+//! hop-by-hop, yet a WebSocket handshake only works if they reach the backend
+//! and its `101` answer reaches the client. For a request that asks to upgrade
+//! ([`is_upgrade_request`]) and for the `101` that answers it,
+//! [`strip_hop_by_hop_keeping_upgrade`] keeps exactly those two and removes
+//! every other hop-by-hop header.
 
 use std::net::IpAddr;
 
+use hyper::Version;
 use hyper::header::{
     CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
     TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
@@ -42,11 +50,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {
         // Collected first: the names borrow from the map being changed. Only
         // requests that carry `Connection` pay for this allocation.
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+        let named: Vec<HeaderName> = tokens(headers, &CONNECTION)
+            .filter_map(|token| HeaderName::from_bytes(token).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -55,6 +60,50 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// Whether a request asks to switch protocols (RFC 9110 §7.8), the way a
+/// WebSocket handshake does (RFC 6455 §4.1): HTTP/1.1, a non-empty `Upgrade`
+/// header, and the `upgrade` token in `Connection` (any case).
+///
+/// Never for HTTP/2, which has no `Upgrade` (RFC 9113 §8.6; its extended
+/// `CONNECT` is not supported), nor for HTTP/1.0. Nor for `Upgrade: h2c`:
+/// that asks to switch the client's own hop to HTTP/2, which the proxy
+/// speaks itself (with prior knowledge), so, as Envoy does, it is stripped and
+/// the request forwarded as an ordinary one.
+pub fn is_upgrade_request(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && tokens(headers, &CONNECTION).any(|token| token.eq_ignore_ascii_case(b"upgrade"))
+        && tokens(headers, &UPGRADE).next().is_some()
+        && !tokens(headers, &UPGRADE).any(|protocol| {
+            let name = protocol.split(|&b| b == b'/').next().unwrap_or_default();
+            name.trim_ascii().eq_ignore_ascii_case(b"h2c")
+        })
+}
+
+/// [`strip_hop_by_hop`] for the two messages of an upgrade handshake: a
+/// request that [asks to upgrade](is_upgrade_request) and the backend's
+/// `101 Switching Protocols` answer. The `Upgrade` header stays as it was,
+/// `Connection` becomes exactly `upgrade`, and every other hop-by-hop header
+/// (including any other header `Connection` named) is removed.
+pub fn strip_hop_by_hop_keeping_upgrade(headers: &mut HeaderMap) {
+    let upgrade: Vec<HeaderValue> = headers.get_all(UPGRADE).iter().cloned().collect();
+    strip_hop_by_hop(headers);
+    for value in upgrade {
+        headers.append(UPGRADE, value);
+    }
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
+/// The comma-separated tokens of every `name` header, trimmed, empty ones
+/// skipped.
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
 }
 
 /// Sets the headers that tell the backend about the client. Call it after
@@ -182,6 +231,78 @@ mod tests {
         let mut h = map(&[("connection", "close, , bad token, é"), ("x-keep", "1")]);
         strip_hop_by_hop(&mut h);
         assert_eq!(names(&h), ["x-keep"]);
+    }
+
+    fn websocket_handshake(connection: &str) -> HeaderMap {
+        map(&[
+            ("connection", connection),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("host", "chat.example"),
+        ])
+    }
+
+    #[test]
+    fn a_websocket_handshake_is_an_upgrade_request_whatever_the_token_case() {
+        for connection in ["Upgrade", "upgrade", "keep-alive, UPGRADE", " Upgrade "] {
+            assert!(
+                is_upgrade_request(Version::HTTP_11, &websocket_handshake(connection)),
+                "{connection:?}"
+            );
+        }
+        let mut split = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert!(is_upgrade_request(Version::HTTP_11, &split));
+        split.remove(UPGRADE);
+        assert!(!is_upgrade_request(Version::HTTP_11, &split));
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers_http_1_1_and_a_protocol_other_than_h2c() {
+        let no_token = websocket_handshake("keep-alive, x-upgrade");
+        assert!(!is_upgrade_request(Version::HTTP_11, &no_token));
+        let no_upgrade = map(&[("connection", "upgrade")]);
+        assert!(!is_upgrade_request(Version::HTTP_11, &no_upgrade));
+        let empty_upgrade = map(&[("connection", "upgrade"), ("upgrade", " , ")]);
+        assert!(!is_upgrade_request(Version::HTTP_11, &empty_upgrade));
+        for version in [Version::HTTP_10, Version::HTTP_2, Version::HTTP_3] {
+            let handshake = websocket_handshake("upgrade");
+            assert!(!is_upgrade_request(version, &handshake), "{version:?}");
+        }
+        for h2c in ["h2c", "H2C", "websocket, h2c/2"] {
+            let h = map(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", h2c)]);
+            assert!(!is_upgrade_request(Version::HTTP_11, &h), "{h2c:?}");
+        }
+    }
+
+    #[test]
+    fn keeping_upgrade_keeps_only_upgrade_and_connection_upgrade() {
+        let mut h = map(&[
+            ("connection", "Upgrade, X-Hop"),
+            ("connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("upgrade", "chat/2"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        strip_hop_by_hop_keeping_upgrade(&mut h);
+        assert_eq!(names(&h), ["connection", "sec-websocket-key", "upgrade"]);
+        assert_eq!(values(&h, &CONNECTION), ["upgrade"]);
+        assert_eq!(values(&h, &UPGRADE), ["websocket", "chat/2"]);
+    }
+
+    #[test]
+    fn an_ordinary_strip_removes_the_upgrade_headers_of_a_handshake() {
+        let mut h = websocket_handshake("Upgrade");
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["host", "sec-websocket-key"]);
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //! The crate is split into a pure core (hashing, tables, selection policies,
 //! configuration, request keys, header rewriting) with no I/O, and a thin I/O
 //! shell built on tokio and hyper (the pool snapshot, the proxy, the
-//! listener, the demo backends).
+//! listener, the health checks, the admin endpoint, the demo backends).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod admin;
 pub mod body;
 pub mod churn;
 pub mod config;
@@ -25,3 +26,4 @@ pub mod proxy;
 pub mod ring;
 pub mod selector;
 pub mod server;
+pub mod tunnel;

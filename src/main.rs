@@ -99,9 +99,13 @@ fn init_logging(format: LogFormat) {
             .parse_lossy(directives),
         _ => EnvFilter::new(DEFAULT_LOG_DIRECTIVES),
     };
+    // A log line that cannot be written (stderr closed: the log collector
+    // went away) is dropped: reporting it would write to stderr again, and
+    // `eprintln!` panics when that fails. The proxy keeps serving.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().init(),

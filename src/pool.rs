@@ -70,6 +70,7 @@ pub enum PoolError {
 #[derive(Debug)]
 pub struct BackendState {
     in_flight: AtomicU64,
+    requests: AtomicU64,
     latency: LatencyEwma,
     health: Mutex<HealthRecord>,
 }
@@ -99,6 +100,7 @@ impl BackendState {
     fn new() -> BackendState {
         BackendState {
             in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             latency: LatencyEwma::default(),
             health: Mutex::new(HealthRecord {
                 since: SystemTime::now(),
@@ -137,6 +139,12 @@ impl BackendState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Requests sent to this backend so far (every attempt, retries
+    /// included), for as long as a backend of this name has been in the pool.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
     /// The latency EWMA at `now_ns` (on [`Pool::now_ns`]'s clock); `None`
     /// before the first response.
     pub fn latency_ewma_ns(&self, now_ns: u64) -> Option<u64> {
@@ -151,6 +159,7 @@ impl BackendState {
     /// Counts a request as in flight until the returned guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(self))
     }
 }
@@ -309,6 +318,7 @@ pub struct Snapshot {
     key_source: KeySource,
     backends: Vec<Backend>,
     healthy_count: usize,
+    panic: bool,
     selector: Selector,
     rebuild: Option<Rebuild>,
 }
@@ -369,14 +379,27 @@ impl Snapshot {
                 state,
             });
         }
-        let selector = build_selector(&config, &healthy, previous)?;
+        let healthy_count = healthy.iter().filter(|&&h| h).count();
+        let panic = in_panic(
+            config.balancer.panic_threshold,
+            healthy_count,
+            healthy.len(),
+        );
+        // In panic mode the selector routes over every backend.
+        let routable = if panic {
+            vec![true; healthy.len()]
+        } else {
+            healthy
+        };
+        let selector = build_selector(&config, &routable, previous)?;
         // A sticky cookie replaces the configured key with itself.
         let key_source = match &config.balancer.sticky_cookie {
             Some(sticky) => KeySource::Cookie(sticky.name.clone()),
             None => config.balancer.key.clone(),
         };
         Ok(Snapshot {
-            healthy_count: healthy.iter().filter(|&&h| h).count(),
+            healthy_count,
+            panic,
             key_source,
             config,
             backends,
@@ -438,6 +461,23 @@ impl Snapshot {
     /// How many backends are healthy.
     pub fn healthy_count(&self) -> usize {
         self.healthy_count
+    }
+
+    /// Whether the pool is in panic mode: fewer than
+    /// `balancer.panic_threshold` percent of its backends are healthy, so
+    /// the selector routes over all of them.
+    pub fn in_panic(&self) -> bool {
+        self.panic
+    }
+
+    /// How many backends the selector may pick: the healthy ones, or all of
+    /// them in panic mode.
+    pub fn routable_count(&self) -> usize {
+        if self.panic {
+            self.backends.len()
+        } else {
+            self.healthy_count
+        }
     }
 
     /// How backends are picked.
@@ -522,6 +562,78 @@ impl Snapshot {
             Selector::Policy(_) => Vec::new(),
         }
     }
+
+    /// Why `chosen`, a key's first attempt (as [`next_backend`](Self::next_backend)
+    /// picked it), is not the key's first choice with every backend healthy
+    /// and idle. Cheap: nothing is looked up while every backend is healthy
+    /// and bounded load is off. Always no detour for the classic policies.
+    pub fn detour(&self, key_hash: u64, chosen: usize) -> Detour {
+        let mut detour = Detour::default();
+        if let Selector::Hash {
+            selector,
+            bounded_load,
+            ..
+        } = &self.selector
+        {
+            if self.healthy_count < self.backends.len() {
+                // In panic mode a down first choice may still be chosen.
+                let first = selector.preferred(key_hash);
+                detour.unhealthy =
+                    first != chosen && self.backends.get(first).is_some_and(|b| !b.healthy);
+            }
+            if *bounded_load > 0.0 {
+                detour.bounded_load = selector.pick(key_hash) != Some(chosen);
+            }
+        }
+        detour
+    }
+
+    /// Each backend's share (config order) of the requests it may get now:
+    /// its exact share of the key space (hash algorithms), or its weight's
+    /// share of the routable backends' weight (classic policies). 0 for a
+    /// backend the selector may not pick.
+    pub fn shares(&self) -> Vec<f64> {
+        match &self.selector {
+            Selector::Hash { selector, .. } => selector.shares(),
+            Selector::Policy(_) => {
+                let routable = |b: &Backend| b.healthy || self.in_panic();
+                let healthy_weight: u64 = self
+                    .backends
+                    .iter()
+                    .filter(|b| routable(b))
+                    .map(|b| u64::from(b.weight))
+                    .sum();
+                self.backends
+                    .iter()
+                    .map(|b| {
+                        if routable(b) && healthy_weight > 0 {
+                            f64::from(b.weight) / healthy_weight as f64
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Why a request's first attempt goes to another backend than its key's
+/// first choice (hash algorithms), for the access log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Detour {
+    /// The key's first choice is unhealthy: the key went down its fallback
+    /// order.
+    pub unhealthy: bool,
+    /// The key's healthy pick was at its bounded-load cap: the request went
+    /// further down the fallback order.
+    pub bounded_load: bool,
+}
+
+/// Whether `healthy` of `total` backends is below `threshold` percent (0 is
+/// off).
+fn in_panic(threshold: f64, healthy: usize, total: usize) -> bool {
+    threshold > 0.0 && (healthy as f64) * 100.0 < threshold * total as f64
 }
 
 fn build_selector(
@@ -734,6 +846,57 @@ mod tests {
     }
 
     #[test]
+    fn below_the_panic_threshold_every_backend_is_routable_and_the_mapping_is_the_full_one() {
+        let with_panic = |algorithm: &str| {
+            let text = format!(
+                "[balancer]\nalgorithm = \"{algorithm}\"\npanic_threshold = 50\n{}",
+                (0..4)
+                    .map(|i| format!(
+                        "[[backends]]\nname = \"b{i}\"\nurl = \"http://127.0.0.1:{}\"\n",
+                        9000 + i
+                    ))
+                    .collect::<String>()
+            );
+            config(&text)
+        };
+        for algorithm in ["maglev", "ring_hash", "round_robin"] {
+            let all = Snapshot::all_healthy(with_panic(algorithm)).unwrap();
+            // 2 of 4 healthy is 50%: not below the threshold.
+            let half =
+                Snapshot::build(with_panic(algorithm), &[true, false, true, false], None).unwrap();
+            assert!(!half.in_panic(), "{algorithm}");
+            assert_eq!(half.routable_count(), 2);
+            // 1 of 4 is 25%: panic.
+            let one =
+                Snapshot::build(with_panic(algorithm), &[false, false, true, false], None).unwrap();
+            assert!(one.in_panic(), "{algorithm}");
+            assert_eq!((one.healthy_count(), one.routable_count()), (1, 4));
+            assert!(!one.backends()[0].is_healthy(), "health itself is kept");
+            let none = Snapshot::build(with_panic(algorithm), &[false; 4], None).unwrap();
+            assert!(none.in_panic());
+            let mut picked = std::collections::HashSet::new();
+            for key_hash in (0..4000u64).map(|k| k.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
+                let pick = one.next_backend(key_hash, &[], 0);
+                if algorithm != "round_robin" {
+                    // Hash keys map exactly as with every backend healthy.
+                    assert_eq!(pick, all.next_backend(key_hash, &[], 0), "{algorithm}");
+                    assert_eq!(none.next_backend(key_hash, &[], 0), pick);
+                }
+                picked.extend(pick);
+            }
+            assert_eq!(picked.len(), 4, "{algorithm}");
+        }
+        let off = Snapshot::build(
+            pool_of("maglev", &[1; 4]),
+            &[false, false, true, false],
+            None,
+        )
+        .unwrap();
+        assert!(!off.in_panic());
+        assert_eq!(off.routable_count(), 1);
+    }
+
+    #[test]
     fn every_classic_algorithm_becomes_its_policy() {
         for algorithm in [
             "round_robin",
@@ -880,5 +1043,82 @@ mod tests {
         assert_eq!(held.healthy_count(), 2);
         assert_eq!(pool.snapshot().healthy_count(), 1);
         assert!(pool.now_ns() < pool.now_ns() + 1);
+    }
+
+    #[test]
+    fn a_key_whose_first_choice_is_down_is_a_detour_for_unhealthy_only() {
+        for algorithm in ["maglev", "ring_hash"] {
+            let all = Snapshot::all_healthy(pool_of(algorithm, &[1; 4])).unwrap();
+            let one_down =
+                Snapshot::build(all.config().clone(), &[true, false, true, true], Some(&all))
+                    .unwrap();
+            let (mut detours, mut direct) = (0, 0);
+            for key_hash in (0..2_000u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) {
+                let first = all.next_backend(key_hash, &[], 0).unwrap();
+                assert_eq!(all.detour(key_hash, first), Detour::default());
+                let now = one_down.next_backend(key_hash, &[], 0).unwrap();
+                let detour = one_down.detour(key_hash, now);
+                assert!(!detour.bounded_load);
+                assert_eq!(detour.unhealthy, first == 1, "{algorithm} {key_hash}");
+                if detour.unhealthy {
+                    detours += 1
+                } else {
+                    direct += 1
+                }
+            }
+            assert!(
+                detours > 300 && direct > 1_000,
+                "{algorithm}: {detours} {direct}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_pushed_past_its_pick_by_bounded_load_is_a_detour_for_bounded_load() {
+        let mut text = String::from("[balancer]\nbounded_load = 1.25\n");
+        for i in 0..4 {
+            text.push_str(&format!(
+                "[[backends]]\nname = \"b{i}\"\nurl = \"http://127.0.0.1:{}\"\n",
+                9000 + i
+            ));
+        }
+        let snapshot = Snapshot::all_healthy(config(&text)).unwrap();
+        let key_hash = 42;
+        let pick = snapshot.next_backend(key_hash, &[], 0).unwrap();
+        assert_eq!(snapshot.detour(key_hash, pick), Detour::default());
+        let _a = snapshot.backends()[pick].state().begin();
+        let _b = snapshot.backends()[pick].state().begin();
+        let moved = snapshot.next_backend(key_hash, &[], 0).unwrap();
+        assert_ne!(moved, pick);
+        assert_eq!(
+            snapshot.detour(key_hash, moved),
+            Detour {
+                unhealthy: false,
+                bounded_load: true
+            }
+        );
+    }
+
+    #[test]
+    fn shares_are_the_table_shares_or_the_healthy_weight_shares() {
+        let hash = Snapshot::all_healthy(pool_of("maglev", &[1, 3])).unwrap();
+        let shares = hash.shares();
+        assert!((shares[0] - 0.25).abs() < 1e-4 && (shares[1] - 0.75).abs() < 1e-4);
+        let policy = Snapshot::build(
+            pool_of("round_robin", &[1, 2, 6]),
+            &[true, true, false],
+            None,
+        )
+        .unwrap();
+        assert_eq!(policy.shares(), [1.0 / 3.0, 2.0 / 3.0, 0.0]);
+    }
+
+    #[test]
+    fn every_attempt_counts_as_a_request_sent() {
+        let snapshot = Snapshot::all_healthy(pool_of("round_robin", &[1])).unwrap();
+        let state = snapshot.backends()[0].state();
+        drop(state.begin());
+        let _open = state.begin();
+        assert_eq!((state.requests(), state.in_flight()), (2, 1));
     }
 }

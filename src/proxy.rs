@@ -14,6 +14,31 @@
 //!    streaming through, and returns the response head as soon as it arrives,
 //!    its body streaming back with the hop-by-hop headers removed.
 //!
+//! When the response body ends (or the proxy has answered itself), the
+//! request is counted in the pool's [metrics](crate::metrics) and, with the
+//! access log on, logged ([`access`]), with why it did not simply go to its
+//! key's first choice (first choice down, bounded load, a failed try).
+//!
+//! # Upgrades
+//! A request that [asks to upgrade](headers::is_upgrade_request) (HTTP/1.1,
+//! `Connection: upgrade` and an `Upgrade` header, as a WebSocket handshake
+//! does) keeps its `Upgrade` header and goes to the backend with `Connection:
+//! upgrade`; every other hop-by-hop header is removed as usual. It is keyed,
+//! routed, retried and timed out like any other request. Then:
+//! * the backend answers `101 Switching Protocols` (with an `Upgrade`
+//!   header): the client gets the `101` with `Upgrade` and `Connection:
+//!   upgrade` kept, and the two connections become a [tunnel](crate::tunnel) that copies
+//!   bytes both ways until either side closes. The backend counts the tunnel
+//!   as a request in flight until it ends, and the access-log line is written
+//!   then;
+//! * the backend answers anything else: an ordinary response, hop-by-hop
+//!   headers (`Upgrade` included) removed; the client's connection stays
+//!   plain HTTP.
+//!
+//! A `101` to a request that did not ask to upgrade, or one without an
+//! `Upgrade` header, makes no tunnel: the client gets `502`. HTTP/2 clients
+//! cannot upgrade (the request is forwarded as an ordinary one).
+//!
 //! # Failures
 //! * Connect failure (refused, unreachable, `connect_timeout`): counted
 //!   against the backend's health as a failed probe (see [`crate::health`]).
@@ -32,6 +57,7 @@
 //!   arrival (all attempts together): `504`.
 //! * A backend's own error status (say `500`) is its answer and is passed
 //!   through untouched.
+//! * A `101` that cannot start a tunnel (see above): `502`.
 //!
 //! [`error_response`] is the one place where a [`ProxyError`] becomes a
 //! status.
@@ -40,22 +66,24 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue, SET_COOKIE};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue, SET_COOKIE, UPGRADE};
 use hyper::http::request::Parts;
 use hyper::http::uri::{self, PathAndQuery};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy;
 
-use crate::access::{self, AccessRecord, Finish};
+use crate::access::{self, AccessRecord, Answered, Fallback, Finish};
 use crate::body::{ProxyBody, RecoverableBody, UpstreamBody};
 use crate::config::StickyCookieConfig;
 use crate::headers;
 use crate::health::HealthReporter;
 use crate::key::{self, KeyOrigin};
 use crate::pool::{InFlight, Pool, Snapshot};
+use crate::tunnel::Tunnels;
 
 /// Why the proxy answered a request itself instead of with a backend's
 /// response.
@@ -96,12 +124,38 @@ pub enum ProxyError {
         /// The configured timeout.
         timeout: Duration,
     },
+    /// The backend answered `101 Switching Protocols` where no tunnel can
+    /// follow.
+    #[error("backend {backend} switched protocols {why}")]
+    UnexpectedSwitch {
+        /// The backend.
+        backend: Arc<str>,
+        /// What was wrong with the switch.
+        why: &'static str,
+    },
     /// A method a reverse proxy does not forward (`CONNECT`).
     #[error("{0} requests are not supported")]
     UnsupportedMethod(Method),
     /// The request target cannot be turned into a backend URI.
     #[error("the request target cannot be forwarded")]
     BadTarget(#[source] uri::InvalidUriParts),
+}
+
+impl ProxyError {
+    /// The backend whose failure the error is, if one is to blame (the
+    /// metrics count the answer against it).
+    pub fn backend(&self) -> Option<&Arc<str>> {
+        match self {
+            ProxyError::Connect { backend, .. }
+            | ProxyError::Upstream { backend, .. }
+            | ProxyError::Timeout { backend, .. }
+            | ProxyError::UnexpectedSwitch { backend, .. } => Some(backend),
+            ProxyError::NoHealthyBackend
+            | ProxyError::AllBackendsFailed { .. }
+            | ProxyError::UnsupportedMethod(_)
+            | ProxyError::BadTarget(_) => None,
+        }
+    }
 }
 
 /// The response the client gets for `error`: a status and a short text body.
@@ -111,9 +165,9 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
         ProxyError::NoHealthyBackend | ProxyError::AllBackendsFailed { .. } => {
             (StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n")
         }
-        ProxyError::Connect { .. } | ProxyError::Upstream { .. } => {
-            (StatusCode::BAD_GATEWAY, "bad gateway\n")
-        }
+        ProxyError::Connect { .. }
+        | ProxyError::Upstream { .. }
+        | ProxyError::UnexpectedSwitch { .. } => (StatusCode::BAD_GATEWAY, "bad gateway\n"),
         ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n"),
         ProxyError::UnsupportedMethod(_) => {
             (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
@@ -186,6 +240,10 @@ impl Keyed {
 struct Attempts {
     count: u32,
     failed: Vec<Arc<str>>,
+    /// Why the request went elsewhere than its key's first choice.
+    fallback: Vec<Fallback>,
+    /// Where the request body's bytes are added up (access log only).
+    bytes_in: Option<Arc<AtomicU64>>,
 }
 
 impl Proxy {
@@ -209,18 +267,28 @@ impl Proxy {
     }
 
     /// Forwards one client request from `peer`; never fails: errors become
-    /// the responses [`error_response`] gives.
+    /// the responses [`error_response`] gives. A request that upgrades gets
+    /// its tunnel started in `tunnels` (see [Upgrades](self#upgrades)).
     pub async fn handle(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         peer: SocketAddr,
+        tunnels: &Tunnels,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
+        // Taken before the request is taken apart: hyper completes it with
+        // the client's connection once the `101` has been written.
+        let client_upgrade = headers::is_upgrade_request(request.version(), request.headers())
+            .then(|| hyper::upgrade::on(&mut request));
         let snapshot = self.pool.snapshot();
         let (mut parts, body) = request.into_parts();
         let peer = peer.ip().to_canonical();
 
-        headers::strip_hop_by_hop(&mut parts.headers);
+        if client_upgrade.is_some() {
+            headers::strip_hop_by_hop_keeping_upgrade(&mut parts.headers);
+        } else {
+            headers::strip_hop_by_hop(&mut parts.headers);
+        }
         if !parts.headers.contains_key(HOST)
             && let Some(authority) = parts.uri.authority()
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -241,13 +309,18 @@ impl Proxy {
             new_session: keyed.new_session.is_some(),
             backend: None,
             attempts: 0,
+            fallback: Vec::new(),
             failed: Vec::new(),
             status: 0,
+            bytes_in: Arc::new(AtomicU64::new(0)),
             started,
         });
         headers::set_forwarded(&mut parts.headers, peer, snapshot.is_trusted(peer));
 
-        let mut attempts = Attempts::default();
+        let mut attempts = Attempts {
+            bytes_in: record.as_ref().map(|r| r.bytes_in.clone()),
+            ..Attempts::default()
+        };
         let result = self
             .forward(
                 &snapshot,
@@ -256,19 +329,33 @@ impl Proxy {
                 keyed.hash.unwrap_or(0),
                 &mut attempts,
             )
-            .await;
+            .await
+            .and_then(|answer| checked_switch(answer, client_upgrade.is_some()));
         if let Some(record) = record.as_mut() {
             record.attempts = attempts.count;
             record.failed = attempts.failed;
+            record.fallback = attempts.fallback;
         }
         match result {
             Ok(Answer {
-                response,
+                mut response,
                 in_flight,
                 backend,
             }) => {
+                // `checked_switch` let a `101` through only for an upgrade
+                // request.
+                let upgrades = match client_upgrade {
+                    Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        Some((client, hyper::upgrade::on(&mut response)))
+                    }
+                    _ => None,
+                };
                 let (mut head, incoming) = response.into_parts();
-                headers::strip_hop_by_hop(&mut head.headers);
+                if upgrades.is_some() {
+                    headers::strip_hop_by_hop_keeping_upgrade(&mut head.headers);
+                } else {
+                    headers::strip_hop_by_hop(&mut head.headers);
+                }
                 if let (Some(id), Some(sticky)) = (
                     &keyed.new_session,
                     &snapshot.config().balancer.sticky_cookie,
@@ -277,18 +364,35 @@ impl Proxy {
                     head.headers.append(SET_COOKIE, cookie);
                 }
                 if let Some(record) = record.as_mut() {
-                    record.backend = Some(backend);
+                    record.backend = Some(backend.clone());
                     record.status = head.status.as_u16();
                 }
-                let finish = Finish::new(in_flight, record);
-                Response::from_parts(
-                    head,
-                    ProxyBody::Upstream(UpstreamBody::new(incoming, finish)),
-                )
+                let answered = Answered {
+                    pool: self.pool.clone(),
+                    backend,
+                    status: head.status.as_u16(),
+                    started,
+                };
+                let finish = Finish::new(in_flight, answered, record);
+                match upgrades {
+                    Some((client, backend)) => {
+                        tunnels.spawn(client, backend, finish, attempts.bytes_in);
+                        Response::from_parts(head, ProxyBody::empty())
+                    }
+                    None => Response::from_parts(
+                        head,
+                        ProxyBody::Upstream(UpstreamBody::new(incoming, finish)),
+                    ),
+                }
             }
             Err(error) => {
                 tracing::warn!(client = %peer, error = %Chain(&error), "request failed");
                 let response = error_response(&error);
+                self.pool.metrics().request_finished(
+                    error.backend(),
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
                 if let Some(mut record) = record {
                     record.status = response.status().as_u16();
                     record.log(0, "local");
@@ -334,8 +438,17 @@ impl Proxy {
                     ProxyError::AllBackendsFailed { tried: tried.len() }
                 });
             };
+            if tried.is_empty() {
+                let detour = snapshot.detour(key_hash, index);
+                if detour.unhealthy {
+                    attempts.fallback.push(Fallback::Unhealthy);
+                }
+                if detour.bounded_load {
+                    attempts.fallback.push(Fallback::BoundedLoad);
+                }
+            }
             // Headers are copied only while a retry could still need them.
-            let may_retry = tried.len() < retries && tried.len() + 1 < snapshot.healthy_count();
+            let may_retry = tried.len() < retries && tried.len() + 1 < snapshot.routable_count();
             let request_headers = if may_retry {
                 headers.clone()
             } else {
@@ -348,6 +461,7 @@ impl Proxy {
             let target = Uri::from_parts(target).map_err(ProxyError::BadTarget)?;
 
             let (request_body, recovery) = RecoverableBody::new(body);
+            let request_body = request_body.counting(attempts.bytes_in.clone());
             let mut request = Request::new(request_body);
             *request.method_mut() = method.clone();
             *request.uri_mut() = target;
@@ -384,7 +498,7 @@ impl Proxy {
                     }
                     tried.push(index);
                     attempts.failed.push(backend.name().clone());
-                    if connect && tried.len() >= snapshot.healthy_count() {
+                    if connect && tried.len() >= snapshot.routable_count() {
                         return Err(ProxyError::AllBackendsFailed { tried: tried.len() });
                     }
                     // Past a connect failure the backend may have acted on
@@ -404,6 +518,15 @@ impl Proxy {
                                 error = %Chain(&error),
                                 "backend failed; trying the next one"
                             );
+                            let reason = if connect {
+                                Fallback::ConnectError
+                            } else {
+                                Fallback::UpstreamError
+                            };
+                            attempts.fallback.push(reason);
+                            self.pool
+                                .metrics()
+                                .upstream_retry(backend.name(), reason.as_str());
                             body = recovered;
                         }
                         None if connect => {
@@ -423,6 +546,28 @@ impl Proxy {
             }
         }
     }
+}
+
+/// `answer`, unless it is a `101 Switching Protocols` that cannot start a
+/// tunnel: one to a request that did not ask to upgrade (`asked`), or one
+/// that names no protocol (RFC 9110 §15.2.2 requires `Upgrade`). Dropping
+/// such an answer closes its backend connection, which hyper never pools
+/// after a `101`.
+fn checked_switch(answer: Answer, asked: bool) -> Result<Answer, ProxyError> {
+    if answer.response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(answer);
+    }
+    let why = if !asked {
+        "although the request did not ask to upgrade"
+    } else if !answer.response.headers().contains_key(UPGRADE) {
+        "without an Upgrade header"
+    } else {
+        return Ok(answer);
+    };
+    Err(ProxyError::UnexpectedSwitch {
+        backend: answer.backend,
+        why,
+    })
 }
 
 /// Methods that mean the same whether sent once or twice (RFC 9110 §9.2.2).
@@ -494,6 +639,14 @@ mod tests {
             })
             .await,
             (504, "gateway timeout\n".to_owned())
+        );
+        assert_eq!(
+            rendered(ProxyError::UnexpectedSwitch {
+                backend: Arc::from("b"),
+                why: "without an Upgrade header"
+            })
+            .await,
+            (502, "bad gateway\n".to_owned())
         );
         assert_eq!(
             rendered(ProxyError::UnsupportedMethod(Method::CONNECT)).await,

@@ -172,6 +172,12 @@ impl Ring {
     pub fn is_empty(&self) -> bool {
         self.points.len() == 0
     }
+
+    /// The backend for a key hash with every backend healthy.
+    #[inline]
+    pub fn pick(&self, hash: u64) -> usize {
+        usize::from(self.points.owners[self.points.successor(point_of(hash))])
+    }
 }
 
 /// Sorts packed points (position in the high 32 bits, name rank in the low

@@ -137,6 +137,18 @@ impl HashSelector {
         }
     }
 
+    /// The backend a key hash goes to when every backend is healthy,
+    /// whatever the health now: the key's first choice.
+    pub fn preferred(&self, hash: u64) -> usize {
+        match &self.view {
+            View::Maglev(m) => {
+                let base = m.base();
+                usize::from(base.entries()[base.slot(hash)])
+            }
+            View::Ring(r) => r.base().pick(hash),
+        }
+    }
+
     /// Each configured backend's exact share of the key space now.
     pub fn shares(&self) -> Vec<f64> {
         match &self.view {

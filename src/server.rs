@@ -10,7 +10,15 @@
 //! closes at once, so new connections are refused; idle keep-alive
 //! connections close; requests in flight finish, each connection closing
 //! after its current response, for at most `listener.drain_timeout`; then
-//! whatever is left is cut off.
+//! whatever is left is cut off. An open upgrade tunnel (a WebSocket, see
+//! [`crate::tunnel`]) counts as in flight: the drain waits for it to close,
+//! and cuts it off with the rest when the timeout passes.
+//!
+//! With `[admin]` configured, the admin endpoint ([`crate::admin`]) runs
+//! beside the proxy on its own listener ([`ProxyHandle::admin_addr`]). A
+//! shutdown first marks the proxy as draining (`/healthz` answers `503`), and
+//! stops the admin endpoint once the drain is over; dropping the handle stops
+//! it at once.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,6 +36,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -38,12 +47,15 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::config::Config;
+use crate::admin::{self, AdminServer};
+use crate::config::{Config, LimitsConfig};
 use crate::health::{self, HealthChecks, ReloadError};
 use crate::pool::{Pool, PoolError, Snapshot};
 use crate::proxy::Proxy;
+use crate::tunnel::Tunnels;
 
-/// How long a client may take to send a request's headers (slowloris guard).
+/// How long an admin client may take to send a request's headers (the
+/// proxy listener uses `limits.header_timeout`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The pause after a failed `accept` (such as running out of file
@@ -53,7 +65,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The listener address could not be bound.
+    /// The listener (or admin endpoint) address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
         /// The configured address.
@@ -101,6 +113,10 @@ pub struct ProxyHandle {
     /// The health probes and the task that publishes health changes;
     /// dropping them (with the handle) stops them.
     health: HealthChecks,
+    /// The admin endpoint, when configured; dropping it stops it.
+    admin: Option<AdminServer>,
+    /// Set when a shutdown begins: the admin `/healthz` then answers `503`.
+    draining: Arc<AtomicBool>,
 }
 
 impl ProxyHandle {
@@ -108,6 +124,12 @@ impl ProxyHandle {
     /// config said 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the admin endpoint is bound to, when `[admin]` is
+    /// configured (the actual port when the config said 0).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
     }
 
     /// The pool the proxy routes with; publish a new snapshot to change it.
@@ -144,6 +166,9 @@ impl ProxyHandle {
     /// Stops accepting, lets requests in flight finish within the drain
     /// timeout, and returns how that went (on every worker).
     pub async fn shutdown(mut self) -> Drain {
+        // Before anything stops, so that a load balancer in front sees the
+        // draining at once and the admin endpoint reports it to the end.
+        self.draining.store(true, Ordering::Relaxed);
         self.health.stop();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -160,6 +185,7 @@ impl ProxyHandle {
                 drain = Drain::TimedOut;
             }
         }
+        self.admin = None;
         drain
     }
 }
@@ -195,13 +221,26 @@ pub async fn start_workers(config: Config, workers: usize) -> Result<ProxyHandle
     for _ in 1..workers {
         sockets.push(bind(local_addr, true).map_err(bind_error)?);
     }
-    let drain_timeout = config.listener.drain_timeout;
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin = match &config.admin {
+        Some(settings) => {
+            let address = settings.address;
+            let server = admin::start(address, pool.clone(), draining.clone())
+                .await
+                .map_err(|source| StartError::Bind { address, source })?;
+            Some(server)
+        }
+        None => None,
+    };
+    // Client connections open over every worker, for `limits.max_connections`.
+    let open = Arc::new(AtomicUsize::new(0));
     let health = health::spawn(pool.clone());
     let mut others = Vec::with_capacity(sockets.len());
     for (n, socket) in sockets.into_iter().enumerate() {
         let (stop, stopped) = oneshot::channel();
         let (drained, drain) = oneshot::channel();
         let proxy = Arc::new(Proxy::with_health(pool.clone(), health.reporter()));
+        let worker_open = open.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -211,7 +250,7 @@ pub async fn start_workers(config: Config, workers: usize) -> Result<ProxyHandle
             .spawn(move || {
                 runtime.block_on(async move {
                     let outcome = match socket.listen(LISTEN_BACKLOG) {
-                        Ok(listener) => serve(listener, proxy, drain_timeout, stopped).await,
+                        Ok(listener) => serve(listener, proxy, worker_open, stopped).await,
                         Err(error) => {
                             tracing::error!(%error, "worker cannot listen");
                             Drain::Complete
@@ -227,7 +266,7 @@ pub async fn start_workers(config: Config, workers: usize) -> Result<ProxyHandle
 
     let (stop, stopped) = oneshot::channel();
     let proxy = Arc::new(Proxy::with_health(pool.clone(), health.reporter()));
-    let task = tokio::spawn(serve(listener, proxy, drain_timeout, stopped));
+    let task = tokio::spawn(serve(listener, proxy, open, stopped));
     Ok(ProxyHandle {
         local_addr,
         pool,
@@ -235,6 +274,8 @@ pub async fn start_workers(config: Config, workers: usize) -> Result<ProxyHandle
         task,
         workers: others,
         health,
+        admin,
+        draining,
     })
 }
 
@@ -259,47 +300,101 @@ fn bind(address: SocketAddr, shared: bool) -> io::Result<TcpSocket> {
 
 /// hyper's connection settings: HTTP/1.1 or HTTP/2 (prior knowledge), with
 /// timers for the header read timeout and HTTP/2 keep-alive.
-fn connection_builder() -> auto::Builder<TokioExecutor> {
+fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    let head_bytes = usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX);
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        // hyper starts this timer whenever it waits for a request head,
+        // so it is also the keep-alive idle timeout.
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(head_bytes)
+        .max_headers(usize::try_from(limits.max_headers).unwrap_or(usize::MAX));
     builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes);
+    builder
+}
+
+/// One client connection counted against `limits.max_connections` until it
+/// is dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    /// Counts a new connection if fewer than `max` are open.
+    fn try_open(open: &Arc<AtomicUsize>, max: usize) -> Option<OpenConnection> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| OpenConnection(open.clone()))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The accept loop, then the drain.
 async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
-    drain_timeout: Duration,
+    open: Arc<AtomicUsize>,
     mut stopped: oneshot::Receiver<()>,
 ) -> Drain {
-    let builder = connection_builder();
+    // The limits of the running config; a reload that changes them builds
+    // the connection settings again for the connections that follow.
+    let mut config = proxy.pool().snapshot().config().clone();
+    let mut builder = connection_builder(&config.limits);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
+    let tunnels = Tunnels::new();
     loop {
         tokio::select! {
             // A send or a dropped handle: either way, stop.
             _ = &mut stopped => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let current = proxy.pool().snapshot().config().clone();
+                    if !Arc::ptr_eq(&current, &config) {
+                        if current.limits != config.limits {
+                            builder = connection_builder(&current.limits);
+                        }
+                        config = current;
+                    }
+                    let max = usize::try_from(config.limits.max_connections).unwrap_or(usize::MAX);
+                    let Some(counted) = OpenConnection::try_open(&open, max) else {
+                        // Over the limit: closed at once, without a word,
+                        // so the accept loop never waits on it.
+                        tracing::debug!(%peer, max, "too many client connections; closing a new one");
+                        drop(stream);
+                        continue;
+                    };
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
                     }
                     let proxy = proxy.clone();
+                    let tunnels = tunnels.clone();
                     let service = service_fn(move |request| {
                         let proxy = proxy.clone();
+                        let tunnels = tunnels.clone();
                         async move {
-                            Ok::<_, std::convert::Infallible>(proxy.handle(request, peer).await)
+                            let response = proxy.handle(request, peer, &tunnels).await;
+                            Ok::<_, std::convert::Infallible>(response)
                         }
                     });
+                    // With upgrades: after a `101`, hyper hands the client's
+                    // connection over to the tunnel and this future ends.
                     let connection = builder
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
                     let connection = graceful.watch(connection);
                     connections.spawn(async move {
+                        let _counted = counted;
                         if let Err(error) = connection.await {
                             tracing::debug!(%peer, %error, "client connection ended with an error");
                         }
@@ -315,12 +410,20 @@ async fn serve(
         }
     }
     drop(listener);
+    // The drain timeout of the running config (a reload may have changed it).
+    let drain_timeout = proxy.pool().snapshot().config().listener.drain_timeout;
     tracing::info!(
         connections = connections.len(),
+        tunnels = tunnels.open(),
         drain_timeout = %humantime::format_duration(drain_timeout),
         "stopped accepting; draining"
     );
-    match tokio::time::timeout(drain_timeout, graceful.shutdown()).await {
+    // Connections first: a request still in flight may yet open a tunnel.
+    let drained = async {
+        graceful.shutdown().await;
+        tunnels.closed().await;
+    };
+    match tokio::time::timeout(drain_timeout, drained).await {
         Ok(()) => {
             tracing::info!("drained");
             Drain::Complete
@@ -328,10 +431,14 @@ async fn serve(
         Err(_) => {
             tracing::warn!(
                 connections = connections.len(),
+                tunnels = tunnels.open(),
                 "drain timeout passed; closing the remaining connections"
             );
             connections.abort_all();
             while connections.join_next().await.is_some() {}
+            // Each tunnel drops its connections as soon as it sees the cut.
+            tunnels.cut_off();
+            tunnels.closed().await;
             Drain::TimedOut
         }
     }

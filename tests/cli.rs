@@ -447,3 +447,20 @@ async fn sigterm_lets_a_slow_request_finish_refuses_new_connections_and_exits_0(
         signalled.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_closed_stderr_neither_stops_serving_nor_fails_the_exit() {
+    let dead = dead_address().await;
+    let text = config_text("", &[("gone", dead)]);
+    let file = TempFile::new("closed-stderr.toml", &text);
+    let (mut child, log, address) = start_affinity(&file, &[]);
+    // The reading thread ends at the next line, closing the pipe.
+    drop(log);
+    let mut client = Client::connect(address).await;
+    for _ in 0..3 {
+        // Each failed request logs a warning into the closed pipe.
+        assert_eq!(client.get("/", &[]).await.status, 503);
+    }
+    drop(client);
+    assert_eq!(terminate(&mut child).code(), Some(0));
+}

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use affinity::config::{
-    AdminConfig, Algorithm, BalancerConfig, Config, HealthCheckConfig, KeySource, ListenerConfig,
-    StickyCookieConfig, UpstreamConfig,
+    AdminConfig, Algorithm, BalancerConfig, Config, HealthCheckConfig, KeySource, LimitsConfig,
+    ListenerConfig, StickyCookieConfig, UpstreamConfig,
 };
 
 fn manifest_dir() -> &'static Path {
@@ -105,6 +105,7 @@ fn the_full_config_example_sets_every_key_away_from_its_default() {
     assert_eq!(b.trusted_proxies.len(), 3);
     assert!(b.hash_key.is_some());
     assert_ne!(b.bounded_load, defaults.bounded_load);
+    assert_ne!(b.panic_threshold, defaults.panic_threshold);
     let sticky = b
         .sticky_cookie
         .as_ref()
@@ -125,6 +126,18 @@ fn the_full_config_example_sets_every_key_away_from_its_default() {
     assert_ne!(u.connect_timeout, defaults.connect_timeout);
     assert_ne!(u.request_timeout, defaults.request_timeout);
     assert_ne!(u.retries, defaults.retries);
+
+    let l = &config.limits;
+    let defaults = LimitsConfig::default();
+    assert_ne!(l.header_timeout, defaults.header_timeout);
+    assert_ne!(l.max_header_bytes, defaults.max_header_bytes);
+    assert_ne!(l.max_headers, defaults.max_headers);
+    assert_ne!(l.max_body_bytes, defaults.max_body_bytes);
+    assert_ne!(l.max_connections, defaults.max_connections);
+    assert_ne!(
+        l.max_in_flight_per_backend,
+        defaults.max_in_flight_per_backend
+    );
 
     assert!(config.backends.iter().any(|b| b.weight != 1));
 }

@@ -432,3 +432,36 @@ async fn two_proxies_with_one_config_agree_on_every_sticky_session() {
     }
     assert!(used.len() >= 3, "40 sessions used only {used:?}");
 }
+
+#[tokio::test]
+async fn in_panic_mode_keys_keep_their_full_mapping_and_leave_it_when_health_returns() {
+    const KEYS: usize = 300;
+    let backends = TestBackend::start_many(4).await;
+    let sections = fast_checks().replace("[balancer]\n", "[balancer]\npanic_threshold = 50\n");
+    let proxy = start_proxy(&config_text(&sections, &pool(&backends))).await;
+    let address = proxy.local_addr();
+    let all = routed(address, KEYS).await;
+
+    // Two of four failing their probes: 50% healthy is not below 50%.
+    backends[0].set_health(false);
+    backends[1].set_health(false);
+    until_healthy_count(proxy.pool(), 2).await;
+    assert!(!proxy.pool().snapshot().in_panic());
+    let half = routed(address, KEYS).await;
+    assert!(
+        half.iter()
+            .all(|b| *b == backends[2].name || *b == backends[3].name)
+    );
+
+    // A third: 25% healthy, panic. The failing backends still answer
+    // requests here, so every key goes back to its full-pool backend.
+    backends[2].set_health(false);
+    until_healthy_count(proxy.pool(), 1).await;
+    assert!(proxy.pool().snapshot().in_panic());
+    assert_eq!(routed(address, KEYS).await, all);
+
+    backends[2].set_health(true);
+    until_healthy_count(proxy.pool(), 2).await;
+    assert!(!proxy.pool().snapshot().in_panic());
+    assert_eq!(routed(address, KEYS).await, half);
+}

@@ -583,3 +583,238 @@ pub async fn connect_stream_from(source: IpAddr, proxy: SocketAddr) -> TcpStream
 pub fn header(name: &'static str) -> HeaderName {
     HeaderName::from_static(name)
 }
+
+// ---------------------------------------------------------------------------
+// Raw HTTP/1.x over TCP
+// ---------------------------------------------------------------------------
+
+/// How long a [`RawConnection`] waits for its peer's next bytes before
+/// failing the test: a peer that neither answers nor closes has hung.
+pub const RAW_WAIT: Duration = Duration::from_secs(3);
+
+/// A response as read off a [`RawConnection`], byte for byte.
+#[derive(Debug)]
+pub struct RawResponse {
+    /// The status code.
+    pub status: u16,
+    /// The head as received (status line and header lines).
+    pub head: String,
+    /// The header fields, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body as the head frames it (decoded, when chunked).
+    pub body: Vec<u8>,
+    /// Whether the body ended as its framing says: every `Content-Length`
+    /// byte, the last chunk, or, for a body delimited by the close, a clean
+    /// close (not a reset).
+    pub complete: bool,
+    /// Whether the body was chunked.
+    pub chunked: bool,
+}
+
+impl RawResponse {
+    /// The first header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One client TCP connection that writes exactly the bytes a test gives it
+/// and reads responses without any HTTP library smoothing them over.
+pub struct RawConnection {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// The peer closed (cleanly) or reset the connection.
+    ended: bool,
+    /// It was a reset (or another read error).
+    reset: bool,
+}
+
+impl RawConnection {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> RawConnection {
+        let stream = bounded(TcpStream::connect(addr)).await.unwrap();
+        RawConnection {
+            stream,
+            buf: Vec::new(),
+            ended: false,
+            reset: false,
+        }
+    }
+
+    /// Writes all of `bytes`. An error is returned, not a failure: a server
+    /// may answer and close before it has read everything.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        bounded(self.stream.write_all(bytes)).await
+    }
+
+    /// Reads more bytes: `false` once the peer has closed or reset. Fails
+    /// the test after [`RAW_WAIT`] of silence.
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        if self.ended {
+            return false;
+        }
+        match tokio::time::timeout(RAW_WAIT, self.stream.read_buf(&mut self.buf)).await {
+            Ok(Ok(0)) => {
+                self.ended = true;
+                false
+            }
+            Ok(Ok(_)) => true,
+            Ok(Err(_)) => {
+                self.ended = true;
+                self.reset = true;
+                false
+            }
+            Err(_) => panic!(
+                "the peer neither sent anything nor closed within {RAW_WAIT:?}; buffered: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        }
+    }
+
+    /// One line (without its CRLF), reading as needed; `None` if the
+    /// connection ends first.
+    async fn line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf[..at].to_vec();
+                self.buf.drain(..at + 2);
+                return Some(line);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Exactly `n` bytes, or what came before the connection ended.
+    async fn take(&mut self, n: usize) -> (Vec<u8>, bool) {
+        while self.buf.len() < n {
+            if !self.fill().await {
+                let got = std::mem::take(&mut self.buf);
+                return (got, false);
+            }
+        }
+        (self.buf.drain(..n).collect(), true)
+    }
+
+    /// Reads the next response (a `1xx` included, as a response of its
+    /// own); `None` if the connection ends before a complete head.
+    pub async fn response(&mut self) -> Option<RawResponse> {
+        let end = loop {
+            if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            if !self.fill().await {
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        self.buf.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .and_then(|line| line.split(' ').nth(1))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not a status line: {head:?}"));
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let mut response = RawResponse {
+            status,
+            head,
+            headers,
+            body: Vec::new(),
+            complete: true,
+            chunked: false,
+        };
+        if (100..200).contains(&status) || status == 204 || status == 304 {
+            return Some(response);
+        }
+        let chunked = response
+            .header("transfer-encoding")
+            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+        if chunked {
+            response.chunked = true;
+            response.complete = self.chunks(&mut response.body).await;
+        } else if let Some(len) = response.header("content-length") {
+            let len: usize = len.parse().expect("a numeric Content-Length");
+            let (body, complete) = self.take(len).await;
+            response.body = body;
+            response.complete = complete;
+        } else {
+            while self.fill().await {}
+            response.body = std::mem::take(&mut self.buf);
+            response.complete = !self.reset;
+        }
+        Some(response)
+    }
+
+    /// Decodes a chunked body into `body`: `true` if it ended with the last
+    /// chunk and its trailers.
+    async fn chunks(&mut self, body: &mut Vec<u8>) -> bool {
+        loop {
+            let Some(line) = self.line().await else {
+                return false;
+            };
+            let size = String::from_utf8_lossy(&line);
+            let size = size.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size, 16).expect("a hex chunk size");
+            if size == 0 {
+                // Trailers, up to the empty line.
+                loop {
+                    match self.line().await {
+                        Some(line) if line.is_empty() => return true,
+                        Some(_) => {}
+                        None => return false,
+                    }
+                }
+            }
+            let (data, whole) = self.take(size + 2).await;
+            let data_len = data.len().min(size);
+            body.extend_from_slice(&data[..data_len]);
+            if !whole {
+                return false;
+            }
+        }
+    }
+
+    /// Whether the peer closes (or resets) the connection within `wait`,
+    /// sending nothing more. Bytes that arrive instead are kept and mean no.
+    pub async fn closes_within(&mut self, wait: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        if self.ended {
+            return true;
+        }
+        if !self.buf.is_empty() {
+            return false;
+        }
+        match tokio::time::timeout(wait, self.stream.read_buf(&mut self.buf)).await {
+            Ok(Ok(0)) => {
+                self.ended = true;
+                true
+            }
+            Ok(Err(_)) => {
+                self.ended = true;
+                self.reset = true;
+                true
+            }
+            Ok(Ok(_)) | Err(_) => false,
+        }
+    }
+
+    /// The bytes received and not yet read as part of a response.
+    pub fn unread(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The underlying stream, for a test that must read and write at once.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+}
