@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use hyper::Method;
 
+use crate::health::HealthReporter;
 use crate::pool::{InFlight, Pool};
 
 /// Whether access-log lines are wanted at all.
@@ -49,6 +50,8 @@ pub enum Fallback {
     /// The backend tried broke off the exchange before a response: the
     /// next one was tried.
     UpstreamError,
+    /// The backend was at `limits.max_in_flight_per_backend`: skipped.
+    Full,
 }
 
 impl Fallback {
@@ -59,6 +62,7 @@ impl Fallback {
             Fallback::BoundedLoad => "bounded_load",
             Fallback::ConnectError => "connect_error",
             Fallback::UpstreamError => "upstream_error",
+            Fallback::Full => "backend_full",
         }
     }
 }
@@ -149,7 +153,13 @@ pub struct Answered {
     pub status: u16,
     /// When the request arrived.
     pub started: Instant,
+    /// Where a response cut off by its backend is reported, if anywhere.
+    pub health: Option<HealthReporter>,
 }
+
+/// The outcome of a response body that its backend broke off: counted
+/// against the backend's health.
+pub const UPSTREAM_ERROR: &str = "upstream error";
 
 /// What happens when a response body ends: the request stops counting as
 /// in flight, its metrics are recorded, and its access-log line is written.
@@ -181,6 +191,16 @@ impl Finish {
             record,
         } = self;
         drop(in_flight);
+        if outcome == UPSTREAM_ERROR
+            && let Some(health) = &answered.health
+            && let Some(backend) = answered.pool.snapshot().backend(&answered.backend)
+        {
+            health.request_failed(
+                &answered.backend,
+                backend.authority(),
+                "the backend cut off its response",
+            );
+        }
         answered.pool.metrics().request_finished(
             Some(&answered.backend),
             answered.status,

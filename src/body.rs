@@ -20,6 +20,9 @@ use tokio::sync::oneshot;
 
 use crate::access::Finish;
 
+/// The error type of bodies sent to backends.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A request body that goes back to its [`Recovery`] if it is dropped before
 /// it was ever polled.
 ///
@@ -34,6 +37,17 @@ pub struct RecoverableBody<B = Incoming> {
     give_back: Option<oneshot::Sender<B>>,
     /// Where the bytes read are added up, for the access log.
     read: Option<Arc<AtomicU64>>,
+    /// The most data bytes it may carry (0: no limit), and how many it has.
+    limit: u64,
+    seen: u64,
+}
+
+/// A request body went over `limits.max_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The configured limit.
+    pub limit: u64,
 }
 
 /// The other end of a [`RecoverableBody`]: holds the body once it comes back.
@@ -48,6 +62,8 @@ impl<B> RecoverableBody<B> {
             inner: Some(body),
             give_back: Some(tx),
             read: None,
+            limit: 0,
+            seen: 0,
         };
         (wrapped, Recovery(rx))
     }
@@ -56,6 +72,13 @@ impl<B> RecoverableBody<B> {
     /// given), so a request's body bytes add up across its attempts.
     pub fn counting(mut self, read: Option<Arc<AtomicU64>>) -> RecoverableBody<B> {
         self.read = read;
+        self
+    }
+
+    /// The same body, failing with [`BodyTooLarge`] as soon as more than
+    /// `limit` data bytes have been read from it (0: no limit).
+    pub fn limited(mut self, limit: u64) -> RecoverableBody<B> {
+        self.limit = limit;
         self
     }
 }
@@ -78,9 +101,13 @@ impl<B> Drop for RecoverableBody<B> {
     }
 }
 
-impl<B: Body + Unpin> Body for RecoverableBody<B> {
+impl<B> Body for RecoverableBody<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -91,13 +118,20 @@ impl<B: Body + Unpin> Body for RecoverableBody<B> {
         let Some(body) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(body).poll_frame(cx);
-        if let (Some(read), Poll::Ready(Some(Ok(frame)))) = (&this.read, &polled)
+        let polled = ready!(Pin::new(body).poll_frame(cx));
+        if let Some(Ok(frame)) = &polled
             && let Some(data) = frame.data_ref()
         {
-            read.fetch_add(data.remaining() as u64, Ordering::Relaxed);
+            let len = data.remaining() as u64;
+            if let Some(read) = &this.read {
+                read.fetch_add(len, Ordering::Relaxed);
+            }
+            this.seen += len;
+            if this.limit > 0 && this.seen > this.limit {
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: this.limit }))));
+            }
         }
-        polled
+        Poll::Ready(polled.map(|frame| frame.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -184,7 +218,7 @@ impl Body for ProxyBody {
                             body.complete("complete");
                         }
                     }
-                    Some(Err(_)) => body.complete("upstream error"),
+                    Some(Err(_)) => body.complete(crate::access::UPSTREAM_ERROR),
                     None => body.complete("complete"),
                 }
                 Poll::Ready(frame)

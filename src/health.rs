@@ -151,6 +151,9 @@ pub enum Observation {
     ProbeError(String),
     /// A real request could not connect to the backend.
     ConnectFailed,
+    /// A real request reached the backend, which then broke the exchange
+    /// off (reset or closed the connection before or during its response).
+    RequestFailed(&'static str),
 }
 
 impl Observation {
@@ -168,6 +171,7 @@ impl fmt::Display for Observation {
             Observation::ProbeTimeout => f.write_str("probe timed out"),
             Observation::ProbeError(error) => write!(f, "probe failed: {error}"),
             Observation::ConnectFailed => f.write_str("a request could not connect"),
+            Observation::RequestFailed(what) => write!(f, "a request failed: {what}"),
         }
     }
 }
@@ -210,10 +214,20 @@ impl HealthReporter {
     /// Counts a failed connect to `backend` (at `authority`) as a failed
     /// probe. Never blocks; does nothing once the health checks have stopped.
     pub fn connect_failed(&self, backend: &Arc<str>, authority: &Authority) {
+        self.observe(backend, authority, Observation::ConnectFailed);
+    }
+
+    /// Counts a request that `backend` broke off (`what` happened) as a
+    /// failed probe.
+    pub fn request_failed(&self, backend: &Arc<str>, authority: &Authority, what: &'static str) {
+        self.observe(backend, authority, Observation::RequestFailed(what));
+    }
+
+    fn observe(&self, backend: &Arc<str>, authority: &Authority, observation: Observation) {
         let _ = self.0.send(Command::Observe(HealthEvent {
             backend: backend.clone(),
             authority: authority.clone(),
-            observation: Observation::ConnectFailed,
+            observation,
         }));
     }
 }
@@ -774,6 +788,7 @@ mod tests {
         assert!(!Observation::ProbeTimeout.is_success());
         assert!(!Observation::ProbeError("refused".into()).is_success());
         assert!(!Observation::ConnectFailed.is_success());
+        assert!(!Observation::RequestFailed("reset").is_success());
     }
 
     /// An observation of backend `b<i>` at `127.0.0.1:900<i>`, as the

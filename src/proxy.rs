@@ -69,7 +69,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue, SET_COOKIE, UPGRADE};
 use hyper::http::request::Parts;
 use hyper::http::uri::{self, PathAndQuery};
@@ -77,7 +77,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy;
 
 use crate::access::{self, AccessRecord, Answered, Fallback, Finish};
-use crate::body::{ProxyBody, RecoverableBody, UpstreamBody};
+use crate::body::{BodyTooLarge, ProxyBody, RecoverableBody, UpstreamBody};
 use crate::config::StickyCookieConfig;
 use crate::headers;
 use crate::health::HealthReporter;
@@ -133,6 +133,16 @@ pub enum ProxyError {
         /// What was wrong with the switch.
         why: &'static str,
     },
+    /// Every backend the request could go to is at
+    /// `limits.max_in_flight_per_backend`.
+    #[error("every backend is at its limit of requests in flight ({full} full)")]
+    AllBackendsFull {
+        /// Backends skipped because they were full.
+        full: usize,
+    },
+    /// The request body is larger than `limits.max_body_bytes`.
+    #[error(transparent)]
+    BodyTooLarge(#[from] BodyTooLarge),
     /// A method a reverse proxy does not forward (`CONNECT`).
     #[error("{0} requests are not supported")]
     UnsupportedMethod(Method),
@@ -152,6 +162,8 @@ impl ProxyError {
             | ProxyError::UnexpectedSwitch { backend, .. } => Some(backend),
             ProxyError::NoHealthyBackend
             | ProxyError::AllBackendsFailed { .. }
+            | ProxyError::AllBackendsFull { .. }
+            | ProxyError::BodyTooLarge(_)
             | ProxyError::UnsupportedMethod(_)
             | ProxyError::BadTarget(_) => None,
         }
@@ -169,6 +181,11 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
         | ProxyError::Upstream { .. }
         | ProxyError::UnexpectedSwitch { .. } => (StatusCode::BAD_GATEWAY, "bad gateway\n"),
         ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n"),
+        ProxyError::AllBackendsFull { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "every backend is at its request limit\n",
+        ),
+        ProxyError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
         ProxyError::UnsupportedMethod(_) => {
             (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
@@ -372,6 +389,7 @@ impl Proxy {
                     backend,
                     status: head.status.as_u16(),
                     started,
+                    health: self.health.clone(),
                 };
                 let finish = Finish::new(in_flight, answered, record);
                 match upgrades {
@@ -426,18 +444,42 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let limits = &snapshot.config().limits;
+        if limits.max_body_bytes > 0
+            && body
+                .size_hint()
+                .exact()
+                .is_some_and(|len| len > limits.max_body_bytes)
+        {
+            // Refused before any backend sees it.
+            return Err(ProxyError::BodyTooLarge(BodyTooLarge {
+                limit: limits.max_body_bytes,
+            }));
+        }
+        let per_backend = u64::from(limits.max_in_flight_per_backend);
         let retries = usize::try_from(upstream.retries).unwrap_or(usize::MAX);
+        // Backends not to try again: those that failed, and those skipped
+        // because they were full. Only failures use up retries.
         let mut tried: Vec<usize> = Vec::new();
+        let (mut failed, mut full) = (0usize, 0usize);
         loop {
             let next = snapshot.next_backend(key_hash, &tried, self.pool.now_ns());
             let Some((index, backend)) = next.and_then(|i| Some((i, snapshot.backends().get(i)?)))
             else {
                 return Err(if tried.is_empty() {
                     ProxyError::NoHealthyBackend
+                } else if failed == 0 {
+                    ProxyError::AllBackendsFull { full }
                 } else {
                     ProxyError::AllBackendsFailed { tried: tried.len() }
                 });
             };
+            if per_backend > 0 && backend.state().in_flight() >= per_backend {
+                tried.push(index);
+                full += 1;
+                attempts.fallback.push(Fallback::Full);
+                continue;
+            }
             if tried.is_empty() {
                 let detour = snapshot.detour(key_hash, index);
                 if detour.unhealthy {
@@ -448,7 +490,7 @@ impl Proxy {
                 }
             }
             // Headers are copied only while a retry could still need them.
-            let may_retry = tried.len() < retries && tried.len() + 1 < snapshot.routable_count();
+            let may_retry = failed < retries && tried.len() + 1 < snapshot.routable_count();
             let request_headers = if may_retry {
                 headers.clone()
             } else {
@@ -461,7 +503,9 @@ impl Proxy {
             let target = Uri::from_parts(target).map_err(ProxyError::BadTarget)?;
 
             let (request_body, recovery) = RecoverableBody::new(body);
-            let request_body = request_body.counting(attempts.bytes_in.clone());
+            let request_body = request_body
+                .counting(attempts.bytes_in.clone())
+                .limited(limits.max_body_bytes);
             let mut request = Request::new(request_body);
             *request.method_mut() = method.clone();
             *request.uri_mut() = target;
@@ -493,10 +537,22 @@ impl Proxy {
                 Ok(Err(error)) => {
                     drop(in_flight);
                     let connect = error.is_connect();
-                    if connect && let Some(health) = &self.health {
-                        health.connect_failed(backend.name(), backend.authority());
+                    if let Some(health) = &self.health {
+                        if connect {
+                            health.connect_failed(backend.name(), backend.authority());
+                        } else if broken_off_by_backend(&error) {
+                            health.request_failed(
+                                backend.name(),
+                                backend.authority(),
+                                "the backend closed the connection before answering",
+                            );
+                        }
+                    }
+                    if let Some(too_large) = body_too_large(&error) {
+                        return Err(ProxyError::BodyTooLarge(too_large));
                     }
                     tried.push(index);
+                    failed += 1;
                     attempts.failed.push(backend.name().clone());
                     if connect && tried.len() >= snapshot.routable_count() {
                         return Err(ProxyError::AllBackendsFailed { tried: tried.len() });
@@ -568,6 +624,47 @@ fn checked_switch(answer: Answer, asked: bool) -> Result<Answer, ProxyError> {
         backend: answer.backend,
         why,
     })
+}
+
+/// The [`BodyTooLarge`] that made an exchange fail, if that is what did.
+fn body_too_large(error: &legacy::Error) -> Option<BodyTooLarge> {
+    let mut source: Option<&(dyn StdError + 'static)> = error.source();
+    while let Some(cause) = source {
+        if let Some(too_large) = cause.downcast_ref::<BodyTooLarge>() {
+            return Some(BodyTooLarge {
+                limit: too_large.limit,
+            });
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// Whether a failed exchange was the backend's doing: it closed or reset the
+/// connection before its response head. Not when the client's own request
+/// body failed (hyper reports that as a user error), nor a timeout.
+fn broken_off_by_backend(error: &legacy::Error) -> bool {
+    let mut backend = false;
+    let mut source: Option<&(dyn StdError + 'static)> = error.source();
+    while let Some(cause) = source {
+        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
+            if hyper_error.is_user() || hyper_error.is_timeout() {
+                return false;
+            }
+            backend |= hyper_error.is_incomplete_message();
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            backend |= matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = cause.source();
+    }
+    backend
 }
 
 /// Methods that mean the same whether sent once or twice (RFC 9110 §9.2.2).

@@ -363,3 +363,102 @@ async fn raw_exchange(proxy: SocketAddr, request: &[u8]) -> String {
     });
     bounded(read).await.unwrap()
 }
+
+#[tokio::test]
+async fn a_body_over_max_body_bytes_gets_413_declared_or_streamed() {
+    let backends = TestBackend::start_many(1).await;
+    let proxy = start_proxy(&config_text(
+        "[limits]\nmax_body_bytes = 1024",
+        &pool(&backends),
+    ))
+    .await;
+    let mut client = Client::connect(proxy.local_addr()).await;
+    // Declared: refused before any backend sees it.
+    let declared = Request::post("/upload")
+        .header("host", "proxy.test")
+        .body(full_bytes(Bytes::from(vec![b'x'; 2048])))
+        .unwrap();
+    let reply = client.send(declared).await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.text(), "request body too large\n");
+    assert_eq!(backends[0].count(), 0);
+
+    // At the limit: forwarded.
+    let at_limit = Request::post("/upload")
+        .header("host", "proxy.test")
+        .body(full_bytes(Bytes::from(vec![b'x'; 1024])))
+        .unwrap();
+    let reply = Client::connect(proxy.local_addr())
+        .await
+        .send(at_limit)
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-body-len"), Some("1024"));
+
+    // Chunked, of unknown length: cut off at the limit.
+    let (tx, body) = ChannelBody::new();
+    let feeder = tokio::spawn(async move {
+        for _ in 0..4 {
+            if tx.send(Bytes::from(vec![b'y'; 512])).await.is_err() {
+                break;
+            }
+        }
+    });
+    let streamed = Request::post("/upload")
+        .header("host", "proxy.test")
+        .body(body.boxed())
+        .unwrap();
+    let reply = Client::connect(proxy.local_addr())
+        .await
+        .send(streamed)
+        .await;
+    assert_eq!(reply.status, 413);
+    let _ = bounded(feeder).await;
+    // Nothing but the request at the limit got an answer from the backend.
+    assert!(backends[0].seen().iter().all(|seen| seen.body_len <= 1024));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_at_max_in_flight_is_skipped_and_503_when_all_are() {
+    let backends = TestBackend::start_many(2).await;
+    let text = config_text(
+        "[balancer]\nkey = \"url\"\n[limits]\nmax_in_flight_per_backend = 1",
+        &pool(&backends),
+    );
+    let order = fallback_of(&parse(&text), "/hold");
+    let proxy = start_proxy(&text).await;
+    let address = proxy.local_addr();
+    let hold = || {
+        tokio::spawn(async move {
+            let mut client = Client::connect(address).await;
+            client.get("/hold", &[]).await
+        })
+    };
+    let first = hold();
+    let backend = |name: &str| backends.iter().find(|b| b.name == name).unwrap();
+    bounded(async {
+        while backend(&order[0]).count() == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    // Its first choice is full: the same key goes to the next backend.
+    let second = hold();
+    bounded(async {
+        while backend(&order[1]).count() == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    // Both full.
+    let mut client = Client::connect(address).await;
+    let reply = client.get("/hold", &[]).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.text(), "every backend is at its request limit\n");
+    for b in &backends {
+        b.release();
+    }
+    assert_eq!(bounded(first).await.unwrap().backend(), order[0]);
+    assert_eq!(bounded(second).await.unwrap().backend(), order[1]);
+    assert_eq!(client.get("/hold", &[]).await.backend(), order[0]);
+}

@@ -226,3 +226,119 @@ async fn shutting_down_stops_the_health_probes_too() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(backends[0].probes(), probes);
 }
+
+/// A backend that reads each request head, answers `200` with a
+/// `Content-Length` of 100 but sends only 3 bytes, and closes.
+async fn cutting_backend() -> (std::net::SocketAddr, tokio::task::JoinSet<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc")
+                    .await;
+            });
+        }
+    });
+    (addr, tasks)
+}
+
+/// Probes an hour apart: only real requests can take a backend down.
+const PASSIVE_ONLY: &str = "[balancer]\nkey = \"url\"\n[upstream]\nretries = 1\n\
+                            [health_check]\ninterval = \"1h\"\ntimeout = \"1s\"\n\
+                            healthy_threshold = 2\nunhealthy_threshold = 2\n";
+
+#[tokio::test]
+async fn a_backend_that_drops_requests_before_answering_is_taken_down_by_them() {
+    let backends = TestBackend::start_many(3).await;
+    let (closing, _tasks) = closing_backend().await;
+    let mut members = pool(&backends);
+    members.push(("server-closing", closing));
+    let proxy = start_proxy(&config_text(PASSIVE_ONLY, &members)).await;
+    let pool = proxy.pool().clone();
+    let start = key_map(&pool.snapshot(), 300);
+    let on_it: Vec<usize> = (0..300).filter(|&i| start[i] == "server-closing").collect();
+    assert!(on_it.len() >= 2);
+    let mut client = Client::connect(proxy.local_addr()).await;
+    for &i in &on_it[..2] {
+        // A GET is retried on the key's next backend.
+        let reply = client.get(&target(i), &[]).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    until_healthy_count(&pool, 3).await;
+    assert!(
+        !pool
+            .snapshot()
+            .backend("server-closing")
+            .unwrap()
+            .is_healthy()
+    );
+    let record = pool
+        .snapshot()
+        .backend("server-closing")
+        .unwrap()
+        .state()
+        .health();
+    let detail = record.last_probe.unwrap().detail;
+    assert!(
+        detail.contains("closed the connection before answering"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn a_backend_that_cuts_off_its_responses_is_taken_down_by_them() {
+    let backends = TestBackend::start_many(3).await;
+    let (cutting, _tasks) = cutting_backend().await;
+    let mut members = pool(&backends);
+    members.push(("server-cutting", cutting));
+    let proxy = start_proxy(&config_text(PASSIVE_ONLY, &members)).await;
+    let pool = proxy.pool().clone();
+    let start = key_map(&pool.snapshot(), 300);
+    let on_it: Vec<usize> = (0..300).filter(|&i| start[i] == "server-cutting").collect();
+    assert!(on_it.len() >= 2);
+    for &i in &on_it[..2] {
+        // The head came through, so the client gets the 200 and then a body
+        // that breaks off: never a complete body of the wrong length.
+        let mut client = Client::connect(proxy.local_addr()).await;
+        let response = client
+            .send_streaming(
+                hyper::Request::get(target(i))
+                    .header("host", "proxy.test")
+                    .body(full(""))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        let body = bounded(http_body_util::BodyExt::collect(response.into_body())).await;
+        assert!(body.is_err(), "a cut-off body must not end cleanly");
+    }
+    until_healthy_count(&pool, 3).await;
+    let record = pool
+        .snapshot()
+        .backend("server-cutting")
+        .unwrap()
+        .state()
+        .health();
+    let detail = record.last_probe.unwrap().detail;
+    assert!(detail.contains("cut off its response"), "{detail}");
+    // Its keys now go to their next backend.
+    let mut client = Client::connect(proxy.local_addr()).await;
+    let reply = client.get(&target(on_it[0]), &[]).await;
+    assert_eq!(reply.status, 200);
+    assert_ne!(reply.backend(), "server-cutting");
+}

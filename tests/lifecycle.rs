@@ -154,3 +154,53 @@ async fn several_workers_share_the_port_route_alike_and_all_drain() {
         "every worker stopped listening"
     );
 }
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed_at_once_and_others_keep_being_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backends = TestBackend::start_many(1).await;
+    let proxy = start_proxy(&config_text(
+        "[limits]\nmax_connections = 2",
+        &pool(&backends),
+    ))
+    .await;
+    let address = proxy.local_addr();
+    let mut first = Client::connect(address).await;
+    let mut second = Client::connect(address).await;
+    assert_eq!(first.get("/", &[]).await.status, 200);
+    assert_eq!(second.get("/", &[]).await.status, 200);
+
+    // The third is accepted and closed without an answer.
+    let mut third = tokio::net::TcpStream::connect(address).await.unwrap();
+    let _ = third
+        .write_all(b"GET / HTTP/1.1\r\nhost: proxy.test\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let read = bounded(third.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(backends[0].count(), 2);
+
+    // The two open ones are still served; once one closes, a new one is.
+    assert_eq!(first.get("/", &[]).await.status, 200);
+    drop(second);
+    let reply = bounded(async {
+        loop {
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            let _ = stream
+                .write_all(b"GET / HTTP/1.1\r\nhost: proxy.test\r\n\r\n")
+                .await;
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 1024];
+            if let Ok(n) = stream.read(&mut buf).await
+                && n > 0
+            {
+                answer.extend_from_slice(&buf[..n]);
+                return String::from_utf8_lossy(&answer).into_owned();
+            }
+            // The closed connection's slot is freed when its task ends.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
