@@ -50,8 +50,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {
         // Collected first: the names borrow from the map being changed. Only
         // requests that carry `Connection` pay for this allocation.
+        // `Host` is never hop-by-hop: a client naming it must not make the
+        // backend see another host than the one it asked for.
         let named: Vec<HeaderName> = tokens(headers, &CONNECTION)
             .filter_map(|token| HeaderName::from_bytes(token).ok())
+            .filter(|name| *name != HOST)
             .collect();
         for name in named {
             headers.remove(name);
@@ -224,6 +227,17 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(names(&h), ["x-end-to-end"]);
+    }
+
+    #[test]
+    fn a_connection_header_naming_host_does_not_remove_host() {
+        let mut h = map(&[
+            ("connection", "Host, x-a"),
+            ("host", "h.test"),
+            ("x-a", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["host"]);
     }
 
     #[test]

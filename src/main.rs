@@ -14,6 +14,12 @@ use affinity::config::Config;
 use affinity::selector::HashAlgorithm;
 use affinity::server::{Drain, ProxyHandle};
 
+/// mimalloc: per-thread free lists suit the proxy's many short-lived
+/// allocations (request heads, header maps, futures) better than glibc's
+/// malloc, which showed up at ~6% of CPU under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A consistent-hashing, session-affinity HTTP load balancer.
 #[derive(Debug, Parser)]
 #[command(name = "affinity", version, about, long_about = None)]

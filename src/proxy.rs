@@ -70,7 +70,9 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Incoming};
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue, SET_COOKIE, UPGRADE};
+use hyper::header::{
+    CONNECTION, CONTENT_TYPE, HOST, HeaderValue, SET_COOKIE, TRANSFER_ENCODING, UPGRADE,
+};
 use hyper::http::request::Parts;
 use hyper::http::uri::{self, PathAndQuery};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -143,6 +145,13 @@ pub enum ProxyError {
     /// The request body is larger than `limits.max_body_bytes`.
     #[error(transparent)]
     BodyTooLarge(#[from] BodyTooLarge),
+    /// A request the proxy refuses to forward as it is (RFC 9112): no or
+    /// several `Host` headers, a malformed request body.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1).
+    #[error("transfer coding not implemented: {0}")]
+    UnsupportedTransferCoding(String),
     /// A method a reverse proxy does not forward (`CONNECT`).
     #[error("{0} requests are not supported")]
     UnsupportedMethod(Method),
@@ -152,6 +161,19 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Whether the request itself was at fault (a 4xx): logged quietly, as
+    /// clients can send these at will.
+    pub fn is_clients_fault(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::UnsupportedTransferCoding(_)
+                | ProxyError::BodyTooLarge(_)
+                | ProxyError::UnsupportedMethod(_)
+                | ProxyError::BadTarget(_)
+        )
+    }
+
     /// The backend whose failure the error is, if one is to blame (the
     /// metrics count the answer against it).
     pub fn backend(&self) -> Option<&Arc<str>> {
@@ -164,6 +186,8 @@ impl ProxyError {
             | ProxyError::AllBackendsFailed { .. }
             | ProxyError::AllBackendsFull { .. }
             | ProxyError::BodyTooLarge(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::UnsupportedTransferCoding(_)
             | ProxyError::UnsupportedMethod(_)
             | ProxyError::BadTarget(_) => None,
         }
@@ -189,10 +213,26 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
         ProxyError::UnsupportedMethod(_) => {
             (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
-        ProxyError::BadTarget(_) => (StatusCode::BAD_REQUEST, "bad request\n"),
+        ProxyError::BadTarget(_) | ProxyError::BadRequest(_) => {
+            (StatusCode::BAD_REQUEST, "bad request\n")
+        }
+        ProxyError::UnsupportedTransferCoding(_) => (
+            StatusCode::NOT_IMPLEMENTED,
+            "transfer coding not implemented\n",
+        ),
     };
     let mut response = Response::new(ProxyBody::text(text));
     *response.status_mut() = status;
+    if matches!(
+        error,
+        ProxyError::BadRequest(_) | ProxyError::UnsupportedTransferCoding(_)
+    ) {
+        // What follows on the connection cannot be trusted to be framed
+        // as the client meant: close it after this answer.
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -300,6 +340,8 @@ impl Proxy {
         let snapshot = self.pool.snapshot();
         let (mut parts, body) = request.into_parts();
         let peer = peer.ip().to_canonical();
+        // Checked before the hop-by-hop headers go.
+        let rejection = check_request(&parts);
 
         if client_upgrade.is_some() {
             headers::strip_hop_by_hop_keeping_upgrade(&mut parts.headers);
@@ -338,16 +380,19 @@ impl Proxy {
             bytes_in: record.as_ref().map(|r| r.bytes_in.clone()),
             ..Attempts::default()
         };
-        let result = self
-            .forward(
-                &snapshot,
-                parts,
-                body,
-                keyed.hash.unwrap_or(0),
-                &mut attempts,
-            )
-            .await
-            .and_then(|answer| checked_switch(answer, client_upgrade.is_some()));
+        let result = match rejection {
+            Some(rejection) => Err(rejection),
+            None => self
+                .forward(
+                    &snapshot,
+                    parts,
+                    body,
+                    keyed.hash.unwrap_or(0),
+                    &mut attempts,
+                )
+                .await
+                .and_then(|answer| checked_switch(answer, client_upgrade.is_some())),
+        };
         if let Some(record) = record.as_mut() {
             record.attempts = attempts.count;
             record.failed = attempts.failed;
@@ -404,7 +449,11 @@ impl Proxy {
                 }
             }
             Err(error) => {
-                tracing::warn!(client = %peer, error = %Chain(&error), "request failed");
+                if error.is_clients_fault() {
+                    tracing::debug!(client = %peer, error = %Chain(&error), "bad request");
+                } else {
+                    tracing::warn!(client = %peer, error = %Chain(&error), "request failed");
+                }
                 let response = error_response(&error);
                 self.pool.metrics().request_finished(
                     error.backend(),
@@ -551,6 +600,13 @@ impl Proxy {
                     if let Some(too_large) = body_too_large(&error) {
                         return Err(ProxyError::BodyTooLarge(too_large));
                     }
+                    if client_body_failed(&error) {
+                        // Not the backend's failure: a malformed chunk, or
+                        // the client went away mid-body.
+                        return Err(ProxyError::BadRequest(
+                            "the request body is malformed or cut off",
+                        ));
+                    }
                     tried.push(index);
                     failed += 1;
                     attempts.failed.push(backend.name().clone());
@@ -624,6 +680,55 @@ fn checked_switch(answer: Answer, asked: bool) -> Result<Answer, ProxyError> {
         backend: answer.backend,
         why,
     })
+}
+
+/// The problem with a request that must not be forwarded, if any (RFC 9112
+/// §3.2 and §6.1). hyper itself refuses malformed heads, invalid or
+/// conflicting `Content-Length`s and codings that do not end in `chunked`;
+/// it leaves these to the proxy.
+fn check_request(parts: &Parts) -> Option<ProxyError> {
+    let hosts = parts.headers.get_all(HOST).iter().count();
+    if hosts > 1 {
+        return Some(ProxyError::BadRequest("more than one Host header"));
+    }
+    if hosts == 0 && parts.version == Version::HTTP_11 {
+        return Some(ProxyError::BadRequest("an HTTP/1.1 request without Host"));
+    }
+    let mut codings = parts
+        .headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    if let Some(first) = codings.next() {
+        let only_chunked = first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none();
+        if !only_chunked {
+            let all: Vec<String> = parts
+                .headers
+                .get_all(TRANSFER_ENCODING)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            return Some(ProxyError::UnsupportedTransferCoding(all.join(", ")));
+        }
+    }
+    None
+}
+
+/// Whether an exchange failed because the client's request body did (hyper
+/// reports the body it was given failing as a user error).
+fn client_body_failed(error: &legacy::Error) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = error.source();
+    while let Some(cause) = source {
+        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>()
+            && hyper_error.is_user()
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// The [`BodyTooLarge`] that made an exchange fail, if that is what did.

@@ -379,13 +379,25 @@ async fn serve(
                     }
                     let proxy = proxy.clone();
                     let tunnels = tunnels.clone();
+                    // Set by the first request: until then the connection
+                    // is on `header_timeout` as a whole (hyper times the
+                    // HTTP/1 head, but not the wait for a first byte, the
+                    // HTTP/2 preface nor its handshake).
+                    let started = Arc::new(AtomicBool::new(false));
+                    let first_request = started.clone();
+                    let header_timeout = config.limits.header_timeout;
                     let service = service_fn(move |request| {
+                        started.store(true, Ordering::Relaxed);
                         let proxy = proxy.clone();
                         let tunnels = tunnels.clone();
-                        async move {
+                        // Boxed: hyper keeps room for one request's future in
+                        // every connection, idle or not; a box keeps that to a
+                        // pointer, and the ~3 KB state lives only while a
+                        // request does.
+                        Box::pin(async move {
                             let response = proxy.handle(request, peer, &tunnels).await;
                             Ok::<_, std::convert::Infallible>(response)
-                        }
+                        })
                     });
                     // With upgrades: after a `101`, hyper hands the client's
                     // connection over to the tunnel and this future ends.
@@ -395,7 +407,20 @@ async fn serve(
                     let connection = graceful.watch(connection);
                     connections.spawn(async move {
                         let _counted = counted;
-                        if let Err(error) = connection.await {
+                        tokio::pin!(connection);
+                        let first = tokio::time::sleep(header_timeout);
+                        tokio::pin!(first);
+                        let ended = tokio::select! {
+                            ended = &mut connection => ended,
+                            () = &mut first, if !first_request.load(Ordering::Relaxed) => {
+                                if !first_request.load(Ordering::Relaxed) {
+                                    tracing::debug!(%peer, "no request within the header timeout; closing");
+                                    return;
+                                }
+                                connection.await
+                            }
+                        };
+                        if let Err(error) = ended {
                             tracing::debug!(%peer, %error, "client connection ended with an error");
                         }
                     });
