@@ -48,6 +48,11 @@
 //!   to `upstream.retries` times.
 //! * No healthy backend, or every healthy backend refused the connection:
 //!   `503`. Retries used up while untried backends remain: `502`.
+//! * The backend closed or reset the connection before any answer, for an
+//!   idempotent request whose body was never read: sent once more to the
+//!   same backend on another connection (usually a pooled keep-alive
+//!   connection the backend closed just as the request went out; RFC 9110
+//!   §9.2.2 allows it), before anything below applies.
 //! * Any other upstream error (the backend accepted the connection, then
 //!   broke it off before a response head): retried the same way only for an
 //!   idempotent method (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`)
@@ -79,7 +84,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy;
 
 use crate::access::{self, AccessRecord, Answered, Fallback, Finish};
-use crate::body::{BodyTooLarge, ProxyBody, RecoverableBody, UpstreamBody};
+use crate::body::{BodyTooLarge, ProxyBody, RecoverableBody, Recovery, UpstreamBody};
 use crate::config::StickyCookieConfig;
 use crate::headers;
 use crate::health::HealthReporter;
@@ -511,8 +516,16 @@ impl Proxy {
         // because they were full. Only failures use up retries.
         let mut tried: Vec<usize> = Vec::new();
         let (mut failed, mut full) = (0usize, 0usize);
+        // An idempotent request that a backend's connection broke off before
+        // answering is sent once more to the same backend, on another
+        // connection: the usual cause is a pooled keep-alive connection the
+        // backend closed just as the request went out.
+        let (mut resent, mut again) = (false, None);
         loop {
-            let next = snapshot.next_backend(key_hash, &tried, self.pool.now_ns());
+            let next = match again.take() {
+                Some(index) => Some(index),
+                None => snapshot.next_backend(key_hash, &tried, self.pool.now_ns()),
+            };
             let Some((index, backend)) = next.and_then(|i| Some((i, snapshot.backends().get(i)?)))
             else {
                 return Err(if tried.is_empty() {
@@ -540,7 +553,8 @@ impl Proxy {
             }
             // Headers are copied only while a retry could still need them.
             let may_retry = failed < retries && tried.len() + 1 < snapshot.routable_count();
-            let request_headers = if may_retry {
+            let may_resend = !resent && is_idempotent(&method);
+            let request_headers = if may_retry || may_resend {
                 headers.clone()
             } else {
                 std::mem::take(&mut headers)
@@ -586,6 +600,22 @@ impl Proxy {
                 Ok(Err(error)) => {
                     drop(in_flight);
                     let connect = error.is_connect();
+                    let mut recovery = Some(recovery);
+                    if may_resend
+                        && !connect
+                        && broken_off_by_backend(&error)
+                        && let Some(recovered) = recovery.take().and_then(Recovery::take)
+                    {
+                        tracing::debug!(
+                            backend = %backend.name(),
+                            error = %Chain(&error),
+                            "connection broken off before an answer; sending once more"
+                        );
+                        resent = true;
+                        again = Some(index);
+                        body = recovered;
+                        continue;
+                    }
                     if let Some(health) = &self.health {
                         if connect {
                             health.connect_failed(backend.name(), backend.authority());
@@ -619,7 +649,7 @@ impl Proxy {
                     // without a body).
                     let replayable = connect || is_idempotent(&method);
                     let recovered = if may_retry && replayable {
-                        recovery.take()
+                        recovery.and_then(Recovery::take)
                     } else {
                         None
                     };
