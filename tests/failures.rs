@@ -10,39 +10,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::Request;
-use hyper::Uri;
-use hyper::header::HeaderMap;
 
 use affinity::config::Config;
-use affinity::hash::KeyHasher;
-use affinity::key;
-use affinity::selector::{HashAlgorithm, HashSelector, HashTable};
 use common::*;
 
 const MIB: usize = 1024 * 1024;
 
 /// The fallback order (backend names) of a `url` key under `config`, with
-/// every backend healthy, as the proxy sees it at startup.
+/// every backend healthy, as the proxy sees it at startup: a URL key is the
+/// request target's bytes.
 fn fallback_of(config: &Config, target: &str) -> Vec<String> {
-    let table = HashTable::new(
-        HashAlgorithm::from_config(&config.balancer).unwrap(),
-        &config.members(),
-    )
-    .unwrap();
-    let selector = HashSelector::new(&table, &vec![true; config.backends.len()]);
-    let uri: Uri = target.parse().unwrap();
-    let headers = HeaderMap::new();
-    let key = key::request_key(
-        &config.balancer.key,
-        &uri,
-        &headers,
-        [127, 0, 0, 1].into(),
-        &[],
-    );
-    selector
-        .fallback(KeyHasher::default().hash(key.as_bytes()))
-        .map(|i| config.backends[i].name.clone())
-        .collect()
+    assert_eq!(config.balancer.key, affinity::config::KeySource::Url);
+    fallback_orders(config)(target.as_bytes())
 }
 
 /// Five live backends and one dead one, `server-dead`, hashed on the URL.

@@ -251,7 +251,7 @@ async fn behind_a_trusted_proxy_the_forwarded_client_address_is_the_key() {
         &pool(&backends),
     );
     let config = parse(&text);
-    let order_of = backend_by_hash(&config);
+    let order_of = fallback_orders(&config);
     let backend_of = |ip: &str| order_of(ip.as_bytes())[0].clone();
     let proxy = start_proxy(&text).await;
     let trusted_peer = "127.0.0.2".parse().unwrap();
@@ -276,7 +276,7 @@ async fn a_request_without_its_header_key_falls_back_to_its_client_address() {
     let backends = TestBackend::start_many(5).await;
     let text = config_text("[balancer]\nkey = \"header:X-User\"", &pool(&backends));
     let config = parse(&text);
-    let order_of = backend_by_hash(&config);
+    let order_of = fallback_orders(&config);
     let proxy = start_proxy(&text).await;
     for i in 1..=50u8 {
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 9, i));
@@ -289,22 +289,6 @@ async fn a_request_without_its_header_key_falls_back_to_its_client_address() {
     }
 }
 
-/// The backend name each key bytes hash to under `config`, all healthy.
-fn backend_by_hash(config: &Config) -> impl Fn(&[u8]) -> Vec<String> + '_ {
-    let table = HashTable::new(
-        HashAlgorithm::from_config(&config.balancer).unwrap(),
-        &config.members(),
-    )
-    .unwrap();
-    let selector = HashSelector::new(&table, &vec![true; config.backends.len()]);
-    move |key: &[u8]| {
-        selector
-            .fallback(KeyHasher::default().hash(key))
-            .map(|i| config.backends[i].name.clone())
-            .collect()
-    }
-}
-
 #[tokio::test]
 async fn a_new_client_gets_a_session_cookie_and_sticks_to_the_backend_its_id_hashes_to() {
     let backends = TestBackend::start_many(5).await;
@@ -314,7 +298,7 @@ async fn a_new_client_gets_a_session_cookie_and_sticks_to_the_backend_its_id_has
         &pool(&backends),
     );
     let config = parse(&text);
-    let order_of = backend_by_hash(&config);
+    let order_of = fallback_orders(&config);
     let proxy = start_proxy(&text).await;
     // Every request comes from 127.0.0.1: without the cookie they would all
     // share one backend.
@@ -353,7 +337,7 @@ async fn with_bounded_load_a_busy_first_choice_overflows_to_the_keys_next_backen
         &pool(&backends),
     );
     let config = parse(&text);
-    let order = backend_by_hash(&config)(b"alice");
+    let order = fallback_orders(&config)(b"alice");
     let first = backends.iter().find(|b| b.name == order[0]).unwrap();
     let proxy = start_proxy(&text).await;
     let mut client = Client::connect(proxy.local_addr()).await;

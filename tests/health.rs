@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use hyper::Uri;
 use hyper::header::HeaderMap;
 
-use affinity::pool::{Pool, Snapshot};
+use affinity::pool::Snapshot;
 use common::*;
 
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -44,19 +44,6 @@ fn key_map(snapshot: &Snapshot, n: usize) -> Vec<String> {
             snapshot.backends()[index].name().to_string()
         })
         .collect()
-}
-
-/// Waits (bounded) until the published snapshot has `healthy` healthy
-/// backends; returns how long that took.
-async fn until_healthy_count(pool: &Pool, healthy: usize) -> Duration {
-    let started = Instant::now();
-    bounded(async {
-        while pool.snapshot().healthy_count() != healthy {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    started.elapsed()
 }
 
 #[tokio::test]

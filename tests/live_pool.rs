@@ -11,10 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use affinity::config::Config;
-use affinity::hash::KeyHasher;
-use affinity::pool::Pool;
-use affinity::selector::{HashAlgorithm, HashSelector, HashTable};
 use common::*;
 
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -104,33 +100,6 @@ impl SteadyLoad {
             failures.len()
         );
         sent
-    }
-}
-
-async fn until_healthy_count(pool: &Pool, healthy: usize) -> Duration {
-    let started = Instant::now();
-    bounded(async {
-        while pool.snapshot().healthy_count() != healthy {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    started.elapsed()
-}
-
-/// Each key's fallback order (backend names) under `config`, all healthy.
-fn fallback_orders(config: &Config) -> impl Fn(&[u8]) -> Vec<String> + '_ {
-    let table = HashTable::new(
-        HashAlgorithm::from_config(&config.balancer).unwrap(),
-        &config.members(),
-    )
-    .unwrap();
-    let selector = HashSelector::new(&table, &vec![true; config.backends.len()]);
-    move |key: &[u8]| {
-        selector
-            .fallback(KeyHasher::default().hash(key))
-            .map(|i| config.backends[i].name.clone())
-            .collect()
     }
 }
 

@@ -818,3 +818,40 @@ impl RawConnection {
         self.stream
     }
 }
+
+// ---------------------------------------------------------------------------
+// What the hashing core predicts
+// ---------------------------------------------------------------------------
+
+/// The fallback order (backend names, first choice first) of each key's
+/// bytes under `config`'s hash algorithm, with every backend healthy and the
+/// default hash key: where the proxy sends that key.
+pub fn fallback_orders(config: &Config) -> impl Fn(&[u8]) -> Vec<String> + '_ {
+    use affinity::hash::KeyHasher;
+    use affinity::selector::{HashAlgorithm, HashSelector, HashTable};
+    let table = HashTable::new(
+        HashAlgorithm::from_config(&config.balancer).expect("a hash algorithm"),
+        &config.members(),
+    )
+    .unwrap();
+    let selector = HashSelector::new(&table, &vec![true; config.backends.len()]);
+    move |key: &[u8]| {
+        selector
+            .fallback(KeyHasher::default().hash(key))
+            .map(|i| config.backends[i].name.clone())
+            .collect()
+    }
+}
+
+/// Waits (bounded) until the pool's published snapshot has `healthy`
+/// healthy backends; returns how long that took.
+pub async fn until_healthy_count(pool: &affinity::pool::Pool, healthy: usize) -> Duration {
+    let started = std::time::Instant::now();
+    bounded(async {
+        while pool.snapshot().healthy_count() != healthy {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    started.elapsed()
+}
