@@ -43,7 +43,7 @@ pub struct RecoverableBody<B = Incoming> {
 }
 
 /// A request body went over `limits.max_body_bytes`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the request body is larger than {limit} bytes")]
 pub struct BodyTooLarge {
     /// The configured limit.

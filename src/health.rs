@@ -189,6 +189,7 @@ pub struct HealthEvent {
 }
 
 /// What the health controller is asked to do.
+#[derive(Debug)]
 enum Command {
     /// Count an observation made by a request.
     Observe(HealthEvent),
@@ -200,15 +201,6 @@ enum Command {
 /// send to the health controller.
 #[derive(Debug, Clone)]
 pub struct HealthReporter(mpsc::UnboundedSender<Command>);
-
-impl fmt::Debug for Command {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Command::Observe(event) => f.debug_tuple("Observe").field(event).finish(),
-            Command::Reload(..) => f.write_str("Reload"),
-        }
-    }
-}
 
 impl HealthReporter {
     /// Counts a failed connect to `backend` (at `authority`) as a failed
@@ -465,11 +457,7 @@ impl Controller {
 
     /// The health flag of every configured backend, in config order.
     fn healthy(&self) -> Vec<bool> {
-        self.config
-            .backends
-            .iter()
-            .map(|b| self.states.get(b.name.as_str()).is_none_or(|s| s.healthy))
-            .collect()
+        healthy_flags(&self.config, &self.states)
     }
 
     /// Starts a probe for every configured backend that has none running
@@ -535,28 +523,28 @@ impl Controller {
             live.state()
                 .record_probe(success, event.observation.to_string(), transition.is_some());
         }
+        let Some(transition) = transition else {
+            return false;
+        };
         match transition {
-            Some(Transition::Down) => tracing::warn!(
+            Transition::Down => tracing::warn!(
                 backend = %event.backend,
                 from = "healthy",
                 to = "unhealthy",
                 reason = %event.observation,
                 "backend marked down"
             ),
-            Some(Transition::Up) => tracing::info!(
+            Transition::Up => tracing::info!(
                 backend = %event.backend,
                 from = "unhealthy",
                 to = "healthy",
                 reason = %event.observation,
                 "backend restored"
             ),
-            None => return false,
         }
-        if let Some(transition) = transition {
-            self.pool
-                .metrics()
-                .health_transition(&event.backend, transition);
-        }
+        self.pool
+            .metrics()
+            .health_transition(&event.backend, transition);
         true
     }
 
@@ -571,11 +559,7 @@ impl Controller {
                 (Arc::from(b.name.as_str()), state.unwrap_or_default())
             })
             .collect();
-        let healthy = config
-            .backends
-            .iter()
-            .map(|b| states.get(b.name.as_str()).is_none_or(|s| s.healthy))
-            .collect();
+        let healthy = healthy_flags(&config, &states);
         publish(&self.pool, config.clone(), healthy, "reload").await?;
         self.published += 1;
         self.config = config;
@@ -583,6 +567,16 @@ impl Controller {
         self.start_probes();
         Ok(())
     }
+}
+
+/// The health flag of each of `config`'s backends (config order) in
+/// `states`; a backend without a state is healthy, as every backend starts.
+fn healthy_flags(config: &Config, states: &HashMap<Arc<str>, HealthState>) -> Vec<bool> {
+    config
+        .backends
+        .iter()
+        .map(|b| states.get(b.name.as_str()).is_none_or(|s| s.healthy))
+        .collect()
 }
 
 /// Builds the snapshot of `config` with `healthy` on the blocking pool (a

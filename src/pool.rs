@@ -797,7 +797,13 @@ mod tests {
     }
 
     fn pool_of(algorithm: &str, weights: &[u32]) -> Arc<Config> {
-        let mut text = format!("[balancer]\nalgorithm = \"{algorithm}\"\n");
+        pool_with(&format!("algorithm = \"{algorithm}\""), weights)
+    }
+
+    /// A pool `b0`, `b1`, ... of `weights`, with `balancer` lines in its
+    /// `[balancer]` table.
+    fn pool_with(balancer: &str, weights: &[u32]) -> Arc<Config> {
+        let mut text = format!("[balancer]\n{balancer}\n");
         for (i, w) in weights.iter().enumerate() {
             text.push_str(&format!(
                 "[[backends]]\nname = \"b{i}\"\nurl = \"http://127.0.0.1:{}\"\nweight = {w}\n",
@@ -848,16 +854,10 @@ mod tests {
     #[test]
     fn below_the_panic_threshold_every_backend_is_routable_and_the_mapping_is_the_full_one() {
         let with_panic = |algorithm: &str| {
-            let text = format!(
-                "[balancer]\nalgorithm = \"{algorithm}\"\npanic_threshold = 50\n{}",
-                (0..4)
-                    .map(|i| format!(
-                        "[[backends]]\nname = \"b{i}\"\nurl = \"http://127.0.0.1:{}\"\n",
-                        9000 + i
-                    ))
-                    .collect::<String>()
-            );
-            config(&text)
+            pool_with(
+                &format!("algorithm = \"{algorithm}\"\npanic_threshold = 50"),
+                &[1; 4],
+            )
         };
         for algorithm in ["maglev", "ring_hash", "round_robin"] {
             let all = Snapshot::all_healthy(with_panic(algorithm)).unwrap();
@@ -1001,14 +1001,7 @@ mod tests {
 
     #[test]
     fn bounded_load_moves_a_key_off_a_backend_at_its_bound() {
-        let mut text = String::from("[balancer]\nbounded_load = 1.25\n");
-        for i in 0..4 {
-            text.push_str(&format!(
-                "[[backends]]\nname = \"b{i}\"\nurl = \"http://127.0.0.1:{}\"\n",
-                9000 + i
-            ));
-        }
-        let snapshot = Snapshot::all_healthy(config(&text)).unwrap();
+        let snapshot = Snapshot::all_healthy(pool_with("bounded_load = 1.25", &[1; 4])).unwrap();
         let key_hash = 42;
         let order: Vec<usize> = match snapshot.selector() {
             Selector::Hash { selector, .. } => selector.fallback(key_hash).collect(),
@@ -1075,14 +1068,7 @@ mod tests {
 
     #[test]
     fn a_key_pushed_past_its_pick_by_bounded_load_is_a_detour_for_bounded_load() {
-        let mut text = String::from("[balancer]\nbounded_load = 1.25\n");
-        for i in 0..4 {
-            text.push_str(&format!(
-                "[[backends]]\nname = \"b{i}\"\nurl = \"http://127.0.0.1:{}\"\n",
-                9000 + i
-            ));
-        }
-        let snapshot = Snapshot::all_healthy(config(&text)).unwrap();
+        let snapshot = Snapshot::all_healthy(pool_with("bounded_load = 1.25", &[1; 4])).unwrap();
         let key_hash = 42;
         let pick = snapshot.next_backend(key_hash, &[], 0).unwrap();
         assert_eq!(snapshot.detour(key_hash, pick), Detour::default());

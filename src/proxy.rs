@@ -746,33 +746,24 @@ fn check_request(parts: &Parts) -> Option<ProxyError> {
     None
 }
 
+/// The causes of `error`, nearest first (not `error` itself).
+fn causes<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(error.source(), |&cause| cause.source())
+}
+
 /// Whether an exchange failed because the client's request body did (hyper
 /// reports the body it was given failing as a user error).
 fn client_body_failed(error: &legacy::Error) -> bool {
-    let mut source: Option<&(dyn StdError + 'static)> = error.source();
-    while let Some(cause) = source {
-        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>()
-            && hyper_error.is_user()
-        {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
+    causes(error)
+        .filter_map(|cause| cause.downcast_ref::<hyper::Error>())
+        .any(hyper::Error::is_user)
 }
 
 /// The [`BodyTooLarge`] that made an exchange fail, if that is what did.
 fn body_too_large(error: &legacy::Error) -> Option<BodyTooLarge> {
-    let mut source: Option<&(dyn StdError + 'static)> = error.source();
-    while let Some(cause) = source {
-        if let Some(too_large) = cause.downcast_ref::<BodyTooLarge>() {
-            return Some(BodyTooLarge {
-                limit: too_large.limit,
-            });
-        }
-        source = cause.source();
-    }
-    None
+    causes(error).find_map(|cause| cause.downcast_ref::<BodyTooLarge>().copied())
 }
 
 /// Whether a failed exchange was the backend's doing: it closed or reset the
@@ -780,8 +771,7 @@ fn body_too_large(error: &legacy::Error) -> Option<BodyTooLarge> {
 /// body failed (hyper reports that as a user error), nor a timeout.
 fn broken_off_by_backend(error: &legacy::Error) -> bool {
     let mut backend = false;
-    let mut source: Option<&(dyn StdError + 'static)> = error.source();
-    while let Some(cause) = source {
+    for cause in causes(error) {
         if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
             if hyper_error.is_user() || hyper_error.is_timeout() {
                 return false;
@@ -797,7 +787,6 @@ fn broken_off_by_backend(error: &legacy::Error) -> bool {
                     | std::io::ErrorKind::UnexpectedEof
             );
         }
-        source = cause.source();
     }
     backend
 }
@@ -827,17 +816,12 @@ fn set_cookie(sticky: &StickyCookieConfig, id: &str) -> String {
 }
 
 /// An error with its chain of causes, `: `-separated, for logs.
-struct Chain<'a>(&'a dyn StdError);
+struct Chain<'a>(&'a (dyn StdError + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
+        causes(self.0).try_for_each(|cause| write!(f, ": {cause}"))
     }
 }
 

@@ -5,17 +5,7 @@ mod common;
 
 use std::net::IpAddr;
 
-use hyper::header::HeaderMap;
-
 use common::*;
-
-fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
-    headers
-        .get_all(name)
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .collect()
-}
 
 /// One backend behind a proxy that trusts 127.0.0.2 only.
 async fn setup() -> (Vec<TestBackend>, affinity::server::ProxyHandle) {

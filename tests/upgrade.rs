@@ -303,14 +303,6 @@ impl Tunnel {
     }
 }
 
-fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
-    headers
-        .get_all(name)
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .collect()
-}
-
 /// Requests in flight to backend `index`, as the proxy counts them.
 fn in_flight(proxy: &ProxyHandle, index: usize) -> u64 {
     proxy.pool().snapshot().backends()[index]

@@ -855,3 +855,12 @@ pub async fn until_healthy_count(pool: &affinity::pool::Pool, healthy: usize) ->
     .await;
     started.elapsed()
 }
+
+/// Every value of header `name`, as text.
+pub fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect()
+}
