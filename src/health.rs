@@ -944,7 +944,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_probe_of_a_closed_port_is_an_error_not_a_hang() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A loopback address no other test listens on, so the closed port
+        // stays closed.
+        let listener = tokio::net::TcpListener::bind("127.0.99.2:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let authority: Authority = addr.to_string().parse().unwrap();

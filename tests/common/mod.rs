@@ -200,9 +200,14 @@ async fn bind_reusing(addr: SocketAddr) -> TcpListener {
 /// The default `health_check.path`, which test backends answer apart.
 pub const HEALTH_PATH: &str = "/health";
 
+/// The loopback address dead backends live on: no test listens there, so a
+/// port closed on it stays closed. (A port closed on 127.0.0.1 can be taken
+/// at once by another test's listener, and the "dead" backend would answer.)
+pub const DEAD_HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 99, 1);
+
 /// An address on which nothing listens: bound, then closed.
 pub async fn dead_address() -> SocketAddr {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let listener = TcpListener::bind((DEAD_HOST, 0)).await.unwrap();
     listener.local_addr().unwrap()
 }
 
