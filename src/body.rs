@@ -19,6 +19,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::oneshot;
 
 use crate::access::Finish;
+use crate::upstream::Connection;
 
 /// The error type of bodies sent to backends.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -173,19 +174,31 @@ pub struct UpstreamBody {
     inner: Incoming,
     bytes: u64,
     finish: Option<Finish>,
+    /// The backend connection the body comes on: given back for another
+    /// request once the body has been read to its end.
+    connection: Option<Connection>,
 }
 
 impl UpstreamBody {
-    /// Streams `inner`; `finish` runs when it ends, fails or is dropped.
-    pub fn new(inner: Incoming, finish: Finish) -> UpstreamBody {
+    /// Streams `inner`, which arrives on `connection`; `finish` runs when it
+    /// ends, fails or is dropped.
+    pub fn new(inner: Incoming, connection: Connection, finish: Finish) -> UpstreamBody {
         UpstreamBody {
             inner,
             bytes: 0,
             finish: Some(finish),
+            connection: Some(connection),
         }
     }
 
-    fn complete(&mut self, outcome: &'static str) {
+    /// The body is over; `whole` when it was read to its end (or had
+    /// nothing in it), and only then does the connection go back for reuse.
+    fn complete(&mut self, outcome: &'static str, whole: bool) {
+        if let Some(connection) = self.connection.take()
+            && (whole || self.inner.is_end_stream())
+        {
+            connection.release();
+        }
         if let Some(finish) = self.finish.take() {
             finish.done(self.bytes, outcome);
         }
@@ -194,7 +207,7 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        self.complete("aborted");
+        self.complete("aborted", false);
     }
 }
 
@@ -215,11 +228,15 @@ impl Body for ProxyBody {
                             body.bytes += data.len() as u64;
                         }
                         if body.inner.is_end_stream() {
-                            body.complete("complete");
+                            body.complete("complete", true);
                         }
                     }
-                    Some(Err(_)) => body.complete(crate::access::UPSTREAM_ERROR),
-                    None => body.complete("complete"),
+                    Some(Err(_)) => {
+                        // Cut off: the connection cannot carry another request.
+                        body.connection = None;
+                        body.complete(crate::access::UPSTREAM_ERROR, false);
+                    }
+                    None => body.complete("complete", true),
                 }
                 Poll::Ready(frame)
             }

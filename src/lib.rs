@@ -27,3 +27,4 @@ pub mod ring;
 pub mod selector;
 pub mod server;
 pub mod tunnel;
+pub mod upstream;

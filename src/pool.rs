@@ -17,15 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
-use hyper::Uri;
-use hyper::header::HeaderMap;
-use hyper::http::uri::{Authority, Scheme};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
-use crate::body::RecoverableBody;
 use crate::config::{Algorithm, Config, KeySource};
 use crate::hash::{DEFAULT_HASH_KEY, KeyHasher};
 use crate::key::{self, RequestKey};
@@ -35,17 +26,15 @@ use crate::policy::{
     WeightedRoundRobin,
 };
 use crate::selector::{BuildError, HashAlgorithm, HashSelector, HashTable};
+use arc_swap::ArcSwap;
+use hyper::Uri;
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::http::uri::{Authority, Scheme};
 
 /// The seed of the `random` policy: the ASCII bytes of `affinity` read as a
 /// big-endian `u64`. Fixed so that a pool's sequence of picks is
 /// reproducible; every new snapshot restarts the sequence.
 pub const RANDOM_SEED: u64 = u64::from_be_bytes(*b"affinity");
-
-/// How long idle pooled connections to a backend are kept.
-pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// The HTTP client the proxy sends requests to backends with.
-pub type UpstreamClient = Client<HttpConnector, RecoverableBody>;
 
 /// Why a snapshot cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +170,7 @@ pub struct Backend {
     url: Uri,
     scheme: Scheme,
     authority: Authority,
+    host_header: HeaderValue,
     weight: u32,
     healthy: bool,
     state: Arc<BackendState>,
@@ -205,6 +195,12 @@ impl Backend {
     /// `host:port` requests are sent to.
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// The `Host` a request without one is sent with: the backend's host,
+    /// and its port unless that is 80.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host_header
     }
 
     /// Configured weight.
@@ -346,8 +342,8 @@ impl Snapshot {
     /// the live state of each backend with the same name, the hash table
     /// when the algorithm and the pool (names, weights, order) are unchanged
     /// (so a health change costs one pass over the table, not a rebuild).
-    /// Pooled backend connections outlive snapshots too: they belong to the
-    /// per-thread clients of [`Snapshot::client`].
+    /// Idle backend connections outlive snapshots too: they belong to the
+    /// worker threads, by backend address ([`crate::upstream`]).
     pub fn build(
         config: Arc<Config>,
         healthy: &[bool],
@@ -366,6 +362,14 @@ impl Snapshot {
                     name: b.name.clone(),
                     url: b.url.clone(),
                 })?;
+            let host = match authority.port_u16() {
+                Some(port) if port != 80 => format!("{}:{port}", authority.host()),
+                _ => authority.host().to_owned(),
+            };
+            let host_header = HeaderValue::from_str(&host).map_err(|_| PoolError::NoHost {
+                name: b.name.clone(),
+                url: b.url.clone(),
+            })?;
             let state = previous
                 .and_then(|p| p.backend(&b.name))
                 .map_or_else(|| Arc::new(BackendState::new()), |p| p.state.clone());
@@ -374,6 +378,7 @@ impl Snapshot {
                 url: b.url.clone(),
                 scheme: b.url.scheme().cloned().unwrap_or(Scheme::HTTP),
                 authority,
+                host_header,
                 weight: b.weight,
                 healthy: up,
                 state,
@@ -483,30 +488,6 @@ impl Snapshot {
     /// How backends are picked.
     pub fn selector(&self) -> &Selector {
         &self.selector
-    }
-
-    /// The client that sends requests to backends, for this thread.
-    ///
-    /// Each thread keeps its own client (and so its own pool of backend
-    /// connections) per upstream settings: hyper's client drives every
-    /// connection as a task on the runtime that opened it, so a client shared
-    /// by several single-threaded runtimes would bounce every request between
-    /// threads. A snapshot with the same upstream settings as the previous
-    /// one reuses the same client and its pooled connections.
-    pub fn client(&self) -> UpstreamClient {
-        THREAD_CLIENTS.with(|clients| {
-            let mut clients = clients.borrow_mut();
-            let settings = &self.config.upstream;
-            if let Some((_, client)) = clients.iter().find(|(s, _)| s == settings) {
-                return client.clone();
-            }
-            let client = upstream_client(&self.config);
-            if clients.len() == THREAD_CLIENTS_KEPT {
-                clients.remove(0);
-            }
-            clients.push((settings.clone(), client.clone()));
-            client
-        })
     }
 
     /// Whether `peer` is one of the configured trusted proxies.
@@ -704,25 +685,6 @@ fn classic_policy(algorithm: Algorithm, weighted: Vec<(usize, u32)>) -> Policy {
 fn same_table(a: &Config, b: &Config) -> bool {
     HashAlgorithm::from_config(&a.balancer) == HashAlgorithm::from_config(&b.balancer)
         && a.members() == b.members()
-}
-
-/// How many upstream clients (distinct upstream settings) a thread keeps.
-const THREAD_CLIENTS_KEPT: usize = 4;
-
-thread_local! {
-    static THREAD_CLIENTS: std::cell::RefCell<Vec<(crate::config::UpstreamConfig, UpstreamClient)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-fn upstream_client(config: &Config) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.upstream.connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
 }
 
 /// The live load of a snapshot's backends at one instant.

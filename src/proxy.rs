@@ -79,9 +79,8 @@ use hyper::header::{
     CONNECTION, CONTENT_TYPE, HOST, HeaderValue, SET_COOKIE, TRANSFER_ENCODING, UPGRADE,
 };
 use hyper::http::request::Parts;
-use hyper::http::uri::{self, PathAndQuery};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy;
 
 use crate::access::{self, AccessRecord, Answered, Fallback, Finish};
 use crate::body::{BodyTooLarge, ProxyBody, RecoverableBody, Recovery, UpstreamBody};
@@ -91,6 +90,7 @@ use crate::health::HealthReporter;
 use crate::key::{self, KeyOrigin};
 use crate::pool::{InFlight, Pool, Snapshot};
 use crate::tunnel::Tunnels;
+use crate::upstream::{self, Connection, UpstreamError};
 
 /// Why the proxy answered a request itself instead of with a backend's
 /// response.
@@ -112,7 +112,7 @@ pub enum ProxyError {
         backend: Arc<str>,
         /// What went wrong.
         #[source]
-        source: legacy::Error,
+        source: UpstreamError,
     },
     /// The backend was reached but the exchange failed.
     #[error("backend {backend} failed")]
@@ -121,7 +121,7 @@ pub enum ProxyError {
         backend: Arc<str>,
         /// What went wrong.
         #[source]
-        source: legacy::Error,
+        source: UpstreamError,
     },
     /// No response head within `upstream.request_timeout`.
     #[error("backend {backend} sent no response within {}", humantime::format_duration(*timeout))]
@@ -160,9 +160,6 @@ pub enum ProxyError {
     /// A method a reverse proxy does not forward (`CONNECT`).
     #[error("{0} requests are not supported")]
     UnsupportedMethod(Method),
-    /// The request target cannot be turned into a backend URI.
-    #[error("the request target cannot be forwarded")]
-    BadTarget(#[source] uri::InvalidUriParts),
 }
 
 impl ProxyError {
@@ -175,7 +172,6 @@ impl ProxyError {
                 | ProxyError::UnsupportedTransferCoding(_)
                 | ProxyError::BodyTooLarge(_)
                 | ProxyError::UnsupportedMethod(_)
-                | ProxyError::BadTarget(_)
         )
     }
 
@@ -193,8 +189,7 @@ impl ProxyError {
             | ProxyError::BodyTooLarge(_)
             | ProxyError::BadRequest(_)
             | ProxyError::UnsupportedTransferCoding(_)
-            | ProxyError::UnsupportedMethod(_)
-            | ProxyError::BadTarget(_) => None,
+            | ProxyError::UnsupportedMethod(_) => None,
         }
     }
 }
@@ -218,9 +213,7 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
         ProxyError::UnsupportedMethod(_) => {
             (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
-        ProxyError::BadTarget(_) | ProxyError::BadRequest(_) => {
-            (StatusCode::BAD_REQUEST, "bad request\n")
-        }
+        ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad request\n"),
         ProxyError::UnsupportedTransferCoding(_) => (
             StatusCode::NOT_IMPLEMENTED,
             "transfer coding not implemented\n",
@@ -255,6 +248,8 @@ pub struct Proxy {
 /// A backend's response head, with what its body still holds on to.
 struct Answer {
     response: Response<Incoming>,
+    /// The backend connection, given back once the response body is read.
+    connection: Connection,
     in_flight: InFlight,
     backend: Arc<str>,
 }
@@ -406,6 +401,7 @@ impl Proxy {
         match result {
             Ok(Answer {
                 mut response,
+                connection,
                 in_flight,
                 backend,
             }) => {
@@ -444,12 +440,14 @@ impl Proxy {
                 let finish = Finish::new(in_flight, answered, record);
                 match upgrades {
                     Some((client, backend)) => {
+                        // The backend connection becomes the tunnel's.
+                        drop(connection);
                         tunnels.spawn(client, backend, finish, attempts.bytes_in);
                         Response::from_parts(head, ProxyBody::empty())
                     }
                     None => Response::from_parts(
                         head,
-                        ProxyBody::Upstream(UpstreamBody::new(incoming, finish)),
+                        ProxyBody::Upstream(UpstreamBody::new(incoming, connection, finish)),
                     ),
                 }
             }
@@ -554,16 +552,17 @@ impl Proxy {
             // Headers are copied only while a retry could still need them.
             let may_retry = failed < retries && tried.len() + 1 < snapshot.routable_count();
             let may_resend = !resent && is_idempotent(&method);
-            let request_headers = if may_retry || may_resend {
+            let mut request_headers = if may_retry || may_resend {
                 headers.clone()
             } else {
                 std::mem::take(&mut headers)
             };
-            let mut target = uri::Parts::default();
-            target.scheme = Some(backend.scheme().clone());
-            target.authority = Some(backend.authority().clone());
-            target.path_and_query = Some(path_and_query.clone());
-            let target = Uri::from_parts(target).map_err(ProxyError::BadTarget)?;
+            if !request_headers.contains_key(HOST) {
+                // An HTTP/1.0 client may leave it out; HTTP/1.1 requires it.
+                request_headers.insert(HOST, backend.host_header().clone());
+            }
+            // Origin form (`/path?query`), as HTTP/1.1 sends it to a server.
+            let target = Uri::from(path_and_query.clone());
 
             let (request_body, recovery) = RecoverableBody::new(body);
             let request_body = request_body
@@ -578,8 +577,11 @@ impl Proxy {
             attempts.count += 1;
             let in_flight = backend.state().begin();
             let sent = Instant::now();
-            let outcome =
-                tokio::time::timeout_at(deadline, snapshot.client().request(request)).await;
+            let outcome = tokio::time::timeout_at(
+                deadline,
+                upstream::send(backend.authority(), upstream.connect_timeout, request),
+            )
+            .await;
             match outcome {
                 Err(_elapsed) => {
                     return Err(ProxyError::Timeout {
@@ -587,12 +589,13 @@ impl Proxy {
                         timeout: upstream.request_timeout,
                     });
                 }
-                Ok(Ok(response)) => {
+                Ok(Ok((response, connection))) => {
                     backend
                         .state()
                         .observe_latency(sent.elapsed(), self.pool.now_ns());
                     return Ok(Answer {
                         response,
+                        connection,
                         in_flight,
                         backend: backend.name().clone(),
                     });
@@ -755,21 +758,21 @@ fn causes<'a>(
 
 /// Whether an exchange failed because the client's request body did (hyper
 /// reports the body it was given failing as a user error).
-fn client_body_failed(error: &legacy::Error) -> bool {
+fn client_body_failed(error: &UpstreamError) -> bool {
     causes(error)
         .filter_map(|cause| cause.downcast_ref::<hyper::Error>())
         .any(hyper::Error::is_user)
 }
 
 /// The [`BodyTooLarge`] that made an exchange fail, if that is what did.
-fn body_too_large(error: &legacy::Error) -> Option<BodyTooLarge> {
+fn body_too_large(error: &UpstreamError) -> Option<BodyTooLarge> {
     causes(error).find_map(|cause| cause.downcast_ref::<BodyTooLarge>().copied())
 }
 
 /// Whether a failed exchange was the backend's doing: it closed or reset the
 /// connection before its response head. Not when the client's own request
 /// body failed (hyper reports that as a user error), nor a timeout.
-fn broken_off_by_backend(error: &legacy::Error) -> bool {
+fn broken_off_by_backend(error: &UpstreamError) -> bool {
     let mut backend = false;
     for cause in causes(error) {
         if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
@@ -868,11 +871,8 @@ mod tests {
             rendered(ProxyError::UnsupportedMethod(Method::CONNECT)).await,
             (405, "method not allowed\n".to_owned())
         );
-        let mut scheme_only = uri::Parts::default();
-        scheme_only.scheme = Some(hyper::http::uri::Scheme::HTTP);
-        let bad = Uri::from_parts(scheme_only).unwrap_err();
         assert_eq!(
-            rendered(ProxyError::BadTarget(bad)).await,
+            rendered(ProxyError::BadRequest("more than one Host header")).await,
             (400, "bad request\n".to_owned())
         );
     }

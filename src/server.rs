@@ -309,14 +309,25 @@ fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
         // hyper starts this timer whenever it waits for a request head,
         // so it is also the keep-alive idle timeout.
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(head_bytes)
-        .max_headers(usize::try_from(limits.max_headers).unwrap_or(usize::MAX));
+        .max_buf_size(head_bytes);
+    // Only when it differs from hyper's own limit: with the limit set
+    // explicitly hyper builds its header arrays on the heap and fills them
+    // for every request, instead of using uninitialised ones on the stack.
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        builder
+            .http1()
+            .max_headers(usize::try_from(limits.max_headers).unwrap_or(usize::MAX));
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes);
     builder
 }
+
+/// The number of headers hyper's HTTP/1 server accepts when not told
+/// otherwise (its `DEFAULT_MAX_HEADERS`).
+const HYPER_MAX_HEADERS: u32 = 100;
 
 /// One client connection counted against `limits.max_connections` until it
 /// is dropped.
