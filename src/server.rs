@@ -42,9 +42,8 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin::{self, AdminServer};
@@ -329,6 +328,29 @@ fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
 /// otherwise (its `DEFAULT_MAX_HEADERS`).
 const HYPER_MAX_HEADERS: u32 = 100;
 
+/// The HTTP/1 settings of [`connection_builder`], for connections served by
+/// hyper's HTTP/1 server directly.
+fn http1_builder(limits: &LimitsConfig) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    let head_bytes = usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX);
+    builder
+        .timer(TokioTimer::new())
+        // hyper starts this timer whenever it waits for a request head,
+        // so it is also the keep-alive idle timeout.
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(head_bytes);
+    // Only when it differs from hyper's own limit: with the limit set
+    // explicitly hyper builds its header arrays on the heap and fills them
+    // for every request, instead of using uninitialised ones on the stack.
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        builder.max_headers(usize::try_from(limits.max_headers).unwrap_or(usize::MAX));
+    }
+    builder
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// One client connection counted against `limits.max_connections` until it
 /// is dropped.
 struct OpenConnection(Arc<AtomicUsize>);
@@ -360,8 +382,11 @@ async fn serve(
     // The limits of the running config; a reload that changes them builds
     // the connection settings again for the connections that follow.
     let mut config = proxy.pool().snapshot().config().clone();
-    let mut builder = connection_builder(&config.limits);
-    let graceful = GracefulShutdown::new();
+    let mut builder = Arc::new(connection_builder(&config.limits));
+    let mut http1 = Arc::new(http1_builder(&config.limits));
+    // Set to true when the drain starts: every connection then finishes its
+    // current request and closes.
+    let (graceful, _) = watch::channel(false);
     let mut connections = JoinSet::new();
     let tunnels = Tunnels::new();
     loop {
@@ -373,7 +398,8 @@ async fn serve(
                     let current = proxy.pool().snapshot().config().clone();
                     if !Arc::ptr_eq(&current, &config) {
                         if current.limits != config.limits {
-                            builder = connection_builder(&current.limits);
+                            builder = Arc::new(connection_builder(&current.limits));
+                            http1 = Arc::new(http1_builder(&current.limits));
                         }
                         config = current;
                     }
@@ -410,26 +436,65 @@ async fn serve(
                             Ok::<_, std::convert::Infallible>(response)
                         })
                     });
-                    // With upgrades: after a `101`, hyper hands the client's
-                    // connection over to the tunnel and this future ends.
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let connection = graceful.watch(connection);
+                    let builder = builder.clone();
+                    let http1 = http1.clone();
+                    let mut draining = graceful.subscribe();
                     connections.spawn(async move {
                         let _counted = counted;
-                        tokio::pin!(connection);
                         let first = tokio::time::sleep(header_timeout);
                         tokio::pin!(first);
-                        let ended = tokio::select! {
-                            ended = &mut connection => ended,
-                            () = &mut first, if !first_request.load(Ordering::Relaxed) => {
-                                if !first_request.load(Ordering::Relaxed) {
-                                    tracing::debug!(%peer, "no request within the header timeout; closing");
-                                    return;
-                                }
-                                connection.await
+                        // Look at the first bytes without consuming them: HTTP/1
+                        // goes straight to hyper's HTTP/1 server, so hyper's first
+                        // read gets the whole head (hyper-util's auto builder
+                        // reads 24 bytes to sniff the version and hands them back
+                        // first, which makes hyper grow its 8 KiB read buffer to
+                        // 16 KiB on every connection), and the task holds only
+                        // HTTP/1 state. What could be the HTTP/2 preface goes to
+                        // the auto builder, boxed.
+                        let mut head = [0u8; H2_PREFACE.len()];
+                        let maybe_h2 = tokio::select! {
+                            peeked = stream.peek(&mut head) => match peeked {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head[..n] == H2_PREFACE[..n],
+                            },
+                            () = &mut first => {
+                                tracing::debug!(%peer, "no request within the header timeout; closing");
+                                return;
                             }
+                            // Nothing sent yet: nothing to finish.
+                            () = until_draining(&mut draining) => return,
+                        };
+                        let ended = if maybe_h2 {
+                            // With upgrades: after a `101`, hyper hands the client's
+                            // connection over to the tunnel and this future ends.
+                            let mut connection = Box::pin(
+                                builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                    .into_owned(),
+                            );
+                            tokio::select! {
+                                ended = connection.as_mut() => ended,
+                                () = &mut first, if !first_request.load(Ordering::Relaxed) => {
+                                    if !first_request.load(Ordering::Relaxed) {
+                                        tracing::debug!(%peer, "no request within the header timeout; closing");
+                                        return;
+                                    }
+                                    drained(connection.as_mut(), &mut draining, |c| c.graceful_shutdown()).await
+                                }
+                                () = until_draining(&mut draining) => {
+                                    connection.as_mut().graceful_shutdown();
+                                    connection.await
+                                }
+                            }
+                        } else {
+                            // hyper times the head from here (header_timeout).
+                            let connection = http1
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades();
+                            tokio::pin!(connection);
+                            drained(connection.as_mut(), &mut draining, |c| c.graceful_shutdown())
+                                .await
+                                .map_err(Into::into)
                         };
                         if let Err(error) = ended {
                             tracing::debug!(%peer, %error, "client connection ended with an error");
@@ -455,8 +520,9 @@ async fn serve(
         "stopped accepting; draining"
     );
     // Connections first: a request still in flight may yet open a tunnel.
+    graceful.send_replace(true);
     let drained = async {
-        graceful.shutdown().await;
+        while connections.join_next().await.is_some() {}
         tunnels.closed().await;
     };
     match tokio::time::timeout(drain_timeout, drained).await {
@@ -478,4 +544,28 @@ async fn serve(
             Drain::TimedOut
         }
     }
+}
+
+/// Runs `connection` to its end; when the drain starts, asks it (`shutdown`)
+/// to finish its current request and close.
+async fn drained<C, T>(
+    mut connection: std::pin::Pin<&mut C>,
+    draining: &mut watch::Receiver<bool>,
+    shutdown: impl FnOnce(std::pin::Pin<&mut C>),
+) -> T
+where
+    C: std::future::Future<Output = T>,
+{
+    tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = until_draining(draining) => {
+            shutdown(connection.as_mut());
+            connection.await
+        }
+    }
+}
+
+/// Returns once the drain has started.
+async fn until_draining(draining: &mut watch::Receiver<bool>) {
+    let _ = draining.wait_for(|d| *d).await;
 }
