@@ -13,6 +13,7 @@ pub mod body;
 pub mod churn;
 pub mod config;
 pub mod demo;
+pub mod framing;
 pub mod hash;
 pub mod headers;
 pub mod health;

@@ -85,6 +85,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use crate::access::{self, AccessRecord, Answered, Fallback, Finish};
 use crate::body::{BodyTooLarge, ProxyBody, RecoverableBody, Recovery, UpstreamBody};
 use crate::config::StickyCookieConfig;
+use crate::framing::AmbiguousRequest;
 use crate::headers;
 use crate::health::HealthReporter;
 use crate::key::{self, KeyOrigin};
@@ -720,6 +721,13 @@ fn checked_switch(answer: Answer, asked: bool) -> Result<Answer, ProxyError> {
 /// conflicting `Content-Length`s and codings that do not end in `chunked`;
 /// it leaves these to the proxy.
 fn check_request(parts: &Parts) -> Option<ProxyError> {
+    if parts.extensions.get::<AmbiguousRequest>().is_some() {
+        // Seen on the raw bytes: hyper removes Content-Length from such a
+        // request before the proxy sees it (see `crate::framing`).
+        return Some(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding (RFC 9112 §6.3)",
+        ));
+    }
     let hosts = parts.headers.get_all(HOST).iter().count();
     if hosts > 1 {
         return Some(ProxyError::BadRequest("more than one Host header"));

@@ -36,9 +36,11 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -48,6 +50,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin::{self, AdminServer};
 use crate::config::{Config, LimitsConfig};
+use crate::framing::{AmbiguousRequest, Watched};
 use crate::health::{self, HealthChecks, ReloadError};
 use crate::pool::{Pool, PoolError, Snapshot};
 use crate::proxy::Proxy;
@@ -416,15 +419,23 @@ async fn serve(
                     }
                     let proxy = proxy.clone();
                     let tunnels = tunnels.clone();
-                    // Set by the first request: until then the connection
-                    // is on `header_timeout` as a whole (hyper times the
-                    // HTTP/1 head, but not the wait for a first byte, the
-                    // HTTP/2 preface nor its handshake).
-                    let started = Arc::new(AtomicBool::new(false));
-                    let first_request = started.clone();
+                    // The requests served so far: each one's index on the
+                    // connection. Until the first, the connection is on
+                    // `header_timeout` as a whole (hyper times the HTTP/1
+                    // head, but not the wait for a first byte, the HTTP/2
+                    // preface nor its handshake).
+                    let requests = Arc::new(AtomicU64::new(0));
+                    let served = requests.clone();
                     let header_timeout = config.limits.header_timeout;
-                    let service = service_fn(move |request| {
-                        started.store(true, Ordering::Relaxed);
+                    // The raw bytes are watched for what hyper hides: a
+                    // request with both Content-Length and Transfer-Encoding.
+                    let head_bytes = usize::try_from(config.limits.max_header_bytes).unwrap_or(usize::MAX);
+                    let (stream, ambiguity) = Watched::new(stream, head_bytes);
+                    let service = service_fn(move |mut request: Request<Incoming>| {
+                        let index = requests.fetch_add(1, Ordering::Relaxed);
+                        if ambiguity.is(index) {
+                            request.extensions_mut().insert(AmbiguousRequest);
+                        }
                         let proxy = proxy.clone();
                         let tunnels = tunnels.clone();
                         // Boxed: hyper keeps room for one request's future in
@@ -453,7 +464,7 @@ async fn serve(
                         // the auto builder, boxed.
                         let mut head = [0u8; H2_PREFACE.len()];
                         let maybe_h2 = tokio::select! {
-                            peeked = stream.peek(&mut head) => match peeked {
+                            peeked = stream.get_ref().peek(&mut head) => match peeked {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => head[..n] == H2_PREFACE[..n],
                             },
@@ -474,8 +485,8 @@ async fn serve(
                             );
                             tokio::select! {
                                 ended = connection.as_mut() => ended,
-                                () = &mut first, if !first_request.load(Ordering::Relaxed) => {
-                                    if !first_request.load(Ordering::Relaxed) {
+                                () = &mut first, if served.load(Ordering::Relaxed) == 0 => {
+                                    if served.load(Ordering::Relaxed) == 0 {
                                         tracing::debug!(%peer, "no request within the header timeout; closing");
                                         return;
                                     }

@@ -109,11 +109,10 @@ impl Rig {
 // Message framing: Content-Length and Transfer-Encoding
 // ---------------------------------------------------------------------------
 
-// hyper: with both headers it decodes the body as chunked, drops
-// Content-Length from the head (whichever came first) and closes the
-// connection after the response (RFC 9112 §6.1 allows that). The proxy never
-// sees the Content-Length, so it cannot tell.
-#[ignore = "FINDING: hyper decodes it as chunked and drops Content-Length; the proxy forwards it (backend sees Transfer-Encoding: chunked and the body) and answers 200 with Connection: close"]
+// hyper: with both headers it decodes the body as chunked and drops
+// Content-Length from the head (whichever came first) before the proxy sees
+// it. The proxy watches the raw bytes beside hyper (src/framing.rs) and
+// refuses the request.
 #[tokio::test]
 async fn content_length_with_chunked_transfer_encoding_gets_400_and_is_never_forwarded() {
     let rig = Rig::start("").await;
@@ -131,6 +130,38 @@ async fn content_length_with_chunked_transfer_encoding_gets_400_and_is_never_for
     ] {
         rig.assert_rejected(case, request, &[400]).await;
     }
+}
+
+// The watch follows the framing of every request before it on the
+// connection: the ambiguous request is found at its index, after a chunked
+// body and a Content-Length body whose bytes look like headers.
+#[tokio::test]
+async fn an_ambiguous_request_after_others_on_a_keep_alive_connection_gets_400_alone() {
+    let rig = Rig::start("").await;
+    let mut client = rig.connect().await;
+    client
+        .send(
+            b"POST /first HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+              4\r\nwiki\r\n0\r\n\r\n\
+              POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 49\r\n\r\n\
+              Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+              GET /third HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\
+              Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    for expected in [200, 200, 400] {
+        let response = client.response().await.expect("a response");
+        assert_eq!(response.status, expected, "{}", response.head);
+    }
+    assert!(client.closes_within(CLOSE_WAIT).await, "still open");
+    let paths: Vec<String> = rig
+        .forwarded()
+        .await
+        .iter()
+        .map(|s| s.uri.path().to_owned())
+        .collect();
+    assert_eq!(paths, ["/first", "/second"]);
 }
 
 // hyper: Content-Length must be all digits; anything else is a parse error
