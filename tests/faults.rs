@@ -531,6 +531,107 @@ async fn a_slow_body_reaches_the_client_as_it_comes_and_completes() {
 // Pooled connections
 // ---------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------
+// Backend connection reuse
+// ---------------------------------------------------------------------------
+
+// One backend connection carries every request that comes after a complete
+// response, whichever client connection it came on (one worker thread).
+#[tokio::test]
+async fn requests_after_complete_responses_reuse_one_backend_connection() {
+    let backend = Scripted::start(|conn| conn.serve_ok()).await;
+    let proxy = proxy_for(&backend, "").await;
+    for client in 0..5 {
+        let mut raw = RawConnection::connect(proxy.local_addr()).await;
+        for i in 0..10 {
+            raw.send(&get(&format!("/c{client}/r{i}"))).await.unwrap();
+            let response = raw.response().await.expect("a response");
+            assert_eq!(response.status, 200, "{}", response.head);
+            assert_eq!(response.header("x-conn"), Some("0"), "{}", response.head);
+        }
+    }
+    let requests = backend.requests();
+    assert_eq!(requests.len(), 50);
+    assert!(requests.iter().all(|(conn, _)| *conn == 0), "{requests:?}");
+}
+
+// A response without a body (`204`, or any answer to `HEAD`) is complete at
+// once: its connection goes back too.
+#[tokio::test]
+async fn responses_without_a_body_give_their_connection_back() {
+    let backend = Scripted::start(|mut conn| async move {
+        while let Some(line) = conn.request().await {
+            let head: &[u8] = if line.starts_with("HEAD") {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"
+            } else {
+                b"HTTP/1.1 204 No Content\r\n\r\n"
+            };
+            conn.write(head).await;
+        }
+    })
+    .await;
+    let proxy = proxy_for(&backend, "").await;
+    let mut raw = RawConnection::connect(proxy.local_addr()).await;
+    for i in 0..6 {
+        let request = if i % 2 == 0 {
+            get(&format!("/empty{i}"))
+        } else {
+            format!("HEAD /head{i} HTTP/1.1\r\nHost: proxy.test\r\n\r\n").into_bytes()
+        };
+        raw.send(&request).await.unwrap();
+        if i % 2 == 0 {
+            let response = raw.response().await.expect("a response");
+            assert_eq!(response.status, 204, "{}", response.head);
+        } else {
+            // A HEAD answer has no body whatever its Content-Length: read
+            // the head alone.
+            let head = raw.head().await.expect("a head");
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        }
+    }
+    let requests = backend.requests();
+    assert_eq!(requests.len(), 6, "{requests:?}");
+    assert!(requests.iter().all(|(conn, _)| *conn == 0), "{requests:?}");
+}
+
+// A response the client stopped reading midway leaves its backend connection
+// in the middle of a body: it never carries another request.
+#[tokio::test]
+async fn a_response_abandoned_midway_never_lends_its_connection_again() {
+    let backend = Scripted::start(|mut conn| async move {
+        if conn.index > 0 {
+            return conn.serve_ok().await;
+        }
+        if conn.request().await.is_some() {
+            conn.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf way")
+                .await;
+            // Holds the rest back until the proxy gives up on it.
+            let _ = conn.request().await;
+        }
+    })
+    .await;
+    let proxy = proxy_for(&backend, "").await;
+    let mut first = RawConnection::connect(proxy.local_addr()).await;
+    first.send(&get("/abandoned")).await.unwrap();
+    let head = first.head().await.expect("the head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(first);
+    // The client went away: give the proxy a moment to drop its response.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (response, _client) = exchange(proxy.local_addr(), &get("/next")).await;
+    let response = response.expect("a response");
+    assert_eq!(response.status, 200, "{}", response.head);
+    assert_eq!(response.header("x-conn"), Some("1"), "{}", response.head);
+    let requests = backend.requests();
+    assert_eq!(
+        requests,
+        [
+            (0, "GET /abandoned".to_owned()),
+            (1, "GET /next".to_owned())
+        ]
+    );
+}
+
 /// Connection 0 answers one request and then, once the proxy holds it idle
 /// in its pool, is closed by the backend (`closed` is notified); later
 /// connections serve normally.

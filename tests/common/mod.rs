@@ -707,6 +707,22 @@ impl RawConnection {
         (self.buf.drain(..n).collect(), true)
     }
 
+    /// Reads the next response head only (status line and headers, without
+    /// the blank line), leaving any body unread: for a `HEAD` answer, or a
+    /// body that never ends. `None` if the connection ends first.
+    pub async fn head(&mut self) -> Option<String> {
+        loop {
+            if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..at]).into_owned();
+                self.buf.drain(..at + 4);
+                return Some(head);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
     /// Reads the next response (a `1xx` included, as a response of its
     /// own); `None` if the connection ends before a complete head.
     pub async fn response(&mut self) -> Option<RawResponse> {
