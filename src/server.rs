@@ -45,7 +45,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin::{self, AdminServer};
@@ -387,9 +387,9 @@ async fn serve(
     let mut config = proxy.pool().snapshot().config().clone();
     let mut builder = Arc::new(connection_builder(&config.limits));
     let mut http1 = Arc::new(http1_builder(&config.limits));
-    // Set to true when the drain starts: every connection then finishes its
+    // Raised when the drain starts: every connection then finishes its
     // current request and closes.
-    let (graceful, _) = watch::channel(false);
+    let draining = Arc::new(DrainSignal::default());
     let mut connections = JoinSet::new();
     let tunnels = Tunnels::new();
     loop {
@@ -449,7 +449,7 @@ async fn serve(
                     });
                     let builder = builder.clone();
                     let http1 = http1.clone();
-                    let mut draining = graceful.subscribe();
+                    let draining = draining.clone();
                     connections.spawn(async move {
                         let _counted = counted;
                         let first = tokio::time::sleep(header_timeout);
@@ -473,7 +473,7 @@ async fn serve(
                                 return;
                             }
                             // Nothing sent yet: nothing to finish.
-                            () = until_draining(&mut draining) => return,
+                            () = draining.started() => return,
                         };
                         let ended = if maybe_h2 {
                             // With upgrades: after a `101`, hyper hands the client's
@@ -490,9 +490,9 @@ async fn serve(
                                         tracing::debug!(%peer, "no request within the header timeout; closing");
                                         return;
                                     }
-                                    drained(connection.as_mut(), &mut draining, |c| c.graceful_shutdown()).await
+                                    drained(connection.as_mut(), &draining, |c| c.graceful_shutdown()).await
                                 }
-                                () = until_draining(&mut draining) => {
+                                () = draining.started() => {
                                     connection.as_mut().graceful_shutdown();
                                     connection.await
                                 }
@@ -503,7 +503,7 @@ async fn serve(
                                 .serve_connection(TokioIo::new(stream), service)
                                 .with_upgrades();
                             tokio::pin!(connection);
-                            drained(connection.as_mut(), &mut draining, |c| c.graceful_shutdown())
+                            drained(connection.as_mut(), &draining, |c| c.graceful_shutdown())
                                 .await
                                 .map_err(Into::into)
                         };
@@ -531,7 +531,7 @@ async fn serve(
         "stopped accepting; draining"
     );
     // Connections first: a request still in flight may yet open a tunnel.
-    graceful.send_replace(true);
+    draining.raise();
     let drained = async {
         while connections.join_next().await.is_some() {}
         tunnels.closed().await;
@@ -557,26 +557,61 @@ async fn serve(
     }
 }
 
+/// The start of the drain, as every connection of a worker watches it.
+#[derive(Default)]
+struct DrainSignal {
+    raised: AtomicBool,
+    notify: Notify,
+}
+
+impl DrainSignal {
+    /// Starts the drain: wakes every connection.
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Returns once the drain has started.
+    async fn started(&self) {
+        // Created before the check: a raise in between still wakes it.
+        let notified = self.notify.notified();
+        if !self.raised.load(Ordering::Acquire) {
+            notified.await;
+        }
+    }
+}
+
 /// Runs `connection` to its end; when the drain starts, asks it (`shutdown`)
 /// to finish its current request and close.
+///
+/// Polled on every wake-up of the connection, so this costs one atomic load
+/// then: the drain's wake-up is registered on the first poll only (the
+/// connection's task, and so its waker, stays the same).
 async fn drained<C, T>(
     mut connection: std::pin::Pin<&mut C>,
-    draining: &mut watch::Receiver<bool>,
+    draining: &DrainSignal,
     shutdown: impl FnOnce(std::pin::Pin<&mut C>),
 ) -> T
 where
     C: std::future::Future<Output = T>,
 {
-    tokio::select! {
-        ended = connection.as_mut() => ended,
-        () = until_draining(draining) => {
-            shutdown(connection.as_mut());
-            connection.await
+    let notified = draining.notify.notified();
+    tokio::pin!(notified);
+    let mut registered = false;
+    let mut shutdown = Some(shutdown);
+    std::future::poll_fn(move |cx| {
+        if shutdown.is_some() {
+            if !registered {
+                registered = true;
+                let _ = notified.as_mut().poll(cx);
+            }
+            if draining.raised.load(Ordering::Acquire)
+                && let Some(shutdown) = shutdown.take()
+            {
+                shutdown(connection.as_mut());
+            }
         }
-    }
-}
-
-/// Returns once the drain has started.
-async fn until_draining(draining: &mut watch::Receiver<bool>) {
-    let _ = draining.wait_for(|d| *d).await;
+        connection.as_mut().poll(cx)
+    })
+    .await
 }
