@@ -44,8 +44,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{Notify, oneshot};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin::{self, AdminServer};
@@ -237,8 +237,14 @@ pub async fn start_workers(config: Config, workers: usize) -> Result<ProxyHandle
     // Client connections open over every worker, for `limits.max_connections`.
     let open = Arc::new(AtomicUsize::new(0));
     let health = health::spawn(pool.clone());
+    let (spread, mut handed) = Workers::new(workers);
+    let mut handed_to_others = handed.split_off(1).into_iter();
     let mut others = Vec::with_capacity(sockets.len());
     for (n, socket) in sockets.into_iter().enumerate() {
+        let spread = spread.clone();
+        let Some(handed) = handed_to_others.next() else {
+            break;
+        };
         let (stop, stopped) = oneshot::channel();
         let (drained, drain) = oneshot::channel();
         let proxy = Arc::new(Proxy::with_health(pool.clone(), health.reporter()));
@@ -252,7 +258,10 @@ pub async fn start_workers(config: Config, workers: usize) -> Result<ProxyHandle
             .spawn(move || {
                 runtime.block_on(async move {
                     let outcome = match socket.listen(LISTEN_BACKLOG) {
-                        Ok(listener) => serve(listener, proxy, worker_open, stopped).await,
+                        Ok(listener) => {
+                            serve(listener, proxy, worker_open, spread, n + 1, handed, stopped)
+                                .await
+                        }
                         Err(error) => {
                             tracing::error!(%error, "worker cannot listen");
                             Drain::Complete
@@ -268,7 +277,10 @@ pub async fn start_workers(config: Config, workers: usize) -> Result<ProxyHandle
 
     let (stop, stopped) = oneshot::channel();
     let proxy = Arc::new(Proxy::with_health(pool.clone(), health.reporter()));
-    let task = tokio::spawn(serve(listener, proxy, open, stopped));
+    let handed = handed
+        .pop()
+        .ok_or_else(|| StartError::Runtime("no worker".into()))?;
+    let task = tokio::spawn(serve(listener, proxy, open, spread, 0, handed, stopped));
     Ok(ProxyHandle {
         local_addr,
         pool,
@@ -354,8 +366,8 @@ fn http1_builder(limits: &LimitsConfig) -> hyper::server::conn::http1::Builder {
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// One client connection counted against `limits.max_connections` until it
-/// is dropped.
+/// One client connection counted until it is dropped: against
+/// `limits.max_connections` (over all workers), or as one a worker serves.
 struct OpenConnection(Arc<AtomicUsize>);
 
 impl OpenConnection {
@@ -375,11 +387,70 @@ impl Drop for OpenConnection {
     }
 }
 
-/// The accept loop, then the drain.
+/// A client connection as a worker accepted it: the stream, the client's
+/// address and its place in `limits.max_connections`.
+type Accepted = (TcpStream, SocketAddr, OpenConnection);
+
+/// The receiving end of a worker's handoff channel: connections, each
+/// counted for that worker.
+type Handed<C> = mpsc::UnboundedReceiver<(C, OpenConnection)>;
+
+/// Every worker's count of the client connections it serves, and the way to
+/// hand it one (`C`: an [`Accepted`] connection; anything in tests).
+struct Workers<C> {
+    serving: Vec<Arc<AtomicUsize>>,
+    handoff: Vec<mpsc::UnboundedSender<(C, OpenConnection)>>,
+}
+
+impl<C> Workers<C> {
+    /// Workers for `n` accept loops, and the receiving end of each one's
+    /// handoff channel.
+    fn new(n: usize) -> (Arc<Workers<C>>, Vec<Handed<C>>) {
+        let (handoff, receivers) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+        let serving = (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+        (Arc::new(Workers { serving, handoff }), receivers)
+    }
+
+    /// Sends a connection accepted by worker `me` to the worker serving the
+    /// fewest connections if that is another one (`None`), or gives it back
+    /// for `me` to serve, counted as `me`'s. A connection counts for the
+    /// worker it goes to from this moment, so a burst of accepts spreads.
+    fn hand_over(&self, me: usize, connection: C) -> Option<(C, OpenConnection)> {
+        let load = |i: usize| self.serving[i].load(Ordering::Relaxed);
+        let least = (0..self.serving.len())
+            .min_by_key(|&i| (load(i), i != me))
+            .unwrap_or(me);
+        if least != me && load(least) < load(me) {
+            match self.handoff[least].send((connection, self.serving(least))) {
+                Ok(()) => return None,
+                // That worker has stopped: served here after all.
+                Err(mpsc::error::SendError((connection, _))) => {
+                    return Some((connection, self.serving(me)));
+                }
+            }
+        }
+        Some((connection, self.serving(me)))
+    }
+
+    /// Counts a connection for worker `i` until the guard is dropped.
+    fn serving(&self, i: usize) -> OpenConnection {
+        let counter = self.serving[i].clone();
+        counter.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(counter)
+    }
+}
+
+/// The accept loop, then the drain. `me` is this worker's place in
+/// `workers`: a connection the kernel gave this worker while another serves
+/// fewer goes to that one, so that long keep-alive connections spread evenly
+/// whatever `SO_REUSEPORT`'s hash did.
 async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     open: Arc<AtomicUsize>,
+    workers: Arc<Workers<Accepted>>,
+    me: usize,
+    mut handed: Handed<Accepted>,
     mut stopped: oneshot::Receiver<()>,
 ) -> Drain {
     // The limits of the running config; a reload that changes them builds
@@ -393,20 +464,13 @@ async fn serve(
     let mut connections = JoinSet::new();
     let tunnels = Tunnels::new();
     loop {
-        tokio::select! {
+        let ((stream, peer, counted), load) = tokio::select! {
             // A send or a dropped handle: either way, stop.
             _ = &mut stopped => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let current = proxy.pool().snapshot().config().clone();
-                    if !Arc::ptr_eq(&current, &config) {
-                        if current.limits != config.limits {
-                            builder = Arc::new(connection_builder(&current.limits));
-                            http1 = Arc::new(http1_builder(&current.limits));
-                        }
-                        config = current;
-                    }
-                    let max = usize::try_from(config.limits.max_connections).unwrap_or(usize::MAX);
+                    let max = proxy.pool().snapshot().config().limits.max_connections;
+                    let max = usize::try_from(max).unwrap_or(usize::MAX);
                     let Some(counted) = OpenConnection::try_open(&open, max) else {
                         // Over the limit: closed at once, without a word,
                         // so the accept loop never waits on it.
@@ -414,112 +478,126 @@ async fn serve(
                         drop(stream);
                         continue;
                     };
-                    if let Err(error) = stream.set_nodelay(true) {
-                        tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+                    match workers.hand_over(me, (stream, peer, counted)) {
+                        None => continue,
+                        Some(kept) => kept,
                     }
-                    let proxy = proxy.clone();
-                    let tunnels = tunnels.clone();
-                    // The requests served so far: each one's index on the
-                    // connection. Until the first, the connection is on
-                    // `header_timeout` as a whole (hyper times the HTTP/1
-                    // head, but not the wait for a first byte, the HTTP/2
-                    // preface nor its handshake).
-                    let requests = Arc::new(AtomicU64::new(0));
-                    let served = requests.clone();
-                    let header_timeout = config.limits.header_timeout;
-                    // The raw bytes are watched for what hyper hides: a
-                    // request with both Content-Length and Transfer-Encoding.
-                    let head_bytes = usize::try_from(config.limits.max_header_bytes).unwrap_or(usize::MAX);
-                    let (stream, ambiguity) = Watched::new(stream, head_bytes);
-                    let service = service_fn(move |mut request: Request<Incoming>| {
-                        let index = requests.fetch_add(1, Ordering::Relaxed);
-                        if ambiguity.is(index) {
-                            request.extensions_mut().insert(AmbiguousRequest);
-                        }
-                        let proxy = proxy.clone();
-                        let tunnels = tunnels.clone();
-                        // Boxed: hyper keeps room for one request's future in
-                        // every connection, idle or not; a box keeps that to a
-                        // pointer, and the ~3 KB state lives only while a
-                        // request does.
-                        Box::pin(async move {
-                            let response = proxy.handle(request, peer, &tunnels).await;
-                            Ok::<_, std::convert::Infallible>(response)
-                        })
-                    });
-                    let builder = builder.clone();
-                    let http1 = http1.clone();
-                    let draining = draining.clone();
-                    connections.spawn(async move {
-                        let _counted = counted;
-                        let first = tokio::time::sleep(header_timeout);
-                        tokio::pin!(first);
-                        // Look at the first bytes without consuming them: HTTP/1
-                        // goes straight to hyper's HTTP/1 server, so hyper's first
-                        // read gets the whole head (hyper-util's auto builder
-                        // reads 24 bytes to sniff the version and hands them back
-                        // first, which makes hyper grow its 8 KiB read buffer to
-                        // 16 KiB on every connection), and the task holds only
-                        // HTTP/1 state. What could be the HTTP/2 preface goes to
-                        // the auto builder, boxed.
-                        let mut head = [0u8; H2_PREFACE.len()];
-                        let maybe_h2 = tokio::select! {
-                            peeked = stream.get_ref().peek(&mut head) => match peeked {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => head[..n] == H2_PREFACE[..n],
-                            },
-                            () = &mut first => {
-                                tracing::debug!(%peer, "no request within the header timeout; closing");
-                                return;
-                            }
-                            // Nothing sent yet: nothing to finish.
-                            () = draining.started() => return,
-                        };
-                        let ended = if maybe_h2 {
-                            // With upgrades: after a `101`, hyper hands the client's
-                            // connection over to the tunnel and this future ends.
-                            let mut connection = Box::pin(
-                                builder
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                                    .into_owned(),
-                            );
-                            tokio::select! {
-                                ended = connection.as_mut() => ended,
-                                () = &mut first, if served.load(Ordering::Relaxed) == 0 => {
-                                    if served.load(Ordering::Relaxed) == 0 {
-                                        tracing::debug!(%peer, "no request within the header timeout; closing");
-                                        return;
-                                    }
-                                    drained(connection.as_mut(), &draining, |c| c.graceful_shutdown()).await
-                                }
-                                () = draining.started() => {
-                                    connection.as_mut().graceful_shutdown();
-                                    connection.await
-                                }
-                            }
-                        } else {
-                            // hyper times the head from here (header_timeout).
-                            let connection = http1
-                                .serve_connection(TokioIo::new(stream), service)
-                                .with_upgrades();
-                            tokio::pin!(connection);
-                            drained(connection.as_mut(), &draining, |c| c.graceful_shutdown())
-                                .await
-                                .map_err(Into::into)
-                        };
-                        if let Err(error) = ended {
-                            tracing::debug!(%peer, %error, "client connection ended with an error");
-                        }
-                    });
                 }
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
                 }
             },
+            Some(connection) = handed.recv() => connection,
             // Reap finished connections so the set does not grow.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let current = proxy.pool().snapshot().config().clone();
+        if !Arc::ptr_eq(&current, &config) {
+            if current.limits != config.limits {
+                builder = Arc::new(connection_builder(&current.limits));
+                http1 = Arc::new(http1_builder(&current.limits));
+            }
+            config = current;
         }
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+        }
+        let proxy = proxy.clone();
+        let tunnels = tunnels.clone();
+        // The requests served so far: each one's index on the
+        // connection. Until the first, the connection is on
+        // `header_timeout` as a whole (hyper times the HTTP/1
+        // head, but not the wait for a first byte, the HTTP/2
+        // preface nor its handshake).
+        let requests = Arc::new(AtomicU64::new(0));
+        let served = requests.clone();
+        let header_timeout = config.limits.header_timeout;
+        // The raw bytes are watched for what hyper hides: a
+        // request with both Content-Length and Transfer-Encoding.
+        let head_bytes = usize::try_from(config.limits.max_header_bytes).unwrap_or(usize::MAX);
+        let (stream, ambiguity) = Watched::new(stream, head_bytes);
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            let index = requests.fetch_add(1, Ordering::Relaxed);
+            if ambiguity.is(index) {
+                request.extensions_mut().insert(AmbiguousRequest);
+            }
+            let proxy = proxy.clone();
+            let tunnels = tunnels.clone();
+            // Boxed: hyper keeps room for one request's future in
+            // every connection, idle or not; a box keeps that to a
+            // pointer, and the ~3 KB state lives only while a
+            // request does.
+            Box::pin(async move {
+                let response = proxy.handle(request, peer, &tunnels).await;
+                Ok::<_, std::convert::Infallible>(response)
+            })
+        });
+        let builder = builder.clone();
+        let http1 = http1.clone();
+        let draining = draining.clone();
+        connections.spawn(async move {
+            let _counted = (counted, load);
+            let first = tokio::time::sleep(header_timeout);
+            tokio::pin!(first);
+            // Look at the first bytes without consuming them: HTTP/1
+            // goes straight to hyper's HTTP/1 server, so hyper's first
+            // read gets the whole head (hyper-util's auto builder
+            // reads 24 bytes to sniff the version and hands them back
+            // first, which makes hyper grow its 8 KiB read buffer to
+            // 16 KiB on every connection), and the task holds only
+            // HTTP/1 state. What could be the HTTP/2 preface goes to
+            // the auto builder, boxed.
+            let mut head = [0u8; H2_PREFACE.len()];
+            let maybe_h2 = tokio::select! {
+                peeked = stream.get_ref().peek(&mut head) => match peeked {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head[..n] == H2_PREFACE[..n],
+                },
+                () = &mut first => {
+                    tracing::debug!(%peer, "no request within the header timeout; closing");
+                    return;
+                }
+                // Nothing sent yet: nothing to finish.
+                () = draining.started() => return,
+            };
+            let ended = if maybe_h2 {
+                // With upgrades: after a `101`, hyper hands the client's
+                // connection over to the tunnel and this future ends.
+                let mut connection = Box::pin(
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned(),
+                );
+                tokio::select! {
+                    ended = connection.as_mut() => ended,
+                    () = &mut first, if served.load(Ordering::Relaxed) == 0 => {
+                        if served.load(Ordering::Relaxed) == 0 {
+                            tracing::debug!(%peer, "no request within the header timeout; closing");
+                            return;
+                        }
+                        drained(connection.as_mut(), &draining, |c| c.graceful_shutdown()).await
+                    }
+                    () = draining.started() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                }
+            } else {
+                // hyper times the head from here (header_timeout).
+                let connection = http1
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                tokio::pin!(connection);
+                drained(connection.as_mut(), &draining, |c| c.graceful_shutdown())
+                    .await
+                    .map_err(Into::into)
+            };
+            if let Err(error) = ended {
+                tracing::debug!(%peer, %error, "client connection ended with an error");
+            }
+        });
     }
     drop(listener);
     // The drain timeout of the running config (a reload may have changed it).
@@ -614,4 +692,67 @@ where
         connection.as_mut().poll(cx)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `accepts` (the worker the kernel gave each new connection) to
+    /// `Workers::hand_over` and returns, per worker, the connections it
+    /// ended up serving, and the guards that keep them counted.
+    fn spread(workers: usize, accepts: &[usize]) -> (Vec<Vec<u32>>, Vec<OpenConnection>) {
+        let (shared, mut handed) = Workers::<u32>::new(workers);
+        let mut served = vec![Vec::new(); workers];
+        let mut guards = Vec::new();
+        for (id, &me) in accepts.iter().enumerate() {
+            let id = u32::try_from(id).unwrap();
+            if let Some((kept, guard)) = shared.hand_over(me, id) {
+                served[me].push(kept);
+                guards.push(guard);
+            }
+        }
+        for (worker, receiver) in handed.iter_mut().enumerate() {
+            while let Ok((id, guard)) = receiver.try_recv() {
+                served[worker].push(id);
+                guards.push(guard);
+            }
+        }
+        (served, guards)
+    }
+
+    #[test]
+    fn a_burst_accepted_by_one_worker_spreads_evenly_over_all() {
+        let (served, _guards) = spread(2, &[0; 10]);
+        assert_eq!(served[0].len(), 5);
+        assert_eq!(served[1].len(), 5);
+        let (served, _guards) = spread(4, &[2; 13]);
+        let counts: Vec<usize> = served.iter().map(Vec::len).collect();
+        assert_eq!(counts.iter().sum::<usize>(), 13);
+        assert!(counts.iter().all(|&n| n == 3 || n == 4), "{counts:?}");
+    }
+
+    #[test]
+    fn a_balanced_accept_pattern_keeps_every_connection_where_it_landed() {
+        let (served, _guards) = spread(2, &[0, 1, 0, 1, 1, 0]);
+        assert_eq!(served[0], [0, 2, 5]);
+        assert_eq!(served[1], [1, 3, 4]);
+    }
+
+    #[test]
+    fn a_closed_connection_no_longer_counts_and_a_stopped_worker_gets_none() {
+        let (shared, mut handed) = Workers::<u32>::new(2);
+        let (_, first) = shared.hand_over(0, 1).unwrap();
+        drop(first);
+        // Both idle again: kept where accepted.
+        let held = shared.hand_over(0, 2);
+        assert_eq!(held.as_ref().map(|(id, _)| *id), Some(2));
+        // Worker 1 stopped (its receiver gone): worker 0 keeps what it
+        // would have handed over, and counts it.
+        drop(handed.pop());
+        let kept = shared.hand_over(0, 3);
+        assert_eq!(kept.as_ref().map(|(id, _)| *id), Some(3));
+        assert_eq!(shared.serving[0].load(Ordering::Relaxed), 2);
+        assert_eq!(shared.serving[1].load(Ordering::Relaxed), 0);
+    }
 }
