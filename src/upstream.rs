@@ -262,13 +262,3 @@ impl IdleConnections {
         });
     }
 }
-
-/// How many idle connections this thread keeps to `authority` (for tests).
-pub fn idle_count(authority: &Authority) -> usize {
-    IDLE.with(|idle| {
-        idle.borrow()
-            .by_authority
-            .get(authority.as_str())
-            .map_or(0, Vec::len)
-    })
-}
