@@ -4,13 +4,14 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use hyper::Uri;
 use hyper::header::HeaderMap;
 
-use affinity::pool::Snapshot;
+use affinity::pool::{Pool, Snapshot};
+use affinity::server::ProxyHandle;
 use common::*;
 
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -249,17 +250,33 @@ const PASSIVE_ONLY: &str = "[balancer]\nkey = \"url\"\n[upstream]\nretries = 1\n
                             [health_check]\ninterval = \"1h\"\ntimeout = \"1s\"\n\
                             healthy_threshold = 2\nunhealthy_threshold = 2\n";
 
+/// A proxy (passive checks only) over three good backends and `name` at
+/// `address`, with at least two of 300 URL keys (`target(i)`) on `name`.
+async fn beside_three_good(
+    name: &'static str,
+    address: SocketAddr,
+) -> (Vec<TestBackend>, ProxyHandle, Vec<usize>) {
+    let backends = TestBackend::start_many(3).await;
+    let mut members = pool(&backends);
+    members.push((name, address));
+    let proxy = start_proxy(&config_text(PASSIVE_ONLY, &members)).await;
+    let start = key_map(&proxy.pool().snapshot(), 300);
+    let on_it: Vec<usize> = (0..300).filter(|&i| start[i] == name).collect();
+    assert!(on_it.len() >= 2);
+    (backends, proxy, on_it)
+}
+
+/// What the last result counted for `name`'s health said.
+fn last_result(pool: &Pool, name: &str) -> String {
+    let record = pool.snapshot().backend(name).unwrap().state().health();
+    record.last_probe.unwrap().detail
+}
+
 #[tokio::test]
 async fn a_backend_that_drops_requests_before_answering_is_taken_down_by_them() {
-    let backends = TestBackend::start_many(3).await;
     let (closing, _tasks) = closing_backend().await;
-    let mut members = pool(&backends);
-    members.push(("server-closing", closing));
-    let proxy = start_proxy(&config_text(PASSIVE_ONLY, &members)).await;
+    let (_backends, proxy, on_it) = beside_three_good("server-closing", closing).await;
     let pool = proxy.pool().clone();
-    let start = key_map(&pool.snapshot(), 300);
-    let on_it: Vec<usize> = (0..300).filter(|&i| start[i] == "server-closing").collect();
-    assert!(on_it.len() >= 2);
     let mut client = Client::connect(proxy.local_addr()).await;
     for &i in &on_it[..2] {
         // A GET is retried on the key's next backend.
@@ -274,13 +291,7 @@ async fn a_backend_that_drops_requests_before_answering_is_taken_down_by_them() 
             .unwrap()
             .is_healthy()
     );
-    let record = pool
-        .snapshot()
-        .backend("server-closing")
-        .unwrap()
-        .state()
-        .health();
-    let detail = record.last_probe.unwrap().detail;
+    let detail = last_result(&pool, "server-closing");
     assert!(
         detail.contains("closed the connection before answering"),
         "{detail}"
@@ -289,15 +300,9 @@ async fn a_backend_that_drops_requests_before_answering_is_taken_down_by_them() 
 
 #[tokio::test]
 async fn a_backend_that_cuts_off_its_responses_is_taken_down_by_them() {
-    let backends = TestBackend::start_many(3).await;
     let (cutting, _tasks) = cutting_backend().await;
-    let mut members = pool(&backends);
-    members.push(("server-cutting", cutting));
-    let proxy = start_proxy(&config_text(PASSIVE_ONLY, &members)).await;
+    let (_backends, proxy, on_it) = beside_three_good("server-cutting", cutting).await;
     let pool = proxy.pool().clone();
-    let start = key_map(&pool.snapshot(), 300);
-    let on_it: Vec<usize> = (0..300).filter(|&i| start[i] == "server-cutting").collect();
-    assert!(on_it.len() >= 2);
     for &i in &on_it[..2] {
         // The head came through, so the client gets the 200 and then a body
         // that breaks off: never a complete body of the wrong length.
@@ -315,13 +320,7 @@ async fn a_backend_that_cuts_off_its_responses_is_taken_down_by_them() {
         assert!(body.is_err(), "a cut-off body must not end cleanly");
     }
     until_healthy_count(&pool, 3).await;
-    let record = pool
-        .snapshot()
-        .backend("server-cutting")
-        .unwrap()
-        .state()
-        .health();
-    let detail = record.last_probe.unwrap().detail;
+    let detail = last_result(&pool, "server-cutting");
     assert!(detail.contains("cut off its response"), "{detail}");
     // Its keys now go to their next backend.
     let mut client = Client::connect(proxy.local_addr()).await;

@@ -56,6 +56,15 @@ impl Rig {
         self.backend.seen()
     }
 
+    /// The paths of the requests the backend received, in order.
+    async fn forwarded_paths(&self) -> Vec<String> {
+        self.forwarded()
+            .await
+            .iter()
+            .map(|s| s.uri.path().to_owned())
+            .collect()
+    }
+
     /// A well-formed request on a new connection still gets the backend's
     /// `200`.
     async fn assert_still_serving(&self) {
@@ -155,13 +164,7 @@ async fn an_ambiguous_request_after_others_on_a_keep_alive_connection_gets_400_a
         assert_eq!(response.status, expected, "{}", response.head);
     }
     assert!(client.closes_within(CLOSE_WAIT).await, "still open");
-    let paths: Vec<String> = rig
-        .forwarded()
-        .await
-        .iter()
-        .map(|s| s.uri.path().to_owned())
-        .collect();
-    assert_eq!(paths, ["/first", "/second"]);
+    assert_eq!(rig.forwarded_paths().await, ["/first", "/second"]);
 }
 
 // hyper: Content-Length must be all digits; anything else is a parse error
@@ -563,13 +566,7 @@ async fn an_http_1_0_request_with_keep_alive_keeps_the_connection_for_the_next()
             response.head
         );
     }
-    let paths: Vec<String> = rig
-        .forwarded()
-        .await
-        .iter()
-        .map(|s| s.uri.path().to_owned())
-        .collect();
-    assert_eq!(paths, ["/one", "/two"]);
+    assert_eq!(rig.forwarded_paths().await, ["/one", "/two"]);
 }
 
 #[tokio::test]
@@ -586,13 +583,7 @@ async fn connection_close_on_http_1_1_closes_after_the_response() {
     let response = client.response().await.expect("a response");
     assert_eq!(response.status, 200, "{}", response.head);
     assert!(client.closes_within(CLOSE_WAIT).await, "still open");
-    let paths: Vec<String> = rig
-        .forwarded()
-        .await
-        .iter()
-        .map(|s| s.uri.path().to_owned())
-        .collect();
-    assert_eq!(paths, ["/bye"]);
+    assert_eq!(rig.forwarded_paths().await, ["/bye"]);
 }
 
 // hyper sends `100 Continue` when the body is first read, which the proxy
