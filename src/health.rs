@@ -45,6 +45,7 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use crate::config::{Config, HealthCheckConfig};
 use crate::pool::{Pool, PoolError, Rebuild, Snapshot};
+use crate::upstream;
 
 /// The consecutive counts that change a backend's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,14 +339,7 @@ async fn exchange(authority: &Authority, path: &str) -> Result<StatusCode, Strin
         .header(HOST, host)
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    // `host:port`, port 80 when the URL has none; an IPv6 host keeps its
-    // brackets, so this parses as a socket address.
-    let address = format!(
-        "{}:{}",
-        authority.host(),
-        authority.port_u16().unwrap_or(80)
-    );
-    let stream = TcpStream::connect(address.as_str())
+    let stream = TcpStream::connect(upstream::connect_address(authority).as_str())
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

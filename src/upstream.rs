@@ -153,6 +153,17 @@ pub async fn send(
     }
 }
 
+/// What to connect to for `authority`: `host:port`, port 80 when it has
+/// none. An IPv6 host keeps its brackets, so this parses as a socket address
+/// (and a name is looked up, each of its addresses tried in turn).
+pub fn connect_address(authority: &Authority) -> String {
+    format!(
+        "{}:{}",
+        authority.host(),
+        authority.port_u16().unwrap_or(80)
+    )
+}
+
 /// Opens a connection to `authority` (port 80 when it has none) and starts
 /// its task on this thread's runtime.
 async fn connect(
@@ -163,13 +174,7 @@ async fn connect(
         authority: authority.clone(),
         source,
     };
-    // An IPv6 host keeps its brackets, so this parses as a socket address
-    // (and a name is looked up, each of its addresses tried in turn).
-    let address = format!(
-        "{}:{}",
-        authority.host(),
-        authority.port_u16().unwrap_or(80)
-    );
+    let address = connect_address(authority);
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(address.as_str())).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => return Err(failed(error)),
@@ -260,5 +265,26 @@ impl IdleConnections {
             });
             !list.is_empty()
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connect_address_has_a_port_and_keeps_ipv6_brackets() {
+        for (authority, address) in [
+            ("127.0.0.1:9001", "127.0.0.1:9001"),
+            ("backend.internal", "backend.internal:80"),
+            ("[::1]:8080", "[::1]:8080"),
+            ("[::1]", "[::1]:80"),
+        ] {
+            let authority: Authority = authority.parse().unwrap();
+            assert_eq!(connect_address(&authority), address);
+            if !address.starts_with("backend") {
+                assert!(address.parse::<std::net::SocketAddr>().is_ok(), "{address}");
+            }
+        }
     }
 }
