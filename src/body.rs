@@ -191,14 +191,15 @@ impl UpstreamBody {
         }
     }
 
-    /// The body is over; `whole` when it was read to its end (or had
-    /// nothing in it), and only then does the connection go back for reuse.
-    fn complete(&mut self, outcome: &'static str, whole: bool) {
-        if let Some(connection) = self.connection.take()
-            && (whole || self.inner.is_end_stream())
-        {
+    /// The body was read to its end: the connection goes back for reuse.
+    /// (Dropped any other way, it closes with the body.)
+    fn release(&mut self) {
+        if let Some(connection) = self.connection.take() {
             connection.release();
         }
+    }
+
+    fn complete(&mut self, outcome: &'static str) {
         if let Some(finish) = self.finish.take() {
             finish.done(self.bytes, outcome);
         }
@@ -207,7 +208,11 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        self.complete("aborted", false);
+        // A body with nothing in it is whole without being read.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+        self.complete("aborted");
     }
 }
 
@@ -228,15 +233,19 @@ impl Body for ProxyBody {
                             body.bytes += data.len() as u64;
                         }
                         if body.inner.is_end_stream() {
-                            body.complete("complete", true);
+                            body.release();
+                            body.complete("complete");
                         }
                     }
                     Some(Err(_)) => {
                         // Cut off: the connection cannot carry another request.
                         body.connection = None;
-                        body.complete(crate::access::UPSTREAM_ERROR, false);
+                        body.complete(crate::access::UPSTREAM_ERROR);
                     }
-                    None => body.complete("complete", true),
+                    None => {
+                        body.release();
+                        body.complete("complete");
+                    }
                 }
                 Poll::Ready(frame)
             }

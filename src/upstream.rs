@@ -22,7 +22,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::future::poll_fn;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -117,7 +116,7 @@ pub async fn send(
         };
         // An idle connection may be finishing its last response still (a
         // moment on this thread), and a new one starts once its task runs.
-        if poll_fn(|cx| sender.poll_ready(cx)).await.is_err() {
+        if sender.ready().await.is_err() {
             if reused {
                 continue;
             }
