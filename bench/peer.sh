@@ -8,6 +8,13 @@
 # against one backend gives the ceiling. Prints requests/s, p50, p99 and the
 # proxy's RSS side by side, and the ratios to HAProxy.
 #
+# It also prints where the CPU went, per request: the proxy's user and system
+# time (from /proc/PID/stat, its nginx workers included) and the whole
+# machine's busy time (from /proc/stat: wrk and the backends share the
+# cores). These vary far less from run to run than requests/s. From
+# HAProxy's figures it prints the most any proxy could reach here: one that
+# spent HAProxy's system time and no user time at all.
+#
 #   bench/peer.sh                          # defaults: 8 backends, 64 conns, 10s
 #   DURATION=30s CONNS=64 bench/peer.sh
 #
@@ -68,22 +75,42 @@ request = function()
 end
 LUA
 
+# CPU clock ticks (user, system) of a process and its children (nginx's
+# workers), and of the whole machine (busy, all).
+proc_ticks() {
+  local u=0 s=0 p a b
+  for p in $1 $(ps -o pid= --ppid "$1"); do
+    read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
+    u=$((u + a)); s=$((s + b))
+  done
+  echo "$u $s"
+}
+machine_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat; }
+
 results=()
-run_wrk() { # name port pid
+run_wrk() { # name port [pid]: pid's RSS and CPU are reported
   local name=$1 port=$2 pid=${3:-}
   wait_port "$port"
   wrk -t"$THREADS" -c"$CONNS" -d1s -s "$work/urls.lua" "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
-  local out rss="-"
+  local out rss="-" u1=0 s1=0 u2=0 s2=0 busy1 all1 busy2 all2
+  [ -n "$pid" ] && read -r u1 s1 < <(proc_ticks "$pid")
+  read -r busy1 all1 < <(machine_ticks)
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$work/urls.lua" "http://127.0.0.1:$port/")
+  read -r busy2 all2 < <(machine_ticks)
+  [ -n "$pid" ] && read -r u2 s2 < <(proc_ticks "$pid")
   if [ -n "$pid" ]; then
-    rss=$(ps -o rss= -p "$pid" | awk '{printf "%.1f", $1/1024}')
+    rss=$(ps -o rss= --ppid "$pid" -p "$pid" | awk '{s+=$1} END {printf "%.1f", s/1024}')
   fi
-  local rps p50 p99 errors
+  local rps p50 p99 errors requests cpu
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
   errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-  results+=("$name|$rps|$p50|$p99|$rss|${errors:-none}")
+  # µs per request: proxy user, proxy system, machine busy (all cores).
+  cpu=$(awk -v n="$requests" -v t="$(getconf CLK_TCK)" -v u=$((u2 - u1)) -v s=$((s2 - s1)) \
+    -v b=$((busy2 - busy1)) 'BEGIN { f = 1e6 / t / n; printf "%.1f|%.1f|%.1f", u * f, s * f, b * f }')
+  results+=("$name|$rps|$p50|$p99|$rss|$cpu|${errors:-none}")
 }
 
 # --- direct: the ceiling --------------------------------------------------------
@@ -156,26 +183,37 @@ nginx -c "$work/lb.conf" -e "$work/lb.err" &
 npid=$!
 pids+=($npid)
 sleep 0.3
-# nginx's workers hold the memory; sum the RSS of the master and its workers.
-run_wrk nginx "$PROXY_PORT"
-nrss=$(ps -o rss= --ppid "$npid" -p "$npid" | awk '{s+=$1} END {printf "%.1f", s/1024}')
-results[-1]=$(awk -F'|' -v r="$nrss" 'BEGIN{OFS="|"} {$5=r; print}' <<<"${results[-1]}")
+# nginx's workers hold the memory and do the work: run_wrk counts the
+# master's children with it.
+run_wrk nginx "$PROXY_PORT" "$npid"
 kill "$npid"; wait "$npid" 2>/dev/null || true
 
 # --- report ---------------------------------------------------------------------
 echo
 echo "$BACKENDS backends, URL key, $CONNS connections, $THREADS wrk threads, $DURATION, $(nproc) cores"
-printf '%-10s %12s %10s %10s %10s  %s\n' target "requests/s" p50 p99 "RSS MiB" errors
-haproxy_rps=""
+printf '%-10s %12s %10s %10s %8s %22s %12s  %s\n' target "requests/s" p50 p99 "RSS MiB" \
+  "proxy CPU us/req u+s" "machine us" errors
+haproxy=""
 for r in "${results[@]}"; do
-  IFS='|' read -r name rps p50 p99 rss errors <<<"$r"
-  printf '%-10s %12s %10s %10s %10s  %s\n' "$name" "$rps" "$p50" "$p99" "$rss" "$errors"
-  [ "$name" = haproxy ] && haproxy_rps=$rps
+  IFS='|' read -r name rps p50 p99 rss user sys busy errors <<<"$r"
+  proxy="-"
+  [ "$rss" != "-" ] && proxy="$user + $sys"
+  printf '%-10s %12s %10s %10s %8s %22s %12s  %s\n' "$name" "$rps" "$p50" "$p99" "$rss" "$proxy" "$busy" "$errors"
+  [ "$name" = haproxy ] && haproxy=$r
 done
-if [ -n "$haproxy_rps" ]; then
+if [ -n "$haproxy" ]; then
+  IFS='|' read -r _ hrps _ _ _ huser _ hbusy _ <<<"$haproxy"
   echo
   for r in "${results[@]}"; do
     IFS='|' read -r name rps _ <<<"$r"
-    awk -v n="$name" -v a="$rps" -v h="$haproxy_rps" 'BEGIN { printf "%-10s %.2fx HAProxy\n", n, a / h }'
+    awk -v n="$name" -v a="$rps" -v h="$hrps" 'BEGIN { printf "%-10s %.2fx HAProxy\n", n, a / h }'
   done
+  # The machine is saturated: requests/s goes as 1 / (machine µs per
+  # request). A proxy with HAProxy's system time and no user time would cut
+  # HAProxy's user time out of that.
+  awk -v u="$huser" -v b="$hbusy" 'BEGIN {
+    if (b <= u) exit
+    printf "bound      %.2fx HAProxy: a proxy with HAProxy'"'"'s system time and no user time (%.1f of %.1f us/req)\n", b / (b - u), u, b
+    printf "           1.10x HAProxy takes a user time of at most %.1f us/req (HAProxy: %.1f)\n", u - (b - b / 1.1), u
+  }'
 fi
