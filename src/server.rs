@@ -438,6 +438,16 @@ impl<C> Workers<C> {
     }
 }
 
+/// Moves a connection that another worker accepted onto this thread's
+/// runtime. A socket stays registered with the I/O driver of the runtime that
+/// accepted it: left there, every readiness event of the connection would be
+/// seen by that worker's thread and passed over to this one (an `eventfd`
+/// write and a wake-up of this thread each time), and the connection would
+/// stall whenever that thread is busy.
+fn rehome(stream: TcpStream) -> io::Result<TcpStream> {
+    TcpStream::from_std(stream.into_std()?)
+}
+
 /// The accept loop, then the drain. `me` is this worker's place in
 /// `workers`: a connection the kernel gave this worker while another serves
 /// fewer goes to that one, so that long keep-alive connections spread evenly
@@ -487,7 +497,13 @@ async fn serve(
                     continue;
                 }
             },
-            Some(connection) = handed.recv() => connection,
+            Some(((stream, peer, counted), load)) = handed.recv() => match rehome(stream) {
+                Ok(stream) => ((stream, peer, counted), load),
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "cannot take over a handed connection");
+                    continue;
+                }
+            },
             // Reap finished connections so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
@@ -717,6 +733,73 @@ mod tests {
             }
         }
         (served, guards)
+    }
+
+    /// Worker A accepts a connection and hands it to worker B, then A's
+    /// thread stays busy (its runtime's I/O driver does not turn). B reads
+    /// and answers on the connection all the same: it was moved onto B's
+    /// runtime, and nothing of it waits on A.
+    #[test]
+    fn a_handed_connection_does_not_wait_on_the_worker_that_accepted_it() {
+        use std::io::{Read, Write};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let current_thread = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let (hand, handed) = std::sync::mpsc::channel::<TcpStream>();
+        let (release, busy) = std::sync::mpsc::channel::<()>();
+        let a = std::thread::spawn(move || {
+            current_thread().block_on(async move {
+                let listener = TcpListener::from_std(listener).unwrap();
+                let (stream, _) = listener.accept().await.unwrap();
+                hand.send(stream).unwrap();
+                // Busy until the test ends: this runtime polls nothing.
+                let _ = busy.recv_timeout(Duration::from_secs(20));
+            });
+        });
+        let b = std::thread::spawn(move || {
+            current_thread().block_on(async move {
+                let stream = handed.recv_timeout(Duration::from_secs(5)).unwrap();
+                let mut stream = rehome(stream).unwrap();
+                let mut requests = Vec::new();
+                // Twice: tokio takes a new connection as ready at first, so
+                // the second read is the one that waits on a driver's event.
+                for _ in 0..2 {
+                    let mut request = [0u8; 4];
+                    tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut request))
+                        .await
+                        .expect("the handed connection is read within 2 s")
+                        .unwrap();
+                    stream.write_all(b"pong").await.unwrap();
+                    requests.push(request);
+                }
+                requests
+            })
+        });
+        let mut client = std::net::TcpStream::connect(address).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let mut answer = [0u8; 4];
+            if client.write_all(b"ping").is_err() || client.read_exact(&mut answer).is_err() {
+                break;
+            }
+            answers.push(answer);
+        }
+        let requests = b.join();
+        release.send(()).unwrap();
+        a.join().unwrap();
+        assert_eq!(requests.expect("worker B answers"), [*b"ping"; 2]);
+        assert_eq!(answers, [*b"pong"; 2]);
     }
 
     #[test]
