@@ -44,39 +44,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "peer.sh: nothing listens on port $1" >&2
-  return 1
-}
-
-# --- backends: one nginx with a server per port --------------------------------
-{
-  echo "worker_processes 1; daemon off; pid $work/backends.pid; error_log $work/backends.err;"
-  echo "events { worker_connections 4096; }"
-  echo "http { access_log off; keepalive_requests 100000;"
-  for i in $(seq 1 "$BACKENDS"); do
-    echo "  server { listen 127.0.0.1:$((BASE_PORT + i)); location / { return 200 \"backend-$i\n\"; } }"
-  done
-  echo "}"
-} > "$work/backends.conf"
-nginx -c "$work/backends.conf" -e "$work/backends.err" &
-pids+=($!)
-for i in $(seq 1 "$BACKENDS"); do wait_port $((BASE_PORT + i)); done
-
-# --- the load: random URLs so that consistent hashing spreads them -------------
-cat > "$work/urls.lua" <<'LUA'
-math.randomseed(42)
-request = function()
-  return wrk.format("GET", "/item/" .. math.random(1, 1000000))
-end
-LUA
+. bench/common.sh
+start_backends
+write_urls
 
 # CPU clock ticks (user, system) of a process and its children (nginx's
-# workers), and of the whole machine (busy, all).
+# workers), and the whole machine's busy ticks (all cores; idle, I/O wait and
+# time stolen by the hypervisor left out).
 proc_ticks() {
   local u=0 s=0 p a b
   for p in $1 $(ps -o pid= --ppid "$1"); do
@@ -85,18 +59,18 @@ proc_ticks() {
   done
   echo "$u $s"
 }
-machine_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat; }
+machine_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat; }
 
 results=()
 run_wrk() { # name port [pid]: pid's RSS and CPU are reported
   local name=$1 port=$2 pid=${3:-}
   wait_port "$port"
   wrk -t"$THREADS" -c"$CONNS" -d1s -s "$work/urls.lua" "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
-  local out rss="-" u1=0 s1=0 u2=0 s2=0 busy1 all1 busy2 all2
+  local out rss="-" u1=0 s1=0 u2=0 s2=0 busy1 busy2
   [ -n "$pid" ] && read -r u1 s1 < <(proc_ticks "$pid")
-  read -r busy1 all1 < <(machine_ticks)
+  busy1=$(machine_ticks)
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$work/urls.lua" "http://127.0.0.1:$port/")
-  read -r busy2 all2 < <(machine_ticks)
+  busy2=$(machine_ticks)
   [ -n "$pid" ] && read -r u2 s2 < <(proc_ticks "$pid")
   if [ -n "$pid" ]; then
     rss=$(ps -o rss= --ppid "$pid" -p "$pid" | awk '{s+=$1} END {printf "%.1f", s/1024}')
@@ -117,20 +91,7 @@ run_wrk() { # name port [pid]: pid's RSS and CPU are reported
 run_wrk direct $((BASE_PORT + 1))
 
 # --- affinity -------------------------------------------------------------------
-{
-  echo "[listener]"
-  echo "address = \"127.0.0.1:$PROXY_PORT\""
-  echo "[balancer]"
-  echo "algorithm = \"maglev\""
-  echo "key = \"url\""
-  echo "[health_check]"
-  echo "interval = \"5s\""
-  for i in $(seq 1 "$BACKENDS"); do
-    echo "[[backends]]"
-    echo "name = \"backend-$i\""
-    echo "url = \"http://127.0.0.1:$((BASE_PORT + i))\""
-  done
-} > "$work/affinity.toml"
+write_affinity_config
 RUST_LOG=warn target/release/affinity -c "$work/affinity.toml" 2>"$work/affinity.err" &
 apid=$!
 pids+=($apid)
@@ -139,26 +100,7 @@ kill "$apid"; wait "$apid" 2>/dev/null || true
 
 # --- HAProxy: balance uri, consistent hashing -----------------------------------
 if command -v haproxy >/dev/null; then
-  {
-    echo "global"
-    echo "  nbthread 2"
-    echo "  maxconn 4096"
-    echo "defaults"
-    echo "  mode http"
-    echo "  timeout connect 1s"
-    echo "  timeout client 30s"
-    echo "  timeout server 30s"
-    echo "  http-reuse always"
-    echo "frontend fe"
-    echo "  bind 127.0.0.1:$PROXY_PORT"
-    echo "  default_backend be"
-    echo "backend be"
-    echo "  balance uri"
-    echo "  hash-type consistent"
-    for i in $(seq 1 "$BACKENDS"); do
-      echo "  server backend-$i 127.0.0.1:$((BASE_PORT + i))"
-    done
-  } > "$work/haproxy.cfg"
+  write_haproxy_config
   haproxy -db -f "$work/haproxy.cfg" 2>"$work/haproxy.err" &
   hpid=$!
   pids+=($hpid)

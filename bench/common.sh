@@ -1,0 +1,87 @@
+# Shared by bench/peer.sh and bench/callgrind.sh (sourced, not run): the
+# backends, the load and the proxies' configs, the same for every proxy.
+#
+# Expects BACKENDS, BASE_PORT and PROXY_PORT set, a `pids` array (what is
+# started is appended to it, for the caller's cleanup) and a scratch
+# directory in `work`.
+
+# Waits until something listens on 127.0.0.1:$1 (up to 20 s).
+wait_port() {
+  for _ in $(seq 1 400); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "$(basename "$0"): nothing listens on port $1" >&2
+  return 1
+}
+
+# BACKENDS backends on BASE_PORT+1.., one nginx with a server per port, each
+# answering every path with its own name.
+start_backends() {
+  {
+    echo "worker_processes 1; daemon off; pid $work/backends.pid; error_log $work/backends.err;"
+    echo "events { worker_connections 4096; }"
+    echo "http { access_log off; keepalive_requests 100000;"
+    for i in $(seq 1 "$BACKENDS"); do
+      echo "  server { listen 127.0.0.1:$((BASE_PORT + i)); location / { return 200 \"backend-$i\n\"; } }"
+    done
+    echo "}"
+  } > "$work/backends.conf"
+  nginx -c "$work/backends.conf" -e "$work/backends.err" &
+  pids+=($!)
+  for i in $(seq 1 "$BACKENDS"); do wait_port $((BASE_PORT + i)); done
+}
+
+# The load, $work/urls.lua for wrk: random URLs, so that consistent hashing
+# spreads them, the same sequence every run.
+write_urls() {
+  cat > "$work/urls.lua" <<'LUA'
+math.randomseed(42)
+request = function()
+  return wrk.format("GET", "/item/" .. math.random(1, 1000000))
+end
+LUA
+}
+
+# $work/affinity.toml: Maglev on the URL over the backends.
+write_affinity_config() {
+  {
+    echo "[listener]"
+    echo "address = \"127.0.0.1:$PROXY_PORT\""
+    echo "[balancer]"
+    echo "algorithm = \"maglev\""
+    echo "key = \"url\""
+    echo "[health_check]"
+    echo "interval = \"5s\""
+    for i in $(seq 1 "$BACKENDS"); do
+      echo "[[backends]]"
+      echo "name = \"backend-$i\""
+      echo "url = \"http://127.0.0.1:$((BASE_PORT + i))\""
+    done
+  } > "$work/affinity.toml"
+}
+
+# $work/haproxy.cfg: `balance uri` with consistent hashing, 2 threads,
+# backend connections reused.
+write_haproxy_config() {
+  {
+    echo "global"
+    echo "  nbthread 2"
+    echo "  maxconn 4096"
+    echo "defaults"
+    echo "  mode http"
+    echo "  timeout connect 1s"
+    echo "  timeout client 30s"
+    echo "  timeout server 30s"
+    echo "  http-reuse always"
+    echo "frontend fe"
+    echo "  bind 127.0.0.1:$PROXY_PORT"
+    echo "  default_backend be"
+    echo "backend be"
+    echo "  balance uri"
+    echo "  hash-type consistent"
+    for i in $(seq 1 "$BACKENDS"); do
+      echo "  server backend-$i 127.0.0.1:$((BASE_PORT + i))"
+    done
+  } > "$work/haproxy.cfg"
+}
