@@ -34,13 +34,7 @@ if [ -z "${BIN:-}" ]; then
 fi
 
 work=${OUT:-$(mktemp -d)}
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
+KEEP=1 # the profiles
 . bench/common.sh
 start_backends
 write_urls

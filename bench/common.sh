@@ -1,9 +1,17 @@
 # Shared by bench/peer.sh and bench/callgrind.sh (sourced, not run): the
 # backends, the load and the proxies' configs, the same for every proxy.
 #
-# Expects BACKENDS, BASE_PORT and PROXY_PORT set, a `pids` array (what is
-# started is appended to it, for the caller's cleanup) and a scratch
-# directory in `work`.
+# Expects BACKENDS, BASE_PORT and PROXY_PORT set and a scratch directory in
+# `work`. What the scripts start goes into `pids`, stopped on exit; `work` is
+# removed then unless KEEP is set.
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
 
 # Waits until something listens on 127.0.0.1:$1 (up to 20 s).
 wait_port() {

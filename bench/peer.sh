@@ -36,14 +36,6 @@ done
 cargo build --release --quiet
 
 work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-
 . bench/common.sh
 start_backends
 write_urls
@@ -71,8 +63,8 @@ run_wrk() { # name port [pid]: pid's RSS and CPU are reported
   busy1=$(machine_ticks)
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$work/urls.lua" "http://127.0.0.1:$port/")
   busy2=$(machine_ticks)
-  [ -n "$pid" ] && read -r u2 s2 < <(proc_ticks "$pid")
   if [ -n "$pid" ]; then
+    read -r u2 s2 < <(proc_ticks "$pid")
     rss=$(ps -o rss= --ppid "$pid" -p "$pid" | awk '{s+=$1} END {printf "%.1f", s/1024}')
   fi
   local rps p50 p99 errors requests cpu
