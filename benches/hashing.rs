@@ -15,10 +15,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use affinity::hash::KeyHasher;
-use affinity::maglev::{DEFAULT_TABLE_SIZE, HealthyMaglev, LARGE_TABLE_SIZE, Maglev};
-use affinity::member::Member;
-use affinity::ring::{DEFAULT_POINTS_PER_WEIGHT, HealthyRing, Ring};
+use affinity::balance::hash::KeyHasher;
+use affinity::balance::maglev::{DEFAULT_TABLE_SIZE, HealthyMaglev, LARGE_TABLE_SIZE, Maglev};
+use affinity::balance::member::Member;
+use affinity::balance::ring::{DEFAULT_POINTS_PER_WEIGHT, HealthyRing, Ring};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
 use maglev::ConsistentHasher;

@@ -9,10 +9,9 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
-use affinity::churn::churn;
+use affinity::balance::churn::churn;
 use affinity::config::Config;
-use affinity::selector::HashAlgorithm;
-use affinity::server::{Drain, ProxyHandle};
+use affinity::listener::{Drain, ProxyHandle};
 
 /// mimalloc: per-thread free lists suit the proxy's many short-lived
 /// allocations (request heads, header maps, futures) better than glibc's
@@ -147,7 +146,7 @@ async fn run(config: Config, path: PathBuf, demo: bool) -> ExitCode {
     };
     // Started before the proxy, so the proxy's first requests find them.
     let _demo = if demo {
-        match affinity::demo::start(&config).await {
+        match affinity::entry::demo::start(&config).await {
             Ok(backends) => Some(backends),
             Err(e) => {
                 eprintln!("affinity: {e}");
@@ -158,7 +157,7 @@ async fn run(config: Config, path: PathBuf, demo: bool) -> ExitCode {
         None
     };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let proxy = match affinity::server::start_workers(config, workers).await {
+    let proxy = match affinity::listener::start_workers(config, workers).await {
         Ok(proxy) => proxy,
         Err(e) => {
             eprintln!("affinity: {e}");
@@ -234,7 +233,7 @@ impl StopSignals {
 }
 
 fn run_churn(config: &Config, json: bool) -> ExitCode {
-    let Some(algorithm) = HashAlgorithm::from_config(&config.balancer) else {
+    let Some(algorithm) = config.balancer.hash_algorithm() else {
         eprintln!(
             "affinity: --churn measures consistent hashing; balancer.algorithm is {}, \
              which keeps no key mapping (use maglev or ring_hash)",

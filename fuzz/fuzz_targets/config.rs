@@ -8,9 +8,9 @@
 use std::path::Path;
 
 use affinity::config::Config;
-use affinity::member::Member;
-use affinity::ring::MAX_POINTS;
-use affinity::selector::{HashAlgorithm, HashTable};
+use affinity::balance::member::Member;
+use affinity::balance::ring::MAX_POINTS;
+use affinity::balance::selector::{HashAlgorithm, HashTable};
 use libfuzzer_sys::fuzz_target;
 
 const FILE: &str = "fuzz.toml";
@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
 /// A config that passes validation must not fail later, when the proxy
 /// builds its Maglev table or ring from it.
 fn check_hash_table_builds(config: &Config, members: &[Member]) {
-    let Some(algorithm) = HashAlgorithm::from_config(&config.balancer) else {
+    let Some(algorithm) = config.balancer.hash_algorithm() else {
         return;
     };
     let total_weight: u64 = members.iter().map(|m| u64::from(m.weight)).sum();

@@ -15,8 +15,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use affinity::config::KeySource;
-use affinity::headers::{self, HOP_BY_HOP};
-use affinity::key::{self, KeyOrigin, X_FORWARDED_FOR};
+use affinity::proxy::headers::{self, HOP_BY_HOP};
+use affinity::balance::key::{self, KeyOrigin, X_FORWARDED_FOR};
 use hyper::Uri;
 use hyper::Version;
 use hyper::header::{CONNECTION, HeaderMap, HeaderName, HeaderValue};

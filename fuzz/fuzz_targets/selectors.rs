@@ -9,9 +9,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use affinity::maglev::{HealthyMaglev, Maglev};
-use affinity::member::{MAX_WEIGHT, Member};
-use affinity::ring::{HealthyRing, MAX_POINTS, Ring};
+use affinity::balance::maglev::{HealthyMaglev, Maglev};
+use affinity::balance::member::{MAX_WEIGHT, Member};
+use affinity::balance::ring::{HealthyRing, MAX_POINTS, Ring};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 
@@ -123,7 +123,7 @@ impl Case {
     }
 
     /// What every selector requires of a pool, restated here independently
-    /// of `affinity::member::validate`.
+    /// of `affinity::balance::member::validate`.
     fn members_are_valid(&self) -> bool {
         let mut names = HashSet::new();
         self.members.iter().all(|m| {

@@ -1,0 +1,430 @@
+//! Prometheus metrics, kept with the `prometheus-client` crate and rendered
+//! by it in the OpenMetrics text format or the Prometheus text format 0.0.4
+//! ([`Metrics::encode_with`], served by the admin endpoint's `/metrics`).
+//!
+//! The counters are the pool's [`Stats`], recorded by the pool and the
+//! request path; [`Metrics`] registers them under the names below once, when
+//! the admin endpoint starts, and reads the rest from the current
+//! [`Snapshot`] at each scrape.
+//!
+//! Families recorded as things happen:
+//! * `affinity_requests_total{backend,code}`: requests finished (counted when
+//!   the response body has been sent or abandoned), by the backend that
+//!   answered and the status the client got. A `502` or `504` the proxy
+//!   answered because a backend failed counts against that backend; a
+//!   request that no backend is to blame for (`503` no healthy backend, `405`
+//!   for `CONNECT`, `400`) has the backend label `""` ([`NO_BACKEND`], which
+//!   no configured backend can have: names are never empty);
+//! * `affinity_request_duration_seconds{backend}`: from the request's arrival
+//!   to the end of its response body, labelled as above;
+//! * `affinity_upstream_retries_total{backend,reason}`: requests sent on to
+//!   the next backend after `backend` failed, `reason` being
+//!   `connect_error` or `upstream_error`;
+//! * `affinity_health_transitions_total{backend,to}`: health changes, `to`
+//!   being `healthy` or `unhealthy`;
+//! * `affinity_table_rebuilds_total`: snapshots published after a health
+//!   change or a reload;
+//! * `affinity_table_rebuild_duration_seconds`: how long building each took;
+//! * `affinity_table_moved_ratio`: the share of the key space whose backend
+//!   the last rebuild changed (hash algorithms; 0 for the classic policies).
+//!
+//! Families read from the current [`Snapshot`] at scrape time (a
+//! [`Collector`], so a backend removed by a reload disappears from them):
+//! * `affinity_backend_healthy{backend}`: 1 or 0;
+//! * `affinity_backend_in_flight{backend}`: requests sent to it whose
+//!   response has not finished;
+//! * `affinity_table_share{backend}`: its share of the key space now (hash
+//!   algorithms), or of the healthy weight (classic policies).
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::pool::Snapshot;
+use crate::pool::stats::{BackendLabels, Stats};
+
+/// The exposition formats `/metrics` can answer in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics text 1.0.0 (ends with `# EOF`).
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4.
+    Prometheus,
+}
+
+impl Format {
+    /// The format a scraper asks for in its `Accept` header: OpenMetrics
+    /// when it names `application/openmetrics-text`, else the Prometheus
+    /// text format (as Prometheus's own client libraries negotiate).
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(accept) if accept.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    /// The `Content-Type` of a response in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+}
+
+/// The registry that renders a pool's [`Stats`] under their Prometheus
+/// names; the registered families are shared with the stats, so it shows
+/// what they count at each scrape.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Every family of `stats` registered.
+    pub fn new(stats: &Stats) -> Metrics {
+        let mut registry = Registry::default();
+        registry.register(
+            "affinity_requests",
+            "Requests finished, by the backend that answered (\"\" when none is to blame) and the status the client got",
+            stats.requests().clone(),
+        );
+        registry.register(
+            "affinity_request_duration_seconds",
+            "Time from a request's arrival to the end of its response body, by backend",
+            stats.request_duration().clone(),
+        );
+        registry.register(
+            "affinity_upstream_retries",
+            "Requests sent on to the next backend after this backend failed, by reason",
+            stats.upstream_retries().clone(),
+        );
+        registry.register(
+            "affinity_health_transitions",
+            "Backend health changes, by backend and the state it changed to",
+            stats.health_transition_family().clone(),
+        );
+        registry.register(
+            "affinity_table_rebuilds",
+            "Pool snapshots published after a health change or a reload",
+            stats.table_rebuild_counter().clone(),
+        );
+        registry.register(
+            "affinity_table_rebuild_duration_seconds",
+            "Time to build the next pool snapshot (selector table included)",
+            stats.table_rebuild_duration().clone(),
+        );
+        registry.register(
+            "affinity_table_moved_ratio",
+            "Share of the key space whose backend the last rebuild changed",
+            stats.table_moved_ratio().clone(),
+        );
+        Metrics { registry }
+    }
+
+    /// The OpenMetrics text of the families recorded as things happen (not
+    /// the ones read from a snapshot), ending with `# EOF`.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// The exposition of every family in `format`: those recorded as things
+    /// happen, and the gauges read from `snapshot` now.
+    pub fn encode_with(&self, snapshot: Arc<Snapshot>, format: Format) -> String {
+        let mut live = Registry::default();
+        live.register_collector(Box::new(SnapshotGauges(snapshot)));
+        let mut text = String::new();
+        // Writing to a String cannot fail, and neither can the collector.
+        match format {
+            Format::OpenMetrics => {
+                use prometheus_client::encoding::text;
+                let _ = text::encode_registry(&mut text, &self.registry);
+                let _ = text::encode_registry(&mut text, &live);
+                let _ = text::encode_eof(&mut text);
+            }
+            Format::Prometheus => {
+                use prometheus_client::encoding::prometheus_text;
+                let _ = prometheus_text::encode(&mut text, &self.registry);
+                let _ = prometheus_text::encode(&mut text, &live);
+            }
+        }
+        text
+    }
+}
+
+/// The gauges read from a snapshot at scrape time.
+#[derive(Debug)]
+struct SnapshotGauges(Arc<Snapshot>);
+
+impl SnapshotGauges {
+    fn family<N>(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        value: impl Fn(usize) -> ConstGauge<N>,
+    ) -> fmt::Result
+    where
+        ConstGauge<N>: EncodeMetric,
+    {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (i, backend) in self.0.backends().iter().enumerate() {
+            let labels = BackendLabels {
+                backend: backend.name().clone(),
+            };
+            value(i).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Collector for SnapshotGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let backends = self.0.backends();
+        self.family(
+            &mut encoder,
+            "affinity_backend_healthy",
+            "Whether the backend is in the pool now (1) or out of it (0).",
+            |i| ConstGauge::new(i64::from(backends[i].is_healthy())),
+        )?;
+        self.family(
+            &mut encoder,
+            "affinity_backend_in_flight",
+            "Requests sent to the backend whose response has not finished.",
+            |i| ConstGauge::new(backends[i].state().in_flight()),
+        )?;
+        let shares = self.0.shares();
+        self.family(
+            &mut encoder,
+            "affinity_table_share",
+            "The backend's share of the key space now (hash algorithms) or of the healthy weight (classic policies).",
+            |i| ConstGauge::new(shares.get(i).copied().unwrap_or(0.0)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::pool::health::Transition;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    fn snapshot(text: &str) -> Arc<Snapshot> {
+        let config = Config::from_toml(text, Path::new("t.toml")).unwrap();
+        Arc::new(Snapshot::all_healthy(Arc::new(config)).unwrap())
+    }
+
+    const TWO: &str = "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n\
+                       [[backends]]\nname = \"b\"\nurl = \"http://127.0.0.1:2\"\nweight = 3\n";
+
+    #[test]
+    fn a_fresh_registry_exposes_the_unlabelled_families_at_zero() {
+        let text = Metrics::new(&Stats::new()).encode_with(snapshot(TWO), Format::OpenMetrics);
+        assert_eq!(
+            line(&text, "affinity_table_rebuilds_total "),
+            Some("affinity_table_rebuilds_total 0")
+        );
+        assert_eq!(
+            line(&text, "affinity_table_moved_ratio "),
+            Some("affinity_table_moved_ratio 0.0")
+        );
+        // A labelled family appears with its first sample.
+        assert!(!text.contains("affinity_requests"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn every_family_has_help_text_once_it_has_a_sample() {
+        let stats = Stats::new();
+        let metrics = Metrics::new(&stats);
+        let a: Arc<str> = Arc::from("a");
+        stats.request_finished(Some(&a), 200, Duration::from_millis(1));
+        stats.upstream_retry(&a, "connect_error");
+        stats.health_transition("a", Transition::Down);
+        let text = metrics.encode_with(snapshot(TWO), Format::OpenMetrics);
+        for family in [
+            "affinity_requests",
+            "affinity_request_duration_seconds",
+            "affinity_upstream_retries",
+            "affinity_health_transitions",
+            "affinity_table_rebuilds",
+            "affinity_table_rebuild_duration_seconds",
+            "affinity_table_moved_ratio",
+            "affinity_backend_healthy",
+            "affinity_backend_in_flight",
+            "affinity_table_share",
+        ] {
+            assert!(
+                line(&text, &format!("# HELP {family} ")).is_some(),
+                "{family}:\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(text.matches("# EOF").count(), 1);
+    }
+
+    #[test]
+    fn transitions_and_rebuilds_count_with_their_labels() {
+        let stats = Stats::new();
+        let metrics = Metrics::new(&stats);
+        stats.health_transition("server-1", Transition::Down);
+        stats.health_transition("server-1", Transition::Down);
+        stats.health_transition("server-1", Transition::Up);
+        stats.table_rebuilt(Duration::from_micros(120), 0.25);
+        let text = metrics.encode();
+        assert_eq!(
+            line(
+                &text,
+                "affinity_health_transitions_total{backend=\"server-1\",to=\"unhealthy\"}"
+            ),
+            Some("affinity_health_transitions_total{backend=\"server-1\",to=\"unhealthy\"} 2")
+        );
+        assert_eq!(
+            line(
+                &text,
+                "affinity_health_transitions_total{backend=\"server-1\",to=\"healthy\"}"
+            ),
+            Some("affinity_health_transitions_total{backend=\"server-1\",to=\"healthy\"} 1")
+        );
+        assert_eq!(
+            line(&text, "affinity_table_rebuilds_total "),
+            Some("affinity_table_rebuilds_total 1")
+        );
+        assert_eq!(
+            line(&text, "affinity_table_moved_ratio "),
+            Some("affinity_table_moved_ratio 0.25")
+        );
+        assert_eq!(
+            line(&text, "affinity_table_rebuild_duration_seconds_count "),
+            Some("affinity_table_rebuild_duration_seconds_count 1")
+        );
+    }
+
+    #[test]
+    fn requests_count_by_backend_and_code_and_local_answers_have_an_empty_backend() {
+        let stats = Stats::new();
+        let metrics = Metrics::new(&stats);
+        let a: Arc<str> = Arc::from("a");
+        stats.request_finished(Some(&a), 200, Duration::from_millis(3));
+        stats.request_finished(Some(&a), 200, Duration::from_millis(40));
+        stats.request_finished(None, 503, Duration::from_micros(10));
+        stats.upstream_retry(&a, "connect_error");
+        let text = metrics.encode();
+        assert_eq!(
+            line(&text, "affinity_requests_total{backend=\"a\",code=\"200\"}"),
+            Some("affinity_requests_total{backend=\"a\",code=\"200\"} 2")
+        );
+        assert_eq!(
+            line(&text, "affinity_requests_total{backend=\"\",code=\"503\"}"),
+            Some("affinity_requests_total{backend=\"\",code=\"503\"} 1")
+        );
+        assert_eq!(
+            line(
+                &text,
+                "affinity_request_duration_seconds_count{backend=\"a\"}"
+            ),
+            Some("affinity_request_duration_seconds_count{backend=\"a\"} 2")
+        );
+        assert_eq!(
+            line(
+                &text,
+                "affinity_request_duration_seconds_bucket{le=\"0.005\",backend=\"a\"}"
+            ),
+            Some("affinity_request_duration_seconds_bucket{le=\"0.005\",backend=\"a\"} 1")
+        );
+        assert_eq!(
+            line(
+                &text,
+                "affinity_upstream_retries_total{backend=\"a\",reason=\"connect_error\"}"
+            ),
+            Some("affinity_upstream_retries_total{backend=\"a\",reason=\"connect_error\"} 1")
+        );
+    }
+
+    #[test]
+    fn snapshot_gauges_follow_the_snapshot_they_are_read_from() {
+        let stats = Stats::new();
+        let metrics = Metrics::new(&stats);
+        let two = snapshot(TWO);
+        let _busy = two.backends()[1].state().begin();
+        let text = metrics.encode_with(two.clone(), Format::OpenMetrics);
+        assert_eq!(
+            line(&text, "affinity_backend_healthy{backend=\"b\"}"),
+            Some("affinity_backend_healthy{backend=\"b\"} 1")
+        );
+        assert_eq!(
+            line(&text, "affinity_backend_in_flight{backend=\"b\"}"),
+            Some("affinity_backend_in_flight{backend=\"b\"} 1")
+        );
+        assert!(line(&text, "affinity_table_share{backend=\"a\"}").is_some());
+        // A pool without `b`: its gauges are gone.
+        let one = snapshot("[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n");
+        let text = metrics.encode_with(one, Format::OpenMetrics);
+        assert!(!text.contains("backend=\"b\""), "{text}");
+        assert_eq!(
+            line(&text, "affinity_table_share{backend=\"a\"}"),
+            Some("affinity_table_share{backend=\"a\"} 1.0")
+        );
+    }
+
+    #[test]
+    fn the_prometheus_format_has_no_eof_and_types_counters_by_their_sample_name() {
+        let stats = Stats::new();
+        let metrics = Metrics::new(&stats);
+        stats.table_rebuilt(Duration::from_millis(1), 0.5);
+        let text = metrics.encode_with(snapshot(TWO), Format::Prometheus);
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(
+            text.contains("# TYPE affinity_table_rebuilds_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\naffinity_table_rebuilds_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE affinity_backend_healthy gauge\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_format_follows_the_accept_header() {
+        assert_eq!(Format::from_accept(None), Format::Prometheus);
+        assert_eq!(
+            Format::from_accept(Some("text/plain;version=0.0.4")),
+            Format::Prometheus
+        );
+        assert_eq!(
+            Format::from_accept(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
+        assert!(
+            Format::OpenMetrics
+                .content_type()
+                .starts_with("application/openmetrics-text")
+        );
+        assert!(
+            Format::Prometheus
+                .content_type()
+                .starts_with("text/plain; version=0.0.4")
+        );
+    }
+}

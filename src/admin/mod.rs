@@ -1,0 +1,721 @@
+//! The admin endpoint: what the proxy is doing, for operators and their
+//! tools, on a listener of its own (`[admin] address`), never on the proxy
+//! port.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /` | a self-contained HTML page: one row per backend with its health, a bar for its share of the table and its requests in flight, refreshed from `/status` every 3 s |
+//! | `GET /healthz` | `200 ok` while serving, `503 draining` once a shutdown began |
+//! | `GET /status` | JSON: version, uptime, algorithm, key, table size or ring points, the last rebuild, and every configured backend with its health, load and share |
+//! | `GET /lookup?key=K` | JSON: the hash of key bytes `K`, the backend it goes to now and its fallback order; `?ip=A` and `?url=/p?q` build the key bytes a request from client `A` or for target `/p?q` hashes |
+//! | `GET /metrics` | the Prometheus exposition ([`crate::admin::metrics`]): OpenMetrics text when the `Accept` header asks for it, else the text format 0.0.4 |
+//!
+//! `HEAD` works wherever `GET` does; another method gets `405` with `Allow:
+//! GET, HEAD`, an unknown path `404`. Every answer reads the pool's current
+//! [`Snapshot`] once, so it describes one consistent table, the one requests
+//! starting at the same moment use. `/lookup` hashes exactly the bytes the
+//! request path hashes ([`crate::balance::key`]) with the same hasher and asks the
+//! same selector, so its answer is where such a request goes (with bounded
+//! load on, where it goes while its backend is below its load bound).
+//!
+//! [`start`] runs the server on the current tokio runtime; dropping the
+//! returned [`AdminServer`] stops it.
+
+pub mod metrics;
+
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::admin::metrics::{Format, Metrics};
+use crate::balance::key;
+use crate::balance::selector::HashTable;
+use crate::config::KeySource;
+use crate::pool::{Pool, Selector, Snapshot};
+
+/// The status page, served as is.
+const PAGE: &str = include_str!("page.html");
+
+/// How long an admin client may take to send a request's headers (the
+/// proxy listener uses `limits.header_timeout`).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The page may load nothing but itself and `/status`.
+const PAGE_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; \
+                           script-src 'unsafe-inline'; connect-src 'self'";
+
+/// A running admin server; dropping it stops the server and closes its
+/// connections.
+#[derive(Debug)]
+pub struct AdminServer {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// The address it listens on (the actual port when the config said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `address` and serves the admin endpoint for `pool` on the current
+/// runtime. `draining` turns `/healthz` to `503` once set.
+pub async fn start(
+    address: SocketAddr,
+    pool: Arc<Pool>,
+    draining: Arc<AtomicBool>,
+) -> io::Result<AdminServer> {
+    let listener = TcpListener::bind(address).await?;
+    let local_addr = listener.local_addr()?;
+    let admin = Arc::new(Admin {
+        metrics: Metrics::new(pool.stats()),
+        pool,
+        draining,
+        started: Instant::now(),
+    });
+    tracing::info!(address = %local_addr, "admin endpoint on {local_addr}");
+    let task = tokio::spawn(accept_loop(listener, admin));
+    Ok(AdminServer { local_addr, task })
+}
+
+async fn accept_loop(listener: TcpListener, admin: Arc<Admin>) {
+    // Owned here: aborting this task drops them, which aborts them.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let admin = admin.clone();
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let response = admin.respond(
+                            request.method(),
+                            request.uri(),
+                            request.headers(),
+                        );
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service);
+                    connections.spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(%peer, %error, "admin connection ended with an error");
+                        }
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// What the admin endpoint answers from.
+struct Admin {
+    pool: Arc<Pool>,
+    /// The pool's counters, registered under their Prometheus names.
+    metrics: Metrics,
+    draining: Arc<AtomicBool>,
+    started: Instant,
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+impl Admin {
+    /// The answer to one request (the body is ignored: nothing takes one).
+    fn respond(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> AdminResponse {
+        let path = uri.path();
+        if !matches!(path, "/" | "/healthz" | "/status" | "/lookup" | "/metrics") {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        }
+        if method != Method::GET && method != Method::HEAD {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        match path {
+            "/" => {
+                let mut response = with_type(StatusCode::OK, "text/html; charset=utf-8", PAGE);
+                response.headers_mut().insert(
+                    "content-security-policy",
+                    HeaderValue::from_static(PAGE_POLICY),
+                );
+                response
+            }
+            "/healthz" if self.draining.load(Ordering::Relaxed) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/status" => json(StatusCode::OK, &self.status(&self.pool.snapshot())),
+            "/lookup" => match lookup(&self.pool.snapshot(), uri.query().unwrap_or("")) {
+                Ok(found) => json(StatusCode::OK, &found),
+                Err((status, error)) => json(status, &ErrorBody { error }),
+            },
+            _ => {
+                let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+                let format = Format::from_accept(accept);
+                let text = self.metrics.encode_with(self.pool.snapshot(), format);
+                with_type(StatusCode::OK, format.content_type(), text)
+            }
+        }
+    }
+
+    fn status<'a>(&self, snapshot: &'a Snapshot) -> Status<'a> {
+        let config = snapshot.config();
+        let (table_size, ring_points) = match snapshot.selector() {
+            Selector::Hash { selector, .. } => match selector.table() {
+                table @ HashTable::Maglev(_) => (Some(table.size()), None),
+                table @ HashTable::Ring(_) => (None, Some(table.size())),
+            },
+            Selector::Policy(_) => (None, None),
+        };
+        let shares = snapshot.shares();
+        let backends = snapshot
+            .backends()
+            .iter()
+            .zip(shares)
+            .map(|(b, share)| {
+                let health = b.state().health();
+                BackendStatus {
+                    name: b.name(),
+                    url: b.url().to_string(),
+                    weight: b.weight(),
+                    healthy: b.is_healthy(),
+                    since: timestamp(health.since),
+                    last_probe: health.last_probe.map(|p| ProbeStatus {
+                        at: timestamp(p.at),
+                        ok: p.ok,
+                        detail: p.detail,
+                    }),
+                    in_flight: b.state().in_flight(),
+                    requests_total: b.state().requests(),
+                    share,
+                }
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            draining: self.draining.load(Ordering::Relaxed),
+            algorithm: config.balancer.algorithm.as_str(),
+            key: snapshot.key_source().to_string(),
+            table_size,
+            ring_points,
+            bounded_load: config.balancer.bounded_load,
+            healthy_backends: snapshot.healthy_count(),
+            panic_mode: snapshot.in_panic(),
+            last_rebuild: snapshot.rebuild().map(|r| RebuildStatus {
+                at: timestamp(r.at),
+                duration_seconds: r.duration.as_secs_f64(),
+                moved: r.moved,
+                cause: r.cause,
+            }),
+            backends,
+        }
+    }
+}
+
+/// `/status`.
+#[derive(Debug, Serialize)]
+struct Status<'a> {
+    version: &'static str,
+    uptime_seconds: f64,
+    draining: bool,
+    algorithm: &'static str,
+    key: String,
+    /// Maglev only.
+    table_size: Option<usize>,
+    /// Ring hash only.
+    ring_points: Option<usize>,
+    bounded_load: f64,
+    healthy_backends: usize,
+    /// Too few healthy backends: the selector routes over all of them.
+    panic_mode: bool,
+    last_rebuild: Option<RebuildStatus>,
+    backends: Vec<BackendStatus<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct RebuildStatus {
+    at: String,
+    duration_seconds: f64,
+    moved: f64,
+    cause: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct BackendStatus<'a> {
+    name: &'a str,
+    url: String,
+    weight: u32,
+    healthy: bool,
+    /// When its health last changed (or the pool first had it).
+    since: String,
+    last_probe: Option<ProbeStatus>,
+    in_flight: u64,
+    requests_total: u64,
+    share: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ProbeStatus {
+    at: String,
+    ok: bool,
+    detail: String,
+}
+
+/// `/lookup`.
+#[derive(Debug, Serialize)]
+struct Lookup<'a> {
+    /// The key bytes hashed (lossy UTF-8).
+    key: String,
+    /// What the request path keys on (`balancer.key`, or the sticky cookie).
+    key_source: String,
+    /// How the key bytes were given: `key`, `ip` or `url`.
+    given_as: &'static str,
+    /// The key hash, 16 hex digits, as the access log writes it.
+    hash: String,
+    /// Where the key goes now; `null` when no backend is healthy.
+    backend: Option<&'a str>,
+    /// Its fallback order: healthy backends, `backend` first.
+    fallback: Vec<&'a str>,
+    /// The bounded-load factor (0: off).
+    bounded_load: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+const BOUNDED_LOAD_NOTE: &str = "bounded_load is on: backend is the key's pick with no load; \
+                                 while it is at its load bound, requests go on along the fallback order";
+
+type LookupError = (StatusCode, String);
+
+fn bad_request(error: impl Into<String>) -> LookupError {
+    (StatusCode::BAD_REQUEST, error.into())
+}
+
+/// Answers `/lookup?<query>` from `snapshot`.
+fn lookup<'a>(snapshot: &'a Snapshot, query: &str) -> Result<Lookup<'a>, LookupError> {
+    let Some(hasher) = snapshot.selector().hasher() else {
+        return Err((
+            StatusCode::CONFLICT,
+            format!(
+                "balancer.algorithm is {}, which keeps no key mapping: /lookup answers for maglev and ring_hash",
+                snapshot.config().balancer.algorithm
+            ),
+        ));
+    };
+    let mut given = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = match name {
+            "key" => "key",
+            "ip" => "ip",
+            "url" => "url",
+            other => {
+                return Err(bad_request(format!(
+                    "unknown parameter {:?}: use one of key=K, ip=ADDRESS or url=/PATH",
+                    String::from_utf8_lossy(&form_decode(other))
+                )));
+            }
+        };
+        if given.is_some() {
+            return Err(bad_request("give exactly one of key=, ip= or url="));
+        }
+        given = Some((name, form_decode(value)));
+    }
+    let Some((given_as, value)) = given else {
+        return Err(bad_request("give one of key=K, ip=ADDRESS or url=/PATH"));
+    };
+    let source = snapshot.key_source();
+    let bytes = match given_as {
+        "ip" => {
+            if snapshot.config().balancer.sticky_cookie.is_some() {
+                return Err(bad_request(
+                    "with a sticky cookie a client without one gets a new random session, \
+                     not its address: use key=SESSION",
+                ));
+            }
+            let accepts_ip = matches!(
+                source,
+                KeySource::ClientIp | KeySource::Header(_) | KeySource::Cookie(_)
+            );
+            if !accepts_ip {
+                return Err(bad_request(format!(
+                    "the key is {source}, which never hashes a client address: use url= or key="
+                )));
+            }
+            let ip: IpAddr = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .ok_or_else(|| bad_request("ip= needs an IP address such as 192.0.2.7"))?;
+            let (uri, headers) = (Uri::from_static("/"), HeaderMap::new());
+            key::request_key(&KeySource::ClientIp, &uri, &headers, ip, &[])
+                .as_bytes()
+                .to_vec()
+        }
+        "url" => {
+            if !matches!(source, KeySource::Url | KeySource::Path) {
+                return Err(bad_request(format!(
+                    "the key is {source}, not url or path: use key= (or ip= for the client address)"
+                )));
+            }
+            let uri = Uri::try_from(value)
+                .map_err(|e| bad_request(format!("url= needs a request target: {e}")))?;
+            let headers = HeaderMap::new();
+            key::request_key(source, &uri, &headers, IpAddr::from([0, 0, 0, 0]), &[])
+                .as_bytes()
+                .to_vec()
+        }
+        _ => value,
+    };
+    let hash = hasher.hash(&bytes);
+    let order = snapshot.fallback_order(hash);
+    let bounded_load = snapshot.config().balancer.bounded_load;
+    Ok(Lookup {
+        key: String::from_utf8_lossy(&bytes).into_owned(),
+        key_source: source.to_string(),
+        given_as,
+        hash: format!("{hash:016x}"),
+        backend: order.first().map(|b| &**b.name()),
+        fallback: order.iter().map(|b| &**b.name()).collect(),
+        bounded_load,
+        note: (bounded_load > 0.0).then_some(BOUNDED_LOAD_NOTE),
+    })
+}
+
+/// A query-string value as `application/x-www-form-urlencoded` means it:
+/// `+` is a space, `%XX` a byte. The result is bytes, since a key need not
+/// be UTF-8.
+fn form_decode(value: &str) -> Vec<u8> {
+    let spaced = value.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced).collect()
+}
+
+/// RFC 3339 UTC with milliseconds, such as `2025-01-31T12:00:00.123Z`.
+fn timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+fn with_type(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> AdminResponse {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> AdminResponse {
+    with_type(status, "text/plain; charset=utf-8", body)
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> AdminResponse {
+    match serde_json::to_vec_pretty(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            with_type(status, "application/json", body)
+        }
+        // Only a bug (a map with non-string keys) gets here.
+        Err(error) => {
+            tracing::error!(%error, "cannot render admin JSON");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot render the answer\n",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::balance::hash::KeyHasher;
+    use crate::config::Config;
+
+    fn admin(text: &str) -> Admin {
+        let config = Config::from_toml(text, Path::new("t.toml")).unwrap();
+        let snapshot = Snapshot::all_healthy(Arc::new(config)).unwrap();
+        let pool = Arc::new(Pool::new(snapshot));
+        Admin {
+            metrics: Metrics::new(pool.stats()),
+            pool,
+            draining: Arc::new(AtomicBool::new(false)),
+            started: Instant::now(),
+        }
+    }
+
+    fn pool_text(sections: &str, n: usize) -> String {
+        let mut text = format!("{sections}\n");
+        for i in 0..n {
+            text.push_str(&format!(
+                "[[backends]]\nname = \"b{i}\"\nurl = \"http://127.0.0.1:{}\"\n",
+                9000 + i
+            ));
+        }
+        text
+    }
+
+    async fn get(admin: &Admin, method: Method, target: &str) -> (StatusCode, HeaderMap, String) {
+        let uri: Uri = target.parse().unwrap();
+        let response = admin.respond(&method, &uri, &HeaderMap::new());
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    async fn get_json(admin: &Admin, target: &str) -> (StatusCode, serde_json::Value) {
+        let (status, headers, body) = get(admin, Method::GET, target).await;
+        assert_eq!(headers[CONTENT_TYPE], "application/json");
+        (status, serde_json::from_str(&body).unwrap())
+    }
+
+    #[test]
+    fn form_decoding_turns_plus_into_space_and_percent_escapes_into_bytes() {
+        assert_eq!(form_decode("a+b%2Bc"), b"a b+c");
+        assert_eq!(form_decode("%2Fk%2F1%3Fx%3D1"), b"/k/1?x=1");
+        assert_eq!(form_decode("%ff%zz"), b"\xff%zz");
+        assert_eq!(form_decode(""), b"");
+    }
+
+    #[tokio::test]
+    async fn healthz_says_ok_until_draining_begins() {
+        let admin = admin(&pool_text("", 2));
+        assert_eq!(
+            get(&admin, Method::GET, "/healthz").await.2,
+            "ok\n".to_owned()
+        );
+        admin.draining.store(true, Ordering::Relaxed);
+        let (status, _, body) = get(&admin, Method::GET, "/healthz").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_404_and_other_methods_405_with_allow() {
+        let admin = admin(&pool_text("", 2));
+        assert_eq!(
+            get(&admin, Method::GET, "/nope").await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            get(&admin, Method::GET, "/status/").await.0,
+            StatusCode::NOT_FOUND
+        );
+        for path in ["/", "/healthz", "/status", "/lookup?key=a", "/metrics"] {
+            let (status, headers, _) = get(&admin, Method::POST, path).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+            assert_eq!(headers[ALLOW], "GET, HEAD", "{path}");
+            assert_eq!(
+                get(&admin, Method::HEAD, path).await.0,
+                StatusCode::OK,
+                "{path}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn status_describes_the_pool_and_every_backend() {
+        let admin = admin(&pool_text("[balancer]\nkey = \"header:x-user\"", 4));
+        let (status, body) = get_json(&admin, "/status").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(body["algorithm"], "maglev");
+        assert_eq!(body["key"], "header:x-user");
+        assert_eq!(body["table_size"], 65537);
+        assert!(body["ring_points"].is_null());
+        assert!(body["last_rebuild"].is_null());
+        let backends = body["backends"].as_array().unwrap();
+        assert_eq!(backends.len(), 4);
+        assert_eq!(backends[2]["name"], "b2");
+        assert_eq!(backends[2]["url"], "http://127.0.0.1:9002/");
+        assert_eq!(backends[2]["healthy"], true);
+        assert_eq!(backends[2]["in_flight"], 0);
+        let total: f64 = backends.iter().map(|b| b["share"].as_f64().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+    }
+
+    #[tokio::test]
+    async fn status_of_a_ring_gives_its_points_and_of_a_policy_the_weight_shares() {
+        let ring = admin(&pool_text("[balancer]\nalgorithm = \"ring_hash\"", 3));
+        let body = get_json(&ring, "/status").await.1;
+        assert!(body["table_size"].is_null());
+        assert_eq!(body["ring_points"], 3 * 1024);
+        let policy = admin(&pool_text("[balancer]\nalgorithm = \"round_robin\"", 4));
+        let body = get_json(&policy, "/status").await.1;
+        assert!(body["table_size"].is_null() && body["ring_points"].is_null());
+        assert_eq!(body["backends"][0]["share"], 0.25);
+    }
+
+    #[tokio::test]
+    async fn lookup_hashes_the_given_key_bytes_and_answers_the_selectors_pick() {
+        let admin = admin(&pool_text("[balancer]\nkey = \"url\"", 5));
+        let snapshot = admin.pool.snapshot();
+        for (query, bytes) in [
+            ("key=%2Fa%2Fb%3Fx%3D1", "/a/b?x=1"),
+            ("url=/a/b%3Fx%3D1", "/a/b?x=1"),
+            ("url=http://example.com/p", "/p"),
+        ] {
+            let (status, body) = get_json(&admin, &format!("/lookup?{query}")).await;
+            assert_eq!(status, StatusCode::OK, "{query}: {body}");
+            let hash = KeyHasher::default().hash(bytes.as_bytes());
+            assert_eq!(body["hash"], format!("{hash:016x}"), "{query}");
+            assert_eq!(body["key"], bytes);
+            let pick = snapshot.next_backend(hash, &[], 0).unwrap();
+            assert_eq!(
+                body["backend"],
+                **snapshot.backends()[pick].name(),
+                "{query}"
+            );
+            let fallback: Vec<&str> = body["fallback"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert_eq!(fallback.len(), 5);
+            assert_eq!(fallback[0], body["backend"]);
+            assert!(body.get("note").is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn lookup_by_ip_hashes_the_canonical_address_text() {
+        let admin = admin(&pool_text("", 3));
+        let body = get_json(&admin, "/lookup?ip=::ffff:192.0.2.7").await.1;
+        assert_eq!(body["key"], "192.0.2.7");
+        let hash = KeyHasher::default().hash(b"192.0.2.7");
+        assert_eq!(body["hash"], format!("{hash:016x}"));
+    }
+
+    #[tokio::test]
+    async fn lookup_refuses_what_it_cannot_answer() {
+        let url_keys = admin(&pool_text("[balancer]\nkey = \"url\"", 2));
+        for query in ["", "x=1", "key=a&url=/b", "ip=10.0.0.1", "key=a&key=b"] {
+            let (status, body) = get_json(&url_keys, &format!("/lookup?{query}")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+            assert!(body["error"].as_str().unwrap().len() > 10);
+        }
+        let ip_keys = admin(&pool_text("", 2));
+        for query in ["ip=nonsense", "url=/a"] {
+            assert_eq!(
+                get_json(&ip_keys, &format!("/lookup?{query}")).await.0,
+                StatusCode::BAD_REQUEST,
+                "{query}"
+            );
+        }
+        let sticky = admin(&pool_text(
+            "[balancer.sticky_cookie]\nname = \"sid\"\nmax_age = \"1h\"",
+            2,
+        ));
+        assert_eq!(
+            get_json(&sticky, "/lookup?ip=10.0.0.1").await.0,
+            StatusCode::BAD_REQUEST
+        );
+        let (status, body) = get_json(&sticky, "/lookup?key=abc").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["key_source"], "cookie:sid");
+        let policy = admin(&pool_text(
+            "[balancer]\nalgorithm = \"least_connections\"",
+            2,
+        ));
+        let (status, body) = get_json(&policy, "/lookup?key=a").await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("least_connections"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_bounded_load_lookup_says_it_answers_the_unloaded_pick() {
+        let admin = admin(&pool_text("[balancer]\nbounded_load = 1.25", 3));
+        let body = get_json(&admin, "/lookup?key=abc").await.1;
+        assert_eq!(body["bounded_load"], 1.25);
+        assert!(body["note"].as_str().unwrap().contains("no load"));
+    }
+
+    #[tokio::test]
+    async fn metrics_follow_the_accept_header() {
+        let admin = admin(&pool_text("", 2));
+        let uri: Uri = "/metrics".parse().unwrap();
+        let plain = admin.respond(&Method::GET, &uri, &HeaderMap::new());
+        assert_eq!(
+            plain.headers()[CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let mut accept = HeaderMap::new();
+        accept.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0"),
+        );
+        let open = admin.respond(&Method::GET, &uri, &accept);
+        assert_eq!(
+            open.headers()[CONTENT_TYPE],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        let body = open.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.ends_with(b"# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn the_page_is_html_that_loads_nothing_from_elsewhere() {
+        let admin = admin(&pool_text("", 2));
+        let (status, headers, body) = get(&admin, Method::GET, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[CONTENT_TYPE], "text/html; charset=utf-8");
+        assert!(headers.contains_key("content-security-policy"));
+        assert!(body.starts_with("<!doctype html>"));
+        assert!(!body.contains("http://") && !body.contains("https://"));
+        assert!(!body.contains("innerHTML"));
+    }
+}

@@ -1,0 +1,116 @@
+//! The file structs: the TOML layout, as serde reads it. Every table
+//! denies unknown keys; values that need checking keep their span.
+
+use std::fmt;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a config table")]
+pub(super) struct FileConfig {
+    #[serde(default)]
+    pub(super) listener: FileListener,
+    pub(super) admin: Option<FileAdmin>,
+    #[serde(default)]
+    pub(super) balancer: FileBalancer,
+    #[serde(default)]
+    pub(super) health_check: FileHealthCheck,
+    #[serde(default)]
+    pub(super) upstream: FileUpstream,
+    #[serde(default)]
+    pub(super) limits: FileLimits,
+    pub(super) backends: Option<Spanned<Vec<FileBackend>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [listener] table")]
+pub(super) struct FileListener {
+    pub(super) address: Option<Spanned<String>>,
+    pub(super) drain_timeout: Option<Spanned<DurationText>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an [admin] table")]
+pub(super) struct FileAdmin {
+    pub(super) address: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [balancer] table")]
+pub(super) struct FileBalancer {
+    pub(super) algorithm: Option<Spanned<String>>,
+    pub(super) key: Option<Spanned<String>>,
+    pub(super) table_size: Option<Spanned<i64>>,
+    pub(super) trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub(super) hash_key: Option<Spanned<String>>,
+    pub(super) bounded_load: Option<Spanned<f64>>,
+    pub(super) panic_threshold: Option<Spanned<f64>>,
+    pub(super) sticky_cookie: Option<FileStickyCookie>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [balancer.sticky_cookie] table")]
+pub(super) struct FileStickyCookie {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) max_age: Option<Spanned<DurationText>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [health_check] table")]
+pub(super) struct FileHealthCheck {
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) interval: Option<Spanned<DurationText>>,
+    pub(super) timeout: Option<Spanned<DurationText>>,
+    pub(super) healthy_threshold: Option<Spanned<i64>>,
+    pub(super) unhealthy_threshold: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an [upstream] table")]
+pub(super) struct FileUpstream {
+    pub(super) connect_timeout: Option<Spanned<DurationText>>,
+    pub(super) request_timeout: Option<Spanned<DurationText>>,
+    pub(super) retries: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [limits] table")]
+pub(super) struct FileLimits {
+    pub(super) header_timeout: Option<Spanned<DurationText>>,
+    pub(super) max_header_bytes: Option<Spanned<i64>>,
+    pub(super) max_headers: Option<Spanned<i64>>,
+    pub(super) max_body_bytes: Option<Spanned<i64>>,
+    pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) max_in_flight_per_backend: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[backends]] table")]
+pub(super) struct FileBackend {
+    pub(super) name: Spanned<String>,
+    pub(super) url: Spanned<String>,
+    pub(super) weight: Option<Spanned<i64>>,
+}
+
+/// A duration as written (`"500ms"`), parsed in the validation pass. Its own
+/// type only so that `timeout = 5` is reported as "expected a duration string
+/// such as ..." instead of "expected a string".
+#[derive(Debug)]
+pub(super) struct DurationText(pub(super) String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"5s\" or \"500ms\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<DurationText, E> {
+                Ok(DurationText(text.to_owned()))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}

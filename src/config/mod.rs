@@ -1,0 +1,374 @@
+//! Configuration: the TOML file an operator writes, checked once, and the
+//! typed [`Config`] the rest of the proxy reads.
+//!
+//! Config flows in one direction:
+//!
+//! 1. **File structs** (private, named `File*`) mirror the TOML layout and
+//!    are filled by serde. Every table denies unknown keys, so a typo is an
+//!    error instead of a silently ignored setting. Values that need checking
+//!    are kept as [`toml::Spanned`] so an error can point at their line.
+//! 2. **One validation pass** ([`Config::from_toml`]) fills absent keys from
+//!    the `DEFAULT_*` constants, parses durations, addresses, URLs and CIDRs,
+//!    and checks every rule. The first problem becomes a [`ConfigError`] that
+//!    names the file, the line and column, the field path (such as
+//!    `backends[1].weight`) and what is wrong.
+//! 3. **Runtime structs** ([`Config`] and its parts) hold only checked, typed
+//!    values: no string left to parse and no `Option` where a default exists.
+//!
+//! Everything here is pure except [`Config::load`], which reads the file.
+//!
+//! | file | holds |
+//! |---|---|
+//! | `mod.rs` | the runtime structs and their `DEFAULT_*` constants |
+//! | `file.rs` | the file structs, as serde reads them |
+//! | `validate.rs` | the validation pass: file structs → runtime structs |
+//! | `error.rs` | [`ConfigError`], and turning byte spans into lines, columns and field paths |
+//! | `url.rs` | backend URLs: parsing, display, the address to connect to |
+//! | `summary.rs` | the summary `affinity --check` prints |
+//!
+//! ```
+//! use affinity::config::{Algorithm, Config};
+//! use std::path::Path;
+//!
+//! let text = r#"
+//! [[backends]]
+//! name = "server-1"
+//! url = "http://127.0.0.1:9001"
+//! "#;
+//! let config = Config::from_toml(text, Path::new("example.toml")).unwrap();
+//! assert_eq!(config.balancer.algorithm, Algorithm::Maglev);
+//! assert_eq!(config.members()[0].name, "server-1");
+//! ```
+
+mod error;
+mod file;
+mod summary;
+mod url;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use http::Uri;
+use ipnet::IpNet;
+
+pub use crate::balance::algorithm::Algorithm;
+pub use crate::balance::key::KeySource;
+use crate::balance::member::Member;
+use crate::balance::selector::HashAlgorithm;
+use error::Source;
+pub use error::{ConfigError, ConfigErrorKind, Location};
+use file::FileConfig;
+pub use url::connect_address;
+
+// ---------------------------------------------------------------------------
+// Runtime configuration
+// ---------------------------------------------------------------------------
+
+/// A checked configuration: every value parsed, every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the proxy accepts client connections.
+    pub listener: ListenerConfig,
+    /// The admin endpoint (`/status`, `/metrics`, `/healthz`); `None` turns it off.
+    pub admin: Option<AdminConfig>,
+    /// How requests are mapped to backends.
+    pub balancer: BalancerConfig,
+    /// Active health probes.
+    pub health_check: HealthCheckConfig,
+    /// Connections to backends.
+    pub upstream: UpstreamConfig,
+    /// What one client, connection or backend may cost the proxy.
+    pub limits: LimitsConfig,
+    /// The pool, in config order; never empty.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// Default `listener.address`.
+pub const DEFAULT_LISTEN_ADDRESS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+/// Default `listener.drain_timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `[listener]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Address to accept client connections on; port 0 picks a free port.
+    pub address: SocketAddr,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            address: DEFAULT_LISTEN_ADDRESS,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// Default `admin.address`, used when `[admin]` is present without one.
+pub const DEFAULT_ADMIN_ADDRESS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9900);
+
+/// The optional `[admin]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP endpoint.
+    pub address: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: DEFAULT_ADMIN_ADDRESS,
+        }
+    }
+}
+
+/// Default `balancer.algorithm`.
+pub const DEFAULT_ALGORITHM: Algorithm = Algorithm::Maglev;
+/// Default `balancer.key`.
+pub const DEFAULT_KEY: KeySource = KeySource::ClientIp;
+/// Default `balancer.table_size` (Maglev only).
+pub const DEFAULT_TABLE_SIZE: usize = crate::balance::maglev::DEFAULT_TABLE_SIZE;
+/// Default `balancer.bounded_load`: off.
+pub const DEFAULT_BOUNDED_LOAD: f64 = 0.0;
+/// Default `balancer.panic_threshold`: off.
+pub const DEFAULT_PANIC_THRESHOLD: f64 = 0.0;
+
+/// The `[balancer]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BalancerConfig {
+    /// How a backend is chosen.
+    pub algorithm: Algorithm,
+    /// What is hashed (hash algorithms only; ignored by the others).
+    pub key: KeySource,
+    /// Maglev lookup table size; a prime at least the total weight.
+    pub table_size: usize,
+    /// Peers whose `X-Forwarded-For` is believed for `client_ip`.
+    pub trusted_proxies: Vec<IpNet>,
+    /// SipHash key for request keys; `None` uses the fixed public default.
+    pub hash_key: Option<[u8; 16]>,
+    /// Bounded-load factor c (> 1), or 0 for off (Mirrokni et al. 2018).
+    pub bounded_load: f64,
+    /// Panic mode, in percent (0 = off): while fewer than this share of
+    /// the backends is healthy, route over every configured backend as if
+    /// all were healthy (Envoy's healthy panic threshold).
+    pub panic_threshold: f64,
+    /// Issue a session cookie to clients that have none.
+    pub sticky_cookie: Option<StickyCookieConfig>,
+}
+
+impl Default for BalancerConfig {
+    fn default() -> Self {
+        BalancerConfig {
+            algorithm: DEFAULT_ALGORITHM,
+            key: DEFAULT_KEY,
+            table_size: DEFAULT_TABLE_SIZE,
+            trusted_proxies: Vec::new(),
+            hash_key: None,
+            bounded_load: DEFAULT_BOUNDED_LOAD,
+            panic_threshold: DEFAULT_PANIC_THRESHOLD,
+            sticky_cookie: None,
+        }
+    }
+}
+
+impl BalancerConfig {
+    /// The hash algorithm this table asks for, with its parameters; `None`
+    /// for the classic (non-hash) policies.
+    pub fn hash_algorithm(&self) -> Option<HashAlgorithm> {
+        HashAlgorithm::of(self.algorithm, self.table_size)
+    }
+}
+
+/// Default `balancer.sticky_cookie.name`.
+pub const DEFAULT_STICKY_COOKIE_NAME: &str = "affinity";
+/// Default `balancer.sticky_cookie.max_age`.
+pub const DEFAULT_STICKY_COOKIE_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// The optional `[balancer.sticky_cookie]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookieConfig {
+    /// Cookie name; a valid cookie token.
+    pub name: String,
+    /// `Max-Age` of the issued cookie; never zero.
+    pub max_age: Duration,
+}
+
+impl Default for StickyCookieConfig {
+    fn default() -> Self {
+        StickyCookieConfig {
+            name: DEFAULT_STICKY_COOKIE_NAME.to_owned(),
+            max_age: DEFAULT_STICKY_COOKIE_MAX_AGE,
+        }
+    }
+}
+
+/// Default `health_check.path`.
+pub const DEFAULT_HEALTH_PATH: &str = "/health";
+/// Default `health_check.interval`.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Default `health_check.timeout`.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default `health_check.healthy_threshold`.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// Default `health_check.unhealthy_threshold`.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
+
+/// The `[health_check]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    /// Path probed with `GET`; starts with `/`.
+    pub path: String,
+    /// Time between probes of one backend; never zero.
+    pub interval: Duration,
+    /// How long a probe may take; never zero, always below `interval`.
+    pub timeout: Duration,
+    /// Consecutive successes that restore a backend; at least 1.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that remove a backend; at least 1.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: DEFAULT_HEALTH_PATH.to_owned(),
+            interval: DEFAULT_HEALTH_INTERVAL,
+            timeout: DEFAULT_HEALTH_TIMEOUT,
+            healthy_threshold: DEFAULT_HEALTHY_THRESHOLD,
+            unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
+        }
+    }
+}
+
+/// Default `upstream.connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default `upstream.request_timeout`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `upstream.retries`.
+pub const DEFAULT_RETRIES: u32 = 1;
+
+/// The `[upstream]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// How long connecting to a backend may take; never zero.
+    pub connect_timeout: Duration,
+    /// How long a backend may take to answer; never zero.
+    pub request_timeout: Duration,
+    /// Further backends (along the key's fallback order) tried on connect failure.
+    pub retries: u32,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            retries: DEFAULT_RETRIES,
+        }
+    }
+}
+
+/// Default `limits.header_timeout`.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `limits.max_header_bytes`.
+pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// The smallest `limits.max_header_bytes`: hyper's smallest read buffer.
+pub const MIN_MAX_HEADER_BYTES: u32 = 8192;
+/// The largest `limits.max_header_bytes`.
+pub const MAX_MAX_HEADER_BYTES: u32 = 16 * 1024 * 1024;
+/// Default `limits.max_headers`.
+pub const DEFAULT_MAX_HEADERS: u32 = 100;
+/// Default `limits.max_body_bytes`: no limit.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 0;
+/// Default `limits.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// Default `limits.max_in_flight_per_backend`: no limit.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_BACKEND: u32 = 0;
+
+/// The `[limits]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// How long a client may take to send a request head, counted from the
+    /// connection's start or the end of its previous response: the
+    /// slowloris guard, and so also how long an idle keep-alive connection
+    /// is kept (HTTP/1.1).
+    pub header_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; larger
+    /// gets `431`.
+    pub max_header_bytes: u32,
+    /// Most header fields in a request; more gets `431`.
+    pub max_headers: u32,
+    /// Largest request body in bytes (0: no limit); larger gets `413`.
+    pub max_body_bytes: u64,
+    /// Most client connections open at once, over all workers; a connection
+    /// beyond it is closed as soon as it is accepted.
+    pub max_connections: u32,
+    /// Most requests in flight to one backend (0: no limit); a full backend
+    /// is skipped like an unhealthy one, and `503` when all are full.
+    pub max_in_flight_per_backend: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_in_flight_per_backend: DEFAULT_MAX_IN_FLIGHT_PER_BACKEND,
+        }
+    }
+}
+
+/// Default `backends[].weight`.
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+/// One `[[backends]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Unique, non-empty name: the identity that is hashed.
+    pub name: String,
+    /// `http://host[:port]`, without a path.
+    pub url: Uri,
+    /// Relative share of keys, `1..=MAX_WEIGHT`.
+    pub weight: u32,
+}
+
+impl Config {
+    /// Reads and checks the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            location: None,
+            field: None,
+            kind: ConfigErrorKind::Io,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and checks config `text`; `path` only names the file in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let source = Source { text, file: path };
+        let file: FileConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
+        source.validate(file)
+    }
+
+    /// The backends as the hashing core sees them: name and weight, in config order.
+    pub fn members(&self) -> Vec<Member> {
+        self.backends
+            .iter()
+            .map(|b| Member::new(b.name.clone(), b.weight))
+            .collect()
+    }
+}

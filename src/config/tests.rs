@@ -1,0 +1,1080 @@
+//! The config module's tests: defaults, every rule, every error message.
+
+use http::header::HeaderName;
+
+use super::error::location;
+use super::*;
+use crate::balance::member::MAX_WEIGHT;
+
+const ONE_BACKEND: &str = "[[backends]]\nname = \"server-1\"\nurl = \"http://127.0.0.1:9001\"\n";
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("config.toml"))
+}
+
+/// `section` followed by one valid backend.
+fn with_backend(section: &str) -> String {
+    format!("{section}\n{ONE_BACKEND}")
+}
+
+fn error(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(config) => panic!("expected an error, got {config:#?}"),
+        Err(e) => e,
+    }
+}
+
+fn line(e: &ConfigError) -> usize {
+    e.location()
+        .map(|l| l.line)
+        .unwrap_or_else(|| panic!("no line in: {e}"))
+}
+
+fn assert_rejected(text: &str, field: &str, line_no: usize, needle: &str) {
+    let e = error(text);
+    let shown = e.to_string();
+    assert_eq!(e.field(), Some(field), "{shown}");
+    assert_eq!(line(&e), line_no, "{shown}");
+    assert!(
+        shown.contains(needle),
+        "{shown:?} should mention {needle:?}"
+    );
+    assert!(
+        shown.starts_with(&format!("config.toml:{line_no}:")),
+        "{shown}"
+    );
+}
+
+fn backends(list: &[(&str, &str, &str)]) -> String {
+    list.iter()
+        .map(|(name, url, weight)| format!("[[backends]]\nname = {name}\nurl = {url}\n{weight}\n"))
+        .collect()
+}
+
+// --- defaults --------------------------------------------------------
+
+#[test]
+fn a_file_with_one_backend_gets_every_default() {
+    let config = parse(ONE_BACKEND).unwrap();
+    assert_eq!(config.listener, ListenerConfig::default());
+    assert_eq!(config.listener.address.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.listener.drain_timeout, Duration::from_secs(30));
+    assert_eq!(config.admin, None);
+    assert_eq!(config.balancer, BalancerConfig::default());
+    assert_eq!(config.balancer.algorithm, Algorithm::Maglev);
+    assert_eq!(config.balancer.key, KeySource::ClientIp);
+    assert_eq!(
+        config.balancer.table_size,
+        crate::balance::maglev::DEFAULT_TABLE_SIZE
+    );
+    assert!(config.balancer.trusted_proxies.is_empty());
+    assert_eq!(config.balancer.hash_key, None);
+    assert_eq!(config.balancer.bounded_load, 0.0);
+    assert_eq!(config.balancer.sticky_cookie, None);
+    assert_eq!(config.health_check, HealthCheckConfig::default());
+    assert_eq!(config.health_check.path, "/health");
+    assert_eq!(config.health_check.interval, Duration::from_secs(5));
+    assert_eq!(config.health_check.timeout, Duration::from_secs(2));
+    assert_eq!(config.health_check.healthy_threshold, 2);
+    assert_eq!(config.health_check.unhealthy_threshold, 2);
+    assert_eq!(config.upstream, UpstreamConfig::default());
+    assert_eq!(config.upstream.connect_timeout, Duration::from_secs(1));
+    assert_eq!(config.upstream.request_timeout, Duration::from_secs(30));
+    assert_eq!(config.upstream.retries, 1);
+    assert_eq!(
+        config.backends,
+        vec![BackendConfig {
+            name: "server-1".into(),
+            url: Uri::from_static("http://127.0.0.1:9001"),
+            weight: 1,
+        }]
+    );
+}
+
+#[test]
+fn a_file_that_sets_every_key_gets_every_value() {
+    let text = r#"
+            [listener]
+            address = "0.0.0.0:80"
+            drain_timeout = "10s"
+
+            [admin]
+            address = "[::1]:9901"
+
+            [balancer]
+            algorithm = "ring_hash"
+            key = "header:X-Session"
+            table_size = 131
+            trusted_proxies = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]
+            hash_key = "000102030405060708090a0b0c0d0E0F"
+            bounded_load = 1.25
+            panic_threshold = 40
+
+            [balancer.sticky_cookie]
+            name = "sid"
+            max_age = "30m"
+
+            [health_check]
+            path = "/ready?full=1"
+            interval = "10s"
+            timeout = "500ms"
+            healthy_threshold = 3
+            unhealthy_threshold = 4
+
+            [upstream]
+            connect_timeout = "250ms"
+            request_timeout = "1m"
+            retries = 0
+
+            [limits]
+            header_timeout = "3s"
+            max_header_bytes = 16384
+            max_headers = 50
+            max_body_bytes = 1048576
+            max_connections = 500
+            max_in_flight_per_backend = 64
+
+            [[backends]]
+            name = "a"
+            url = "http://10.0.0.1:8080/"
+            weight = 3
+
+            [[backends]]
+            name = "b"
+            url = "http://backend.internal"
+        "#;
+    let config = parse(text).unwrap();
+    assert_eq!(
+        config.listener,
+        ListenerConfig {
+            address: "0.0.0.0:80".parse().unwrap(),
+            drain_timeout: Duration::from_secs(10),
+        }
+    );
+    assert_eq!(
+        config.admin,
+        Some(AdminConfig {
+            address: "[::1]:9901".parse().unwrap()
+        })
+    );
+    assert_eq!(
+        config.balancer,
+        BalancerConfig {
+            algorithm: Algorithm::RingHash,
+            key: KeySource::Header(HeaderName::from_static("x-session")),
+            table_size: 131,
+            trusted_proxies: vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "192.0.2.7/32".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
+            hash_key: Some([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]),
+            bounded_load: 1.25,
+            panic_threshold: 40.0,
+            sticky_cookie: Some(StickyCookieConfig {
+                name: "sid".into(),
+                max_age: Duration::from_secs(30 * 60),
+            }),
+        }
+    );
+    assert_eq!(
+        config.health_check,
+        HealthCheckConfig {
+            path: "/ready?full=1".into(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 3,
+            unhealthy_threshold: 4,
+        }
+    );
+    assert_eq!(
+        config.upstream,
+        UpstreamConfig {
+            connect_timeout: Duration::from_millis(250),
+            request_timeout: Duration::from_secs(60),
+            retries: 0,
+        }
+    );
+    assert_eq!(
+        config.limits,
+        LimitsConfig {
+            header_timeout: Duration::from_secs(3),
+            max_header_bytes: 16384,
+            max_headers: 50,
+            max_body_bytes: 1 << 20,
+            max_connections: 500,
+            max_in_flight_per_backend: 64,
+        }
+    );
+    assert_eq!(
+        config.members(),
+        vec![Member::new("a", 3), Member::new("b", 1)]
+    );
+    assert_eq!(config.backends[1].url.host(), Some("backend.internal"));
+}
+
+#[test]
+fn an_empty_admin_section_uses_the_default_admin_address() {
+    let config = parse(&with_backend("[admin]")).unwrap();
+    assert_eq!(config.admin, Some(AdminConfig::default()));
+    assert_eq!(DEFAULT_ADMIN_ADDRESS.to_string(), "127.0.0.1:9900");
+}
+
+#[test]
+fn an_empty_sticky_cookie_section_uses_the_default_name_and_max_age() {
+    let config = parse(&with_backend("[balancer.sticky_cookie]")).unwrap();
+    let sticky = config.balancer.sticky_cookie.unwrap();
+    assert_eq!(sticky, StickyCookieConfig::default());
+    assert_eq!(sticky.name, "affinity");
+    assert_eq!(sticky.max_age, Duration::from_secs(3600));
+}
+
+#[test]
+fn a_missing_weight_defaults_to_one() {
+    assert_eq!(
+        parse(ONE_BACKEND).unwrap().backends[0].weight,
+        DEFAULT_WEIGHT
+    );
+}
+
+// --- errors from the toml crate: syntax, unknown keys, types ----------
+
+#[test]
+fn an_unknown_key_is_rejected_with_its_name_and_line() {
+    let text = with_backend("[listener]\naddress = \"127.0.0.1:8080\"\ndrain_timout = \"5s\"");
+    let e = error(&text);
+    assert_eq!(e.kind(), ConfigErrorKind::Invalid);
+    assert_eq!(
+        e.to_string(),
+        "config.toml:3:1: listener.drain_timout: unknown key `drain_timout`, expected `address` or `drain_timeout`"
+    );
+}
+
+#[test]
+fn an_unknown_key_in_a_backend_names_the_backend() {
+    let text = format!(
+        "{ONE_BACKEND}[[backends]]\nname = \"b\"\nurl = \"http://127.0.0.1:2\"\nwieght = 2\n"
+    );
+    assert_rejected(&text, "backends[1].wieght", 7, "unknown key `wieght`");
+}
+
+#[test]
+fn an_unknown_table_is_rejected() {
+    assert_rejected(
+        &with_backend("[healthcheck]\npath = \"/\""),
+        "healthcheck",
+        1,
+        "unknown key `healthcheck`",
+    );
+}
+
+#[test]
+fn an_unknown_key_in_the_sticky_cookie_table_is_rejected() {
+    assert_rejected(
+        &with_backend("[balancer.sticky_cookie]\nmaxage = \"1h\""),
+        "balancer.sticky_cookie.maxage",
+        2,
+        "unknown key `maxage`",
+    );
+}
+
+#[test]
+fn a_toml_syntax_error_reports_line_column_and_the_key_it_is_in() {
+    let text = "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:9001\n";
+    let e = error(text);
+    assert_eq!(e.kind(), ConfigErrorKind::Syntax);
+    assert_eq!(e.field(), Some("backends[0].url"));
+    assert_eq!(
+        e.location(),
+        Some(Location {
+            line: 3,
+            column: 29
+        })
+    );
+    assert!(
+        e.to_string()
+            .starts_with("config.toml:3:29: backends[0].url: invalid TOML: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_syntax_error_outside_any_key_has_a_line_but_no_field() {
+    let e = error("[listener\naddress = \"127.0.0.1:1\"\n");
+    assert_eq!(e.kind(), ConfigErrorKind::Syntax);
+    assert_eq!(e.field(), None);
+    assert_eq!(line(&e), 1);
+    assert!(
+        e.to_string()
+            .starts_with("config.toml:1:10: invalid TOML: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_the_field_and_line() {
+    let text = "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:9001\"\nweight = \"2\"\n";
+    assert_rejected(text, "backends[0].weight", 4, "expected an integer");
+}
+
+#[test]
+fn a_fractional_weight_is_a_type_error() {
+    let text = "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:9001\"\nweight = 1.5\n";
+    assert_rejected(text, "backends[0].weight", 4, "expected an integer");
+}
+
+#[test]
+fn a_duration_given_as_a_number_asks_for_a_duration_string() {
+    assert_rejected(
+        &with_backend("[health_check]\ninterval = 5"),
+        "health_check.interval",
+        2,
+        "expected a duration string such as \"5s\"",
+    );
+}
+
+#[test]
+fn a_section_that_is_not_a_table_is_rejected() {
+    assert_rejected(
+        &with_backend("listener = \"127.0.0.1:80\""),
+        "listener",
+        1,
+        "expected a [listener] table",
+    );
+}
+
+#[test]
+fn a_trusted_proxy_that_is_not_a_string_names_its_index() {
+    assert_rejected(
+        &with_backend("[balancer]\ntrusted_proxies = [\"10.0.0.0/8\", 5]"),
+        "balancer.trusted_proxies[1]",
+        2,
+        "invalid type",
+    );
+}
+
+#[test]
+fn a_backend_without_a_url_names_the_backend_and_the_missing_key() {
+    let text = format!("{ONE_BACKEND}\n[[backends]]\nname = \"b\"\n");
+    assert_rejected(&text, "backends[1].url", 5, "required key `url` is missing");
+}
+
+// --- backends ----------------------------------------------------------
+
+#[test]
+fn a_file_without_backends_is_rejected() {
+    let e = error("[listener]\naddress = \"127.0.0.1:8080\"\n");
+    assert_eq!(e.field(), Some("backends"));
+    assert_eq!(e.location(), None);
+    assert_eq!(
+        e.to_string(),
+        "config.toml: backends: no backends: add at least one [[backends]] table with a name and a url"
+    );
+}
+
+#[test]
+fn an_empty_backends_array_is_rejected_with_its_line() {
+    assert_rejected(
+        "backends = []\n\n[upstream]\nretries = 1\n",
+        "backends",
+        1,
+        "no backends",
+    );
+}
+
+#[test]
+fn an_empty_backend_name_is_rejected() {
+    let text = format!(
+        "{ONE_BACKEND}{}",
+        backends(&[("\"\"", "\"http://127.0.0.1:2\"", "")])
+    );
+    assert_rejected(&text, "backends[1].name", 5, "the name is empty");
+}
+
+#[test]
+fn a_duplicate_backend_name_points_at_the_second_use_and_names_the_first() {
+    let text = backends(&[
+        ("\"a\"", "\"http://127.0.0.1:1\"", ""),
+        ("\"b\"", "\"http://127.0.0.1:2\"", ""),
+        ("\"a\"", "\"http://127.0.0.1:3\"", ""),
+    ]);
+    let e = error(&text);
+    assert_eq!(
+        e.to_string(),
+        "config.toml:10:8: backends[2].name: name \"a\" is already used by backends[0] (line 2); names must be unique"
+    );
+}
+
+#[test]
+fn a_weight_of_zero_is_rejected_with_its_line() {
+    let text = backends(&[
+        ("\"a\"", "\"http://127.0.0.1:1\"", "weight = 2"),
+        ("\"b\"", "\"http://127.0.0.1:2\"", "weight = 0"),
+    ]);
+    assert_eq!(
+        error(&text).to_string(),
+        "config.toml:8:10: backends[1].weight: weight 0 is out of range; weights must be between 1 and 1000"
+    );
+}
+
+#[test]
+fn a_weight_above_the_maximum_is_rejected() {
+    let text = backends(&[("\"a\"", "\"http://127.0.0.1:1\"", "weight = 1001")]);
+    assert_rejected(
+        &text,
+        "backends[0].weight",
+        4,
+        "weight 1001 is out of range",
+    );
+    let text = backends(&[(
+        "\"a\"",
+        "\"http://127.0.0.1:1\"",
+        &format!("weight = {MAX_WEIGHT}"),
+    )]);
+    assert_eq!(parse(&text).unwrap().backends[0].weight, MAX_WEIGHT);
+}
+
+#[test]
+fn a_negative_or_huge_weight_is_rejected_as_out_of_range() {
+    for weight in ["-1", "4294967296"] {
+        let text = backends(&[(
+            "\"a\"",
+            "\"http://127.0.0.1:1\"",
+            &format!("weight = {weight}"),
+        )]);
+        assert_rejected(
+            &text,
+            "backends[0].weight",
+            4,
+            &format!("weight {weight} is out of range"),
+        );
+    }
+}
+
+fn url_error(url: &str) -> ConfigError {
+    let text = backends(&[("\"a\"", &format!("{url:?}"), "")]);
+    let e = error(&text);
+    assert_eq!(e.field(), Some("backends[0].url"), "{e}");
+    assert_eq!(line(&e), 3, "{e}");
+    e
+}
+
+#[test]
+fn a_url_that_does_not_parse_is_rejected() {
+    assert!(
+        url_error("http://a b")
+            .message()
+            .contains("is not a valid URL")
+    );
+    assert!(
+        url_error("http://127.0.0.1:notaport")
+            .message()
+            .contains("not a port number")
+    );
+    assert!(
+        url_error("http://127.0.0.1:70000")
+            .message()
+            .contains("not a port number")
+    );
+    assert!(
+        url_error("/just/a/path")
+            .message()
+            .contains("not an absolute URL")
+    );
+}
+
+#[test]
+fn a_url_without_a_scheme_is_rejected_with_a_suggestion() {
+    let e = url_error("127.0.0.1:9001");
+    assert!(
+        e.message()
+            .contains("has no scheme; write it as \"http://127.0.0.1:9001\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_https_url_is_rejected_as_not_supported_yet() {
+    let e = url_error("https://127.0.0.1:9001");
+    assert!(
+        e.message().contains("https, which is not supported yet"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_url_with_another_scheme_is_rejected() {
+    assert!(
+        url_error("ftp://127.0.0.1")
+            .message()
+            .contains("unsupported scheme \"ftp\"")
+    );
+}
+
+#[test]
+fn a_url_with_a_path_or_query_is_rejected() {
+    for url in [
+        "http://127.0.0.1:9001/api",
+        "http://127.0.0.1:9001/?x=1",
+        "http://127.0.0.1:9001?x=1",
+    ] {
+        let e = url_error(url);
+        assert!(e.message().contains("cannot have one"), "{e}");
+    }
+}
+
+#[test]
+fn a_url_with_credentials_is_rejected() {
+    assert!(
+        url_error("http://user:pw@127.0.0.1:1")
+            .message()
+            .contains("credentials")
+    );
+}
+
+#[test]
+fn urls_with_a_trailing_slash_ipv6_or_no_port_are_accepted() {
+    for url in [
+        "http://127.0.0.1:9001/",
+        "http://[::1]:9001",
+        "http://example.com",
+    ] {
+        let text = backends(&[("\"a\"", &format!("{url:?}"), "")]);
+        assert!(parse(&text).is_ok(), "{url}");
+    }
+}
+
+#[test]
+fn members_are_the_backends_names_and_weights_in_config_order() {
+    let text = backends(&[
+        ("\"z\"", "\"http://127.0.0.1:1\"", "weight = 5"),
+        ("\"a\"", "\"http://127.0.0.1:2\"", ""),
+    ]);
+    assert_eq!(
+        parse(&text).unwrap().members(),
+        vec![Member::new("z", 5), Member::new("a", 1)]
+    );
+}
+
+// --- balancer ------------------------------------------------------------
+
+#[test]
+fn every_algorithm_spelling_round_trips() {
+    for algorithm in Algorithm::ALL {
+        let config = parse(&with_backend(&format!(
+            "[balancer]\nalgorithm = \"{algorithm}\""
+        )))
+        .unwrap();
+        assert_eq!(config.balancer.algorithm, algorithm);
+        assert_eq!(algorithm.to_string(), algorithm.as_str());
+    }
+    let spellings: Vec<&str> = Algorithm::ALL.iter().map(Algorithm::as_str).collect();
+    assert_eq!(
+        spellings,
+        [
+            "maglev",
+            "ring_hash",
+            "round_robin",
+            "weighted_round_robin",
+            "least_connections",
+            "least_response_time",
+            "random"
+        ]
+    );
+}
+
+#[test]
+fn only_maglev_and_ring_hash_are_hash_algorithms() {
+    let hashing: Vec<Algorithm> = Algorithm::ALL
+        .into_iter()
+        .filter(Algorithm::is_hash)
+        .collect();
+    assert_eq!(hashing, [Algorithm::Maglev, Algorithm::RingHash]);
+}
+
+#[test]
+fn an_unknown_algorithm_is_rejected_with_the_valid_ones() {
+    assert_rejected(
+        &with_backend("[balancer]\nalgorithm = \"consistent\""),
+        "balancer.algorithm",
+        2,
+        "unknown algorithm \"consistent\"; expected one of maglev, ring_hash, round_robin",
+    );
+}
+
+#[test]
+fn every_key_spelling_round_trips_through_display() {
+    for key in [
+        "client_ip",
+        "url",
+        "path",
+        "header:x-user",
+        "cookie:session",
+    ] {
+        let config = parse(&with_backend(&format!("[balancer]\nkey = \"{key}\""))).unwrap();
+        assert_eq!(config.balancer.key.to_string(), key);
+    }
+}
+
+#[test]
+fn a_header_key_is_stored_lowercased() {
+    let config = parse(&with_backend("[balancer]\nkey = \"header:X-Tenant-ID\"")).unwrap();
+    assert_eq!(
+        config.balancer.key,
+        KeySource::Header(HeaderName::from_static("x-tenant-id"))
+    );
+    assert_eq!(config.balancer.key.to_string(), "header:x-tenant-id");
+}
+
+#[test]
+fn a_header_key_with_an_invalid_name_is_rejected() {
+    for key in ["header:", "header:X Tenant", "header:é"] {
+        let text = with_backend(&format!("[balancer]\nkey = \"{key}\""));
+        assert_rejected(&text, "balancer.key", 2, "is not a valid HTTP header name");
+    }
+}
+
+#[test]
+fn a_cookie_key_needs_a_non_empty_token() {
+    for key in ["cookie:", "cookie:a b", "cookie:a;b", "cookie:a=b"] {
+        let text = with_backend(&format!("[balancer]\nkey = \"{key}\""));
+        assert_rejected(&text, "balancer.key", 2, "is not a valid cookie name");
+    }
+}
+
+#[test]
+fn an_unknown_key_source_is_rejected() {
+    assert_rejected(
+        &with_backend("[balancer]\nkey = \"ip\""),
+        "balancer.key",
+        2,
+        "unknown key \"ip\"; expected client_ip",
+    );
+}
+
+#[test]
+fn a_non_default_key_with_a_non_hash_algorithm_is_accepted_and_ignored() {
+    let config = parse(&with_backend(
+        "[balancer]\nalgorithm = \"round_robin\"\nkey = \"url\"",
+    ))
+    .unwrap();
+    assert_eq!(config.balancer.key, KeySource::Url);
+    assert!(
+        config
+            .summary()
+            .contains("key url is ignored by round_robin")
+    );
+}
+
+#[test]
+fn a_non_prime_table_size_is_rejected_for_maglev() {
+    assert_rejected(
+        &with_backend("[balancer]\ntable_size = 65536"),
+        "balancer.table_size",
+        2,
+        "table_size 65536 is not a prime number",
+    );
+}
+
+#[test]
+fn a_table_size_smaller_than_the_total_weight_is_rejected() {
+    let text = format!(
+        "[balancer]\ntable_size = 7\n{}",
+        backends(&[("\"a\"", "\"http://127.0.0.1:1\"", "weight = 10")])
+    );
+    assert_rejected(
+        &text,
+        "balancer.table_size",
+        2,
+        "smaller than the total backend weight 10",
+    );
+}
+
+#[test]
+fn a_negative_table_size_is_rejected() {
+    assert_rejected(
+        &with_backend("[balancer]\ntable_size = -7"),
+        "balancer.table_size",
+        2,
+        "must be a positive prime",
+    );
+}
+
+#[test]
+fn table_size_is_only_checked_for_maglev() {
+    let text = with_backend("[balancer]\nalgorithm = \"ring_hash\"\ntable_size = 100");
+    assert_eq!(parse(&text).unwrap().balancer.table_size, 100);
+}
+
+#[test]
+fn trusted_proxies_accept_cidrs_and_bare_addresses() {
+    let text = with_backend(
+        "[balancer]\ntrusted_proxies = [\"10.1.2.3/8\", \"192.0.2.7\", \"::1\", \"fd00::/8\"]",
+    );
+    let nets: Vec<String> = parse(&text)
+        .unwrap()
+        .balancer
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "::1/128", "fd00::/8"]);
+}
+
+#[test]
+fn a_bad_cidr_is_rejected_with_its_index_and_line() {
+    for bad in ["10.0.0.0/33", "10.0.0", "proxy.internal"] {
+        let text = with_backend(&format!(
+            "[balancer]\ntrusted_proxies = [\n  \"10.0.0.0/8\",\n  \"{bad}\",\n]"
+        ));
+        assert_rejected(&text, "balancer.trusted_proxies[1]", 4, "is not a CIDR");
+    }
+}
+
+#[test]
+fn an_empty_hash_key_means_none() {
+    let config = parse(&with_backend("[balancer]\nhash_key = \"\"")).unwrap();
+    assert_eq!(config.balancer.hash_key, None);
+}
+
+#[test]
+fn a_hash_key_of_32_hex_characters_becomes_16_bytes() {
+    let config = parse(&with_backend(
+        "[balancer]\nhash_key = \"ffeeddccbbaa99887766554433221100\"",
+    ))
+    .unwrap();
+    assert_eq!(
+        config.balancer.hash_key,
+        Some([
+            0xff, 0xee, 0xdd, 0xcc, 0xbb, 0xaa, 0x99, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22,
+            0x11, 0x00
+        ])
+    );
+}
+
+#[test]
+fn a_hash_key_of_the_wrong_length_or_with_non_hex_characters_is_rejected() {
+    for key in [
+        "abc",
+        "ffeeddccbbaa9988776655443322110",
+        "ffeeddccbbaa998877665544332211000",
+        "ffeeddccbbaa998877665544332211zz",
+        "+feeddccbbaa99887766554433221100",
+        "ffeeddccbbaa998877665544332211éé",
+    ] {
+        let text = with_backend(&format!("[balancer]\nhash_key = \"{key}\""));
+        assert_rejected(&text, "balancer.hash_key", 2, "exactly 32 hex characters");
+    }
+}
+
+#[test]
+fn bounded_load_accepts_zero_and_factors_above_one() {
+    for (text, c) in [("0", 0.0), ("0.0", 0.0), ("1.01", 1.01), ("2", 2.0)] {
+        let config = parse(&with_backend(&format!("[balancer]\nbounded_load = {text}"))).unwrap();
+        assert_eq!(config.balancer.bounded_load, c);
+    }
+}
+
+#[test]
+fn limits_have_defaults_and_reject_out_of_range_values() {
+    assert_eq!(
+        parse(&with_backend("")).unwrap().limits,
+        LimitsConfig::default()
+    );
+    for (field, bad, message) in [
+        ("max_header_bytes", "8191", "between 8192 and 16777216"),
+        ("max_header_bytes", "16777217", "between 8192 and 16777216"),
+        ("max_headers", "0", "between 1 and"),
+        ("max_connections", "0", "between 1 and"),
+        ("max_connections", "-5", "between 1 and"),
+        ("max_in_flight_per_backend", "-1", "between 0 and"),
+        (
+            "max_body_bytes",
+            "-1",
+            "use 0 (no limit) or a size in bytes",
+        ),
+        ("header_timeout", "\"0s\"", "must be greater than zero"),
+        ("header_timeout", "\"soon\"", "is not a duration"),
+    ] {
+        let text = with_backend(&format!("[limits]\n{field} = {bad}"));
+        assert_rejected(&text, &format!("limits.{field}"), 2, message);
+    }
+}
+
+#[test]
+fn panic_threshold_is_a_percentage_off_by_default() {
+    let config = parse(&with_backend("")).unwrap();
+    assert_eq!(config.balancer.panic_threshold, 0.0);
+    for (text, percent) in [("0", 0.0), ("50", 50.0), ("33.3", 33.3), ("100", 100.0)] {
+        let config = parse(&with_backend(&format!(
+            "[balancer]\npanic_threshold = {text}"
+        )))
+        .unwrap();
+        assert_eq!(config.balancer.panic_threshold, percent);
+        assert_eq!(
+            config
+                .summary()
+                .contains(&format!("panic below {percent}% healthy")),
+            percent > 0.0
+        );
+    }
+    for bad in ["-1", "100.5", "nan", "inf"] {
+        let text = with_backend(&format!("[balancer]\npanic_threshold = {bad}"));
+        assert_rejected(
+            &text,
+            "balancer.panic_threshold",
+            2,
+            "a percentage from 0 (off) to 100",
+        );
+    }
+}
+
+#[test]
+fn bounded_load_up_to_one_negative_or_not_finite_is_rejected() {
+    for c in ["0.5", "1.0", "1", "-2", "nan", "inf"] {
+        let text = with_backend(&format!("[balancer]\nbounded_load = {c}"));
+        assert_rejected(
+            &text,
+            "balancer.bounded_load",
+            2,
+            "out of range; use 0 (off) or a factor above 1.0",
+        );
+    }
+}
+
+#[test]
+fn bounded_load_with_a_non_hash_algorithm_is_rejected() {
+    let text = with_backend("[balancer]\nalgorithm = \"least_connections\"\nbounded_load = 1.25");
+    assert_rejected(
+        &text,
+        "balancer.bounded_load",
+        3,
+        "only applies to the hash algorithms",
+    );
+    let off = with_backend("[balancer]\nalgorithm = \"least_connections\"\nbounded_load = 0");
+    assert!(parse(&off).is_ok());
+}
+
+#[test]
+fn a_sticky_cookie_with_a_non_hash_algorithm_is_rejected() {
+    let text = with_backend(
+        "[balancer]\nalgorithm = \"round_robin\"\n[balancer.sticky_cookie]\nname = \"s\"",
+    );
+    assert_rejected(
+        &text,
+        "balancer.sticky_cookie",
+        2,
+        "needs maglev or ring_hash",
+    );
+}
+
+#[test]
+fn a_sticky_cookie_name_must_be_a_cookie_token() {
+    for name in ["", "my cookie", "a;b", "a,b", "é"] {
+        let text = with_backend(&format!("[balancer.sticky_cookie]\nname = \"{name}\""));
+        assert_rejected(
+            &text,
+            "balancer.sticky_cookie.name",
+            2,
+            "is not a valid cookie name",
+        );
+    }
+}
+
+#[test]
+fn a_zero_sticky_cookie_max_age_is_rejected() {
+    let text = with_backend("[balancer.sticky_cookie]\nmax_age = \"0s\"");
+    assert_rejected(
+        &text,
+        "balancer.sticky_cookie.max_age",
+        2,
+        "must be greater than zero",
+    );
+}
+
+// --- health check, upstream, listener, admin -------------------------------
+
+#[test]
+fn a_health_path_must_start_with_a_slash() {
+    assert_rejected(
+        &with_backend("[health_check]\npath = \"health\""),
+        "health_check.path",
+        2,
+        "must start with \"/\"",
+    );
+}
+
+#[test]
+fn a_health_path_must_be_a_valid_url_path() {
+    assert_rejected(
+        &with_backend("[health_check]\npath = \"/health check\""),
+        "health_check.path",
+        2,
+        "not a valid URL path",
+    );
+}
+
+#[test]
+fn a_health_timeout_equal_to_the_interval_is_rejected() {
+    let text = with_backend("[health_check]\ninterval = \"3s\"\ntimeout = \"3s\"");
+    assert_rejected(
+        &text,
+        "health_check.timeout",
+        3,
+        "timeout 3s must be below interval 3s",
+    );
+}
+
+#[test]
+fn an_interval_below_the_default_timeout_points_at_the_interval() {
+    let text = with_backend("[health_check]\ninterval = \"1s\"");
+    assert_rejected(
+        &text,
+        "health_check.interval",
+        2,
+        "interval 1s must be above timeout 2s (the default)",
+    );
+}
+
+#[test]
+fn zero_intervals_and_timeouts_are_rejected() {
+    for (section, key) in [
+        ("health_check", "interval"),
+        ("health_check", "timeout"),
+        ("upstream", "connect_timeout"),
+        ("upstream", "request_timeout"),
+    ] {
+        let text = with_backend(&format!("[{section}]\n{key} = \"0ms\""));
+        assert_rejected(&text, &format!("{section}.{key}"), 2, "\"0ms\" is zero");
+    }
+}
+
+#[test]
+fn a_zero_drain_timeout_is_allowed() {
+    let config = parse(&with_backend("[listener]\ndrain_timeout = \"0s\"")).unwrap();
+    assert_eq!(config.listener.drain_timeout, Duration::ZERO);
+}
+
+#[test]
+fn a_bad_duration_is_rejected_with_its_field_and_line() {
+    for bad in ["30", "fast", ""] {
+        let text = with_backend(&format!(
+            "[upstream]\nretries = 2\nrequest_timeout = \"{bad}\""
+        ));
+        assert_rejected(&text, "upstream.request_timeout", 3, "is not a duration");
+    }
+}
+
+#[test]
+fn thresholds_of_zero_are_rejected() {
+    for key in ["healthy_threshold", "unhealthy_threshold"] {
+        let text = with_backend(&format!("[health_check]\n{key} = 0"));
+        assert_rejected(
+            &text,
+            &format!("health_check.{key}"),
+            2,
+            "0 is out of range; it must be between 1 and",
+        );
+    }
+}
+
+#[test]
+fn negative_retries_are_rejected_and_zero_retries_are_allowed() {
+    assert_rejected(
+        &with_backend("[upstream]\nretries = -1"),
+        "upstream.retries",
+        2,
+        "-1 is out of range",
+    );
+    assert_eq!(
+        parse(&with_backend("[upstream]\nretries = 0"))
+            .unwrap()
+            .upstream
+            .retries,
+        0
+    );
+}
+
+#[test]
+fn a_listener_address_must_be_an_ip_and_port() {
+    for bad in ["localhost:8080", "127.0.0.1", "127.0.0.1:99999"] {
+        let text = with_backend(&format!("[listener]\naddress = \"{bad}\""));
+        assert_rejected(&text, "listener.address", 2, "is not an IP:PORT address");
+    }
+}
+
+#[test]
+fn an_admin_address_must_be_an_ip_and_port() {
+    assert_rejected(
+        &with_backend("[admin]\naddress = \":9900\""),
+        "admin.address",
+        2,
+        "is not an IP:PORT address",
+    );
+}
+
+#[test]
+fn admin_and_listener_on_the_same_address_are_rejected() {
+    let text = with_backend(
+        "[listener]\naddress = \"127.0.0.1:8080\"\n[admin]\naddress = \"127.0.0.1:8080\"",
+    );
+    assert_rejected(&text, "admin.address", 4, "also the listener address");
+    let both_port_zero =
+        with_backend("[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"");
+    assert!(parse(&both_port_zero).is_ok());
+}
+
+// --- error rendering and the summary -----------------------------------------
+
+#[test]
+fn load_names_the_file_when_it_cannot_be_read() {
+    let e = Config::load(Path::new("/nonexistent/affinity.toml")).unwrap_err();
+    assert_eq!(e.kind(), ConfigErrorKind::Io);
+    assert_eq!(e.file(), Path::new("/nonexistent/affinity.toml"));
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/affinity.toml: cannot read the config file: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    let text = "# ééé\n[[backends]]\nname = \"é\" ; url = \"http://127.0.0.1:1\"\n";
+    let e = error(text);
+    assert_eq!(
+        e.location(),
+        Some(Location {
+            line: 3,
+            column: 12
+        }),
+        "{e}"
+    );
+    assert_eq!(location("aé\nb", 3), Location { line: 1, column: 3 });
+    assert_eq!(location("aé\nb", 2), Location { line: 1, column: 2 });
+    assert_eq!(location("a", 99), Location { line: 1, column: 2 });
+}
+
+#[test]
+fn the_summary_lists_the_pool_with_each_backends_share() {
+    let text = format!(
+        "[admin]\n{}",
+        backends(&[
+            ("\"server-1\"", "\"http://127.0.0.1:9001\"", "weight = 1"),
+            ("\"server-22\"", "\"http://127.0.0.1:9002\"", "weight = 3"),
+        ])
+    );
+    let summary = parse(&text).unwrap().summary();
+    let expected = "\
+listener      127.0.0.1:8080 (drain timeout 30s)
+admin         127.0.0.1:9900
+balancer      maglev on client_ip, table size 65537
+health check  GET /health every 5s, timeout 2s, restore after 2 successes, remove after 2 failures
+upstream      connect timeout 1s, request timeout 30s, 1 retry
+limits        header timeout 10s, head 65536 bytes / 100 headers, body unlimited, 10000 connections, unlimited in flight per backend
+backends      2, total weight 4
+  server-1   http://127.0.0.1:9001  weight    1   25.0%
+  server-22  http://127.0.0.1:9002  weight    3   75.0%
+";
+    assert_eq!(summary, expected);
+}

@@ -1,0 +1,7 @@
+//! The entry: what the `affinity` command adds to the library. `main.rs`
+//! parses the command line and calls into [`crate::listener`] and
+//! [`crate::config`]; this folder holds what it needs beside them.
+//!
+//! * [`demo`]: the built-in backends of `affinity --demo`.
+
+pub mod demo;

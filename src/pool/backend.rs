@@ -1,0 +1,183 @@
+//! A backend as a snapshot holds it, and the live figures of each backend
+//! that outlive snapshots (requests in flight, latency, health record).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use http::HeaderValue;
+use http::Uri;
+use http::uri::{Authority, Scheme};
+
+use crate::balance::policy::LatencyEwma;
+
+/// Live figures of one backend that outlive snapshots.
+#[derive(Debug)]
+pub struct BackendState {
+    in_flight: AtomicU64,
+    requests: AtomicU64,
+    latency: LatencyEwma,
+    health: Mutex<HealthRecord>,
+}
+
+/// When a backend's health last changed and what its last probe said, for
+/// operators (the health itself is the snapshot's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthRecord {
+    /// When the backend last changed health, or when the pool first had it.
+    pub since: SystemTime,
+    /// The last probe or request result counted for its health.
+    pub last_probe: Option<ProbeRecord>,
+}
+
+/// One result counted for a backend's health.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeRecord {
+    /// When it was counted.
+    pub at: SystemTime,
+    /// Whether it counted as a success.
+    pub ok: bool,
+    /// What happened, such as `probe answered 200`.
+    pub detail: String,
+}
+
+impl Default for BackendState {
+    fn default() -> Self {
+        BackendState::new()
+    }
+}
+
+impl BackendState {
+    /// A backend's state when the pool first has it.
+    pub fn new() -> BackendState {
+        BackendState {
+            in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            latency: LatencyEwma::default(),
+            health: Mutex::new(HealthRecord {
+                since: SystemTime::now(),
+                last_probe: None,
+            }),
+        }
+    }
+
+    /// When its health last changed, and its last probe.
+    pub fn health(&self) -> HealthRecord {
+        self.health_record().clone()
+    }
+
+    /// Records a result counted for its health, and whether it changed the
+    /// health.
+    pub fn record_probe(&self, ok: bool, detail: String, changed: bool) {
+        let now = SystemTime::now();
+        let mut record = self.health_record();
+        record.last_probe = Some(ProbeRecord {
+            at: now,
+            ok,
+            detail,
+        });
+        if changed {
+            record.since = now;
+        }
+    }
+
+    fn health_record(&self) -> std::sync::MutexGuard<'_, HealthRecord> {
+        // The record is plain data, valid even if a writer panicked.
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Requests sent to this backend whose response has not finished.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent to this backend so far (every attempt, retries
+    /// included), for as long as a backend of this name has been in the pool.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The latency EWMA at `now_ns` (on [`Pool::now_ns`]'s clock); `None`
+    /// before the first response.
+    pub fn latency_ewma_ns(&self, now_ns: u64) -> Option<u64> {
+        self.latency.value_ns(now_ns)
+    }
+
+    /// Records the time to a response head, taken at `now_ns`.
+    pub fn observe_latency(&self, sample: Duration, now_ns: u64) {
+        self.latency.observe(sample, now_ns);
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+}
+
+/// One request in flight to a backend; dropping it ends the request.
+#[derive(Debug)]
+pub struct InFlight(Arc<BackendState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A backend of the pool, as a snapshot holds it.
+#[derive(Debug)]
+pub struct Backend {
+    pub(super) name: Arc<str>,
+    pub(super) url: Uri,
+    pub(super) scheme: Scheme,
+    pub(super) authority: Authority,
+    pub(super) host_header: HeaderValue,
+    pub(super) weight: u32,
+    pub(super) healthy: bool,
+    pub(super) state: Arc<BackendState>,
+}
+
+impl Backend {
+    /// Unique name: its identity in the hash tables.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The configured URL.
+    pub fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// The scheme requests are sent with (`http`).
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+
+    /// `host:port` requests are sent to.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The `Host` a request without one is sent with: the backend's host,
+    /// and its port unless that is 80.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host_header
+    }
+
+    /// Configured weight.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// Whether the selector of this snapshot may pick it.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy
+    }
+
+    /// Live figures, shared with the other snapshots.
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.state
+    }
+}

@@ -1,0 +1,110 @@
+//! The pool as requests see it: one immutable [`Snapshot`] (backends, their
+//! health, the selector) published through one
+//! [`arc_swap::ArcSwap`] in [`Pool`].
+//!
+//! A request loads the snapshot once and uses only that snapshot, so it sees
+//! one consistent table even while a health change or a reload publishes a
+//! new one. Building a snapshot happens off the request path; a request never
+//! waits for it and takes no lock.
+//!
+//! What must outlive a snapshot lives in [`BackendState`], shared between
+//! successive snapshots by backend name: requests in flight and the latency
+//! average. A request in flight when a new snapshot is published keeps
+//! counting against the same state.
+
+//!
+//! | file | holds |
+//! |---|---|
+//! | [`snapshot`] | [`Snapshot`]: backends, health, selector; how one is built from a config |
+//! | [`backend`] | [`Backend`] and the live [`BackendState`] shared across snapshots |
+//! | [`health`] | the pure health state machine: thresholds and transitions |
+//! | [`checks`] | the health-check task: probes, passive reports, reloads, publishing |
+//! | [`probe`] | one HTTP health probe |
+//! | [`stats`] | the counters the pool and the proxy record, which [`crate::admin`] renders |
+
+pub mod backend;
+pub mod checks;
+pub mod health;
+pub mod probe;
+pub mod snapshot;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+pub use backend::{Backend, BackendState, HealthRecord, InFlight, ProbeRecord};
+pub use snapshot::{Detour, PoolError, RANDOM_SEED, Rebuild, Selector, Snapshot};
+use stats::Stats;
+
+/// The current snapshot, swapped atomically, and the pool's monotonic clock.
+#[derive(Debug)]
+pub struct Pool {
+    current: ArcSwap<Snapshot>,
+    epoch: Instant,
+    stats: Stats,
+}
+
+impl Pool {
+    /// A pool that starts with `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Pool {
+        Pool {
+            current: ArcSwap::from_pointee(snapshot),
+            epoch: Instant::now(),
+            stats: Stats::new(),
+        }
+    }
+
+    /// The pool's counters, which outlive its snapshots.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The current snapshot. A request calls this once and keeps the result.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Publishes `snapshot`: requests that start afterwards use it, those
+    /// already running keep theirs.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+
+    /// Nanoseconds since the pool was created, on a monotonic clock: the
+    /// time base of the latency averages.
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn the_pool_publishes_a_new_snapshot_and_old_loads_keep_theirs() {
+        let first = Snapshot::all_healthy(Arc::new(
+            Config::from_toml(
+                "[balancer]\nalgorithm = \"round_robin\"\n\
+                 [[backends]]\nname = \"b0\"\nurl = \"http://127.0.0.1:9000\"\n\
+                 [[backends]]\nname = \"b1\"\nurl = \"http://127.0.0.1:9001\"\n",
+                Path::new("test.toml"),
+            )
+            .unwrap(),
+        ))
+        .unwrap();
+        let config = first.config().clone();
+        let pool = Pool::new(first);
+        let held = pool.snapshot();
+        let second = Snapshot::build(config, &[false, true], Some(&held)).unwrap();
+        pool.publish(second);
+        assert_eq!(held.healthy_count(), 2);
+        assert_eq!(pool.snapshot().healthy_count(), 1);
+        assert!(pool.now_ns() < pool.now_ns() + 1);
+    }
+}

@@ -1,0 +1,112 @@
+//! One active health probe: `GET http://<authority><path>` on a new
+//! connection, bounded by `health_check.timeout`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::header::{HOST, HeaderValue};
+use hyper::http::uri::Authority;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::connect_address;
+use crate::pool::health::Observation;
+
+/// One probe: `GET http://<authority><path>` with `Host: <authority>` on a
+/// new connection, within `timeout`.
+pub async fn probe(authority: &Authority, path: &str, timeout: Duration) -> Observation {
+    match tokio::time::timeout(timeout, exchange(authority, path)).await {
+        Err(_elapsed) => Observation::ProbeTimeout,
+        Ok(Err(error)) => Observation::ProbeError(error),
+        Ok(Ok(status)) if status.is_success() || status.is_redirection() => {
+            Observation::ProbeOk(status)
+        }
+        Ok(Ok(status)) => Observation::ProbeStatus(status),
+    }
+}
+
+async fn exchange(authority: &Authority, path: &str) -> Result<StatusCode, String> {
+    let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+    let request = Request::get(path)
+        .header(HOST, host)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let stream = TcpStream::connect(connect_address(authority).as_str())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    let response = sender.send_request(request);
+    tokio::pin!(connection, response);
+    tokio::select! {
+        biased;
+        response = &mut response => response.map(|r| r.status()).map_err(|e| e.to_string()),
+        // The connection may end right after delivering the response (the
+        // server closed it): the response, or its error, is ready by now.
+        ended = &mut connection => match (response.await, ended) {
+            (Ok(r), _) => Ok(r.status()),
+            (Err(_), Err(e)) => Err(e.to_string()),
+            (Err(e), Ok(())) => Err(e.to_string()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_probe_of_a_closed_port_is_an_error_not_a_hang() {
+        // A loopback address no other test listens on, so the closed port
+        // stays closed.
+        let listener = tokio::net::TcpListener::bind("127.0.99.2:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let authority: Authority = addr.to_string().parse().unwrap();
+        let observation = probe(&authority, "/health", Duration::from_secs(2)).await;
+        assert!(
+            matches!(observation, Observation::ProbeError(_)),
+            "{observation:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_probe_sends_get_of_the_path_with_the_backend_authority_as_host() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                head.extend_from_slice(&buf[..n]);
+            }
+            stream
+                .write_all(b"HTTP/1.1 302 Found\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let authority: Authority = addr.to_string().parse().unwrap();
+        let observation = probe(&authority, "/ready", Duration::from_secs(2)).await;
+        assert_eq!(observation, Observation::ProbeOk(StatusCode::FOUND));
+        let head = server.await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("get /ready http/1.1\r\n"), "{head}");
+        assert!(head.contains(&format!("host: {addr}\r\n")), "{head}");
+    }
+
+    #[tokio::test]
+    async fn a_probe_of_a_silent_server_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let authority: Authority = addr.to_string().parse().unwrap();
+        let observation = probe(&authority, "/health", Duration::from_millis(50)).await;
+        assert_eq!(observation, Observation::ProbeTimeout);
+        drop(listener);
+    }
+}

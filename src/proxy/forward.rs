@@ -1,0 +1,314 @@
+//! Sending one request to backends until one answers or a failure ends it,
+//! in named steps: [pick the next backend](next_backend),
+//! [attempt](attempt), [classify the failure](Failure::of) and
+//! [decide](RetryState::after_failure) whether to retry elsewhere, send once
+//! more to the same backend, or stop.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use hyper::body::{Body, Incoming};
+use hyper::header::{HOST, HeaderMap};
+use hyper::http::request::Parts;
+use hyper::http::uri::PathAndQuery;
+use hyper::{Method, Request, Response, Uri, Version};
+use tokio::time::Instant;
+
+use crate::config::LimitsConfig;
+use crate::pool::checks::HealthReporter;
+use crate::pool::{Backend, InFlight, Pool, Snapshot};
+use crate::proxy::access::Fallback;
+use crate::proxy::error::ProxyError;
+use crate::proxy::failure::{Chain, Failure};
+use crate::proxy::request::is_idempotent;
+use crate::proxy::request_body::{BodyTooLarge, RecoverableBody, Recovery};
+use crate::proxy::retry::{Plan, RetryState, Step, Stop};
+use crate::proxy::upstream::{self, Connection, UpstreamError};
+
+/// A backend's response head, with what its body still holds on to.
+pub struct Answer {
+    /// The response, its body still to be read.
+    pub response: Response<Incoming>,
+    /// The backend connection, given back once the response body is read.
+    pub connection: Connection,
+    /// The request, in flight until the response body ends.
+    pub in_flight: InFlight,
+    /// The backend that answered.
+    pub backend: Arc<str>,
+}
+
+/// What happened to the attempts of one request, for the access log.
+#[derive(Default)]
+pub struct Attempts {
+    /// Attempts made.
+    pub count: u32,
+    /// Backends that failed, in the order tried.
+    pub failed: Vec<Arc<str>>,
+    /// Why the request went elsewhere than its key's first choice.
+    pub fallback: Vec<Fallback>,
+    /// Where the request body's bytes are added up (access log only).
+    pub bytes_in: Option<Arc<AtomicU64>>,
+}
+
+/// What the steps of one request share.
+pub struct Forwarding<'a> {
+    /// The pool, for its clock and counters.
+    pub pool: &'a Pool,
+    /// Where failures are counted against a backend's health, if anywhere.
+    pub health: Option<&'a HealthReporter>,
+    /// The snapshot the request routes with.
+    pub snapshot: &'a Snapshot,
+    /// The request's key hash (0 for the classic policies).
+    pub key_hash: u64,
+    /// What happened so far.
+    pub attempts: &'a mut Attempts,
+}
+
+/// The parts of a request that every attempt sends again.
+struct Head {
+    method: Method,
+    path_and_query: PathAndQuery,
+    headers: HeaderMap,
+}
+
+/// An attempt that got no response head.
+enum Missed {
+    /// `upstream.request_timeout` passed.
+    Timeout,
+    /// The exchange failed; the body may come back through the recovery.
+    Failed(UpstreamError, Recovery),
+}
+
+/// Sends the request to backends until one answers or a failure ends it.
+pub async fn forward(
+    ctx: &mut Forwarding<'_>,
+    parts: Parts,
+    mut body: Incoming,
+) -> Result<Answer, ProxyError> {
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::UnsupportedMethod(parts.method));
+    }
+    let config = ctx.snapshot.config();
+    check_declared_length(&body, &config.limits)?;
+    let deadline = Instant::now() + config.upstream.request_timeout;
+    let mut head = Head {
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        method: parts.method,
+        headers: parts.headers,
+    };
+    let mut state = RetryState::new(config.upstream.retries, is_idempotent(&head.method));
+    loop {
+        let (index, backend) = next_backend(ctx, &mut state)?;
+        let plan = state.plan(ctx.snapshot.routable_count());
+        match attempt(ctx, backend, &mut head, body, plan, deadline).await {
+            Ok(answer) => return Ok(answer),
+            Err(Missed::Timeout) => {
+                return Err(ProxyError::Timeout {
+                    backend: backend.name().clone(),
+                    timeout: config.upstream.request_timeout,
+                });
+            }
+            Err(Missed::Failed(error, recovery)) => {
+                body = after_failure(ctx, &mut state, plan, (index, backend), error, recovery)?;
+            }
+        }
+    }
+}
+
+/// Refuses, before any backend sees it, a body whose declared length is
+/// over `limits.max_body_bytes`.
+fn check_declared_length(body: &Incoming, limits: &LimitsConfig) -> Result<(), ProxyError> {
+    let limit = limits.max_body_bytes;
+    if limit > 0 && body.size_hint().exact().is_some_and(|len| len > limit) {
+        return Err(ProxyError::BodyTooLarge(BodyTooLarge { limit }));
+    }
+    Ok(())
+}
+
+/// The next backend to try (pool index), skipping those at
+/// `limits.max_in_flight_per_backend`, and noting why a key's first attempt
+/// does not go to its first choice.
+fn next_backend<'s>(
+    ctx: &mut Forwarding<'s>,
+    state: &mut RetryState,
+) -> Result<(usize, &'s Backend), ProxyError> {
+    let snapshot = ctx.snapshot;
+    let per_backend = u64::from(snapshot.config().limits.max_in_flight_per_backend);
+    loop {
+        let next =
+            state.next(|tried| snapshot.next_backend(ctx.key_hash, tried, ctx.pool.now_ns()));
+        let Some((index, backend)) = next.and_then(|i| Some((i, snapshot.backends().get(i)?)))
+        else {
+            return Err(stop_error(state.exhausted()));
+        };
+        if per_backend > 0 && backend.state().in_flight() >= per_backend {
+            state.skip_full(index);
+            ctx.attempts.fallback.push(Fallback::Full);
+            continue;
+        }
+        if state.is_first() {
+            let detour = snapshot.detour(ctx.key_hash, index);
+            if detour.unhealthy {
+                ctx.attempts.fallback.push(Fallback::Unhealthy);
+            }
+            if detour.bounded_load {
+                ctx.attempts.fallback.push(Fallback::BoundedLoad);
+            }
+        }
+        return Ok((index, backend));
+    }
+}
+
+/// One attempt: the request to `backend` with `body` streaming through, up
+/// to its response head or `deadline`.
+async fn attempt(
+    ctx: &mut Forwarding<'_>,
+    backend: &Backend,
+    head: &mut Head,
+    body: Incoming,
+    plan: Plan,
+    deadline: Instant,
+) -> Result<Answer, Missed> {
+    // Headers are copied only while another attempt could still need them.
+    let mut headers = if plan.keeps_request() {
+        head.headers.clone()
+    } else {
+        std::mem::take(&mut head.headers)
+    };
+    if !headers.contains_key(HOST) {
+        // An HTTP/1.0 client may leave it out; HTTP/1.1 requires it.
+        headers.insert(HOST, backend.host_header().clone());
+    }
+    let (body, recovery) = RecoverableBody::new(body);
+    let limits = &ctx.snapshot.config().limits;
+    let body = body
+        .counting(ctx.attempts.bytes_in.clone())
+        .limited(limits.max_body_bytes);
+    let mut request = Request::new(body);
+    *request.method_mut() = head.method.clone();
+    // Origin form (`/path?query`), as HTTP/1.1 sends it to a server.
+    *request.uri_mut() = Uri::from(head.path_and_query.clone());
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+
+    ctx.attempts.count += 1;
+    let in_flight = backend.state().begin();
+    let sent = std::time::Instant::now();
+    let connect_timeout = ctx.snapshot.config().upstream.connect_timeout;
+    let send = upstream::send(backend.authority(), connect_timeout, request);
+    match tokio::time::timeout_at(deadline, send).await {
+        Err(_elapsed) => Err(Missed::Timeout),
+        Ok(Ok((response, connection))) => {
+            backend
+                .state()
+                .observe_latency(sent.elapsed(), ctx.pool.now_ns());
+            Ok(Answer {
+                response,
+                connection,
+                in_flight,
+                backend: backend.name().clone(),
+            })
+        }
+        Ok(Err(error)) => Err(Missed::Failed(error, recovery)),
+    }
+}
+
+/// After a failed attempt at `backend` (pool index and backend): counts it against the
+/// backend's health, and gives back the body for the next attempt, or the
+/// error that ends the request.
+fn after_failure(
+    ctx: &mut Forwarding<'_>,
+    state: &mut RetryState,
+    plan: Plan,
+    (index, backend): (usize, &Backend),
+    error: UpstreamError,
+    recovery: Recovery,
+) -> Result<Incoming, ProxyError> {
+    let failure = Failure::of(&error);
+    let routable = ctx.snapshot.routable_count();
+    let step = state.after_failure(plan, index, failure, routable, || recovery.take());
+    if !matches!(step, Step::Resend(_)) {
+        report_failure(ctx.health, backend, failure);
+    }
+    match step {
+        Step::Resend(body) => {
+            tracing::debug!(
+                backend = %backend.name(),
+                error = %Chain(&error),
+                "connection broken off before an answer; sending once more"
+            );
+            Ok(body)
+        }
+        Step::Retry(body) => {
+            tracing::warn!(
+                backend = %backend.name(),
+                error = %Chain(&error),
+                "backend failed; trying the next one"
+            );
+            let reason = if failure == Failure::Connect {
+                Fallback::ConnectError
+            } else {
+                Fallback::UpstreamError
+            };
+            ctx.attempts.failed.push(backend.name().clone());
+            ctx.attempts.fallback.push(reason);
+            ctx.pool
+                .stats()
+                .upstream_retry(backend.name(), reason.as_str());
+            Ok(body)
+        }
+        Step::GiveUp => {
+            ctx.attempts.failed.push(backend.name().clone());
+            let backend = backend.name().clone();
+            Err(if failure == Failure::Connect {
+                ProxyError::Connect {
+                    backend,
+                    source: error,
+                }
+            } else {
+                ProxyError::Upstream {
+                    backend,
+                    source: error,
+                }
+            })
+        }
+        Step::Stop(stop) => {
+            if let Stop::AllFailed { .. } = stop {
+                ctx.attempts.failed.push(backend.name().clone());
+            }
+            Err(stop_error(stop))
+        }
+    }
+}
+
+/// Counts a failed attempt against `backend`'s health: a connect failure,
+/// or the backend breaking the exchange off.
+fn report_failure(health: Option<&HealthReporter>, backend: &Backend, failure: Failure) {
+    let Some(health) = health else {
+        return;
+    };
+    match failure {
+        Failure::Connect => health.connect_failed(backend.name(), backend.authority()),
+        Failure::BrokenOff => health.request_failed(
+            backend.name(),
+            backend.authority(),
+            "the backend closed the connection before answering",
+        ),
+        Failure::BodyTooLarge(_) | Failure::ClientBody | Failure::Other => {}
+    }
+}
+
+/// The error a request stopped by `stop` answers with.
+fn stop_error(stop: Stop) -> ProxyError {
+    match stop {
+        Stop::NoHealthyBackend => ProxyError::NoHealthyBackend,
+        Stop::AllFull { full } => ProxyError::AllBackendsFull { full },
+        Stop::AllFailed { tried } => ProxyError::AllBackendsFailed { tried },
+        Stop::BodyTooLarge(too_large) => ProxyError::BodyTooLarge(too_large),
+        Stop::BadBody => ProxyError::BadRequest("the request body is malformed or cut off"),
+    }
+}

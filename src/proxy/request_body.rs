@@ -1,0 +1,192 @@
+//! The request body on its way to a backend: streamed, never buffered
+//! whole, and given back if the backend never read from it, so a request
+//! whose connect failed can be retried on the next backend with its body
+//! intact.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::Buf;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::oneshot;
+
+/// The error type of bodies sent to backends.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body that goes back to its [`Recovery`] if it is dropped before
+/// it was ever polled.
+///
+/// hyper's client consumes the request it sends. When connecting fails, the
+/// request (and so this body) is dropped without the body having been read,
+/// and the body returns through a oneshot channel (lock-free) to be sent to
+/// the next backend. As soon as the body is polled it belongs to that
+/// attempt: part of it may be on the wire, and it is never given back.
+#[derive(Debug)]
+pub struct RecoverableBody<B = Incoming> {
+    inner: Option<B>,
+    give_back: Option<oneshot::Sender<B>>,
+    /// Where the bytes read are added up, for the access log.
+    read: Option<Arc<AtomicU64>>,
+    /// The most data bytes it may carry (0: no limit), and how many it has.
+    limit: u64,
+    seen: u64,
+}
+
+/// A request body went over `limits.max_body_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request body is larger than {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The configured limit.
+    pub limit: u64,
+}
+
+/// The other end of a [`RecoverableBody`]: holds the body once it comes back.
+#[derive(Debug)]
+pub struct Recovery<B = Incoming>(oneshot::Receiver<B>);
+
+impl<B> RecoverableBody<B> {
+    /// Wraps `body`; the [`Recovery`] gets it back if it is dropped unpolled.
+    pub fn new(body: B) -> (RecoverableBody<B>, Recovery<B>) {
+        let (tx, rx) = oneshot::channel();
+        let wrapped = RecoverableBody {
+            inner: Some(body),
+            give_back: Some(tx),
+            read: None,
+            limit: 0,
+            seen: 0,
+        };
+        (wrapped, Recovery(rx))
+    }
+
+    /// The same body, adding the data bytes read from it to `read` (when
+    /// given), so a request's body bytes add up across its attempts.
+    pub fn counting(mut self, read: Option<Arc<AtomicU64>>) -> RecoverableBody<B> {
+        self.read = read;
+        self
+    }
+
+    /// The same body, failing with [`BodyTooLarge`] as soon as more than
+    /// `limit` data bytes have been read from it (0: no limit).
+    pub fn limited(mut self, limit: u64) -> RecoverableBody<B> {
+        self.limit = limit;
+        self
+    }
+}
+
+impl<B> Recovery<B> {
+    /// The body, if its [`RecoverableBody`] was dropped without being polled;
+    /// `None` if it was polled or is still alive.
+    pub fn take(mut self) -> Option<B> {
+        self.0.try_recv().ok()
+    }
+}
+
+impl<B> Drop for RecoverableBody<B> {
+    fn drop(&mut self) {
+        if let (Some(tx), Some(body)) = (self.give_back.take(), self.inner.take()) {
+            // The receiver may be gone (the request was abandoned): the body
+            // is then dropped with the failed send.
+            let _ = tx.send(body);
+        }
+    }
+}
+
+impl<B> Body for RecoverableBody<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        this.give_back = None;
+        let Some(body) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = ready!(Pin::new(body).poll_frame(cx));
+        if let Some(Ok(frame)) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let len = data.remaining() as u64;
+            if let Some(read) = &this.read {
+                read.fetch_add(len, Ordering::Relaxed);
+            }
+            this.seen += len;
+            if this.limit > 0 && this.seen > this.limit {
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: this.limit }))));
+            }
+        }
+        Poll::Ready(polled.map(|frame| frame.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+
+    use super::*;
+
+    fn full(text: &'static str) -> Full<Bytes> {
+        Full::new(Bytes::from_static(text.as_bytes()))
+    }
+
+    #[test]
+    fn a_body_dropped_unpolled_comes_back_intact() {
+        let (body, recovery) = RecoverableBody::new(full("payload"));
+        assert_eq!(body.size_hint().exact(), Some(7));
+        drop(body);
+        let back = recovery.take().expect("the body comes back");
+        assert_eq!(back.size_hint().exact(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_polled_body_is_never_given_back() {
+        let (body, recovery) = RecoverableBody::new(full("payload"));
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"payload");
+        assert!(recovery.take().is_none());
+    }
+
+    #[test]
+    fn a_live_body_is_not_given_back() {
+        let (body, recovery) = RecoverableBody::new(full("payload"));
+        assert!(recovery.take().is_none());
+        drop(body);
+    }
+
+    #[tokio::test]
+    async fn a_counting_body_adds_the_bytes_read_to_its_counter() {
+        let read = Arc::new(AtomicU64::new(5));
+        let (body, _recovery) = RecoverableBody::new(full("payload"));
+        let body = body.counting(Some(read.clone()));
+        body.collect().await.unwrap();
+        assert_eq!(read.load(Ordering::Relaxed), 12);
+    }
+
+    #[test]
+    fn a_body_dropped_after_its_recovery_is_simply_dropped() {
+        let (body, recovery) = RecoverableBody::new(full("payload"));
+        drop(recovery);
+        drop(body);
+    }
+}

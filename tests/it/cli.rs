@@ -1,0 +1,454 @@
+//! The `affinity` binary: `--check`, `--churn --json`, `--demo` (with a
+//! graceful SIGTERM), `--help`, `--version` and the log formats.
+//!
+//! `--demo` runs on a temporary config with a port-0 listener and backend
+//! ports found free just before, never on the shipped config's fixed ports.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_affinity");
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn affinity(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// A file in the system temp dir, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("affinity-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A child process killed on drop, should a test fail before it exits.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    fn wait_timeout(&mut self, limit: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < limit, "the process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_prints_the_pool() {
+    let config = manifest_dir().join("config.toml");
+    let output = affinity(&["--check", "-c", config.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("config.toml: ok"), "{stdout}");
+    for i in 1..=5 {
+        assert!(stdout.contains(&format!("server-{i}")), "{stdout}");
+    }
+}
+
+#[test]
+fn check_rejects_a_bad_config_with_exit_1_naming_file_line_and_field() {
+    let file = TempFile::new(
+        "bad.toml",
+        "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\nweight = 0\n",
+    );
+    let output = affinity(&["--check", "-c", file.path()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains(file.path()), "{stderr}");
+    assert!(stderr.contains(":4:"), "{stderr}");
+    assert!(stderr.contains("backends[0].weight"), "{stderr}");
+}
+
+#[test]
+fn churn_json_prints_one_object_with_the_documented_fields() {
+    let config = manifest_dir().join("config.toml");
+    let output = affinity(&["--churn", "--json", "-c", config.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["algorithm"], "maglev");
+    assert_eq!(report["table_size"], 65537);
+    assert!(report["build_ms"].as_f64().unwrap() >= 0.0);
+    let backends = report["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 5);
+    let total: f64 = backends.iter().map(|b| b["share"].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-9, "{total}");
+    for (i, b) in backends.iter().enumerate() {
+        assert_eq!(b["name"], format!("server-{}", i + 1));
+        assert_eq!(b["weight"], 1);
+    }
+    let remove = report["remove"].as_array().unwrap();
+    assert_eq!(remove.len(), 5);
+    for r in remove {
+        assert!(r["name"].is_string());
+        assert!(r["moved"].as_f64().unwrap() >= r["optimal"].as_f64().unwrap() - 1e-12);
+    }
+    assert!(report["add"]["moved"].is_f64());
+    assert!((report["add"]["optimal"].as_f64().unwrap() - 1.0 / 6.0).abs() < 1e-12);
+}
+
+#[test]
+fn help_and_version_describe_the_command() {
+    let help = affinity(&["--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    for flag in ["--config", "--check", "--churn", "--demo", "--log-format"] {
+        assert!(text.contains(flag), "{flag} missing from:\n{text}");
+    }
+    let version = affinity(&["--version"]);
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8(version.stdout).unwrap().trim(),
+        format!("affinity {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// Ports free right now on 127.0.0.1 (bound, then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Starts `affinity --demo` on a temporary 3-backend config and returns the
+/// process, the config file and the proxy address it logged.
+fn start_demo(log_format: &str) -> (Running, TempFile, SocketAddr) {
+    let mut text = String::from(
+        "[listener]\naddress = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n\
+         [balancer]\nkey = \"header:X-User\"\n",
+    );
+    for (i, port) in free_ports(3).into_iter().enumerate() {
+        text.push_str(&format!(
+            "[[backends]]\nname = \"server-{}\"\nurl = \"http://127.0.0.1:{port}\"\n",
+            i + 1
+        ));
+    }
+    let file = TempFile::new(&format!("demo-{log_format}.toml"), &text);
+    let (child, log, address) = start_affinity(&file, &["--demo", "--log-format", log_format]);
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || while log.recv().is_ok() {});
+    (child, file, address)
+}
+
+/// Starts `affinity -c FILE ARGS` with `RUST_LOG=info`; returns the process,
+/// its stderr lines (read on a thread: keep receiving, or drop the receiver
+/// to discard them) and the proxy address it logged. JSON log lines are
+/// checked to be JSON.
+fn start_affinity(file: &TempFile, args: &[&str]) -> (Running, mpsc::Receiver<String>, SocketAddr) {
+    let json = args.contains(&"json");
+    let mut child = Running(
+        Command::new(BIN)
+            .args(["-c", file.path()])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let address = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("affinity never logged its address");
+        if json {
+            let entry: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+            assert!(entry["level"].is_string(), "{line}");
+        }
+        if let Some(rest) = line.split("listening on ").nth(1)
+            && line.contains("affinity::listener")
+        {
+            let token: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            break token.parse::<SocketAddr>().unwrap();
+        }
+    };
+    (child, rx, address)
+}
+
+/// Waits (at most 10 s) for a log line containing one of `needles`;
+/// returns it.
+fn wait_for_line(log: &mpsc::Receiver<String>, needles: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no log line with any of {needles:?}"));
+        if needles.iter().any(|n| line.contains(n)) {
+            return line;
+        }
+    }
+}
+
+fn signal(child: &Running, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn terminate(child: &mut Running) -> ExitStatus {
+    signal(child, "TERM");
+    child.wait_timeout(Duration::from_secs(10))
+}
+
+#[tokio::test]
+async fn demo_serves_named_backends_with_sticky_users_and_exits_0_on_sigterm() {
+    let (mut child, _file, address) = start_demo("text");
+    let mut client = Client::connect(address).await;
+    let mut seen = std::collections::HashMap::new();
+    for round in 0..3 {
+        for user in 0..30 {
+            let user = format!("user-{user}");
+            let reply = client.get("/", &[("x-user", &user)]).await;
+            assert_eq!(reply.status, 200);
+            let name = reply.text().trim_end().to_owned();
+            assert_eq!(reply.backend(), name);
+            assert!(name.starts_with("server-"), "{name}");
+            let first = seen.entry(user.clone()).or_insert_with(|| name.clone());
+            assert_eq!(*first, name, "{user} moved in round {round}");
+        }
+    }
+    let mut names: Vec<&String> = seen.values().collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), 3, "30 users use all 3 demo backends");
+    let health = client.get("/health", &[]).await;
+    assert_eq!(health.status, 200);
+    drop(client);
+    assert_eq!(terminate(&mut child).code(), Some(0));
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let (mut child, _file, address) = start_demo("json");
+    let mut client = Client::connect(address).await;
+    assert_eq!(client.get("/", &[]).await.status, 200);
+    drop(client);
+    assert_eq!(terminate(&mut child).code(), Some(0));
+}
+
+#[test]
+fn a_listener_address_in_use_fails_with_exit_1() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = format!(
+        "[listener]\naddress = \"{}\"\n[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n",
+        taken.local_addr().unwrap()
+    );
+    let file = TempFile::new("taken.toml", &text);
+    let output = affinity(&["-c", file.path()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+}
+
+/// The backend each `/k/<i>` URL key goes to under `text`, all healthy.
+fn predicted(text: &str, keys: usize) -> Vec<String> {
+    let config = parse(text);
+    let orders = fallback_orders(&config);
+    (0..keys)
+        .map(|i| orders(format!("/k/{i}").as_bytes())[0].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_sighup_reloads_valid_and_invalid_under_load_fail_no_request() {
+    const KEYS: usize = 60;
+    let backends = TestBackend::start_many(5).await;
+    // Valid variants: all five; four, server-1 weighted 3; four without
+    // server-5. Invalid ones: a typo, a duplicate name.
+    let base = "[balancer]\nkey = \"url\"\n[health_check]\ninterval = \"1h\"\ntimeout = \"1s\"\n";
+    let valid = [
+        config_text(base, &pool(&backends)),
+        config_text(base, &pool(&backends[..4])).replacen(
+            "name = \"server-1\"\n",
+            "name = \"server-1\"\nweight = 3\n",
+            1,
+        ),
+        config_text(base, &pool(&backends[1..])),
+    ];
+    let invalid = [
+        valid[1].replacen("[balancer]", "bogus = 1\n[balancer]", 1),
+        format!(
+            "{}[[backends]]\nname = \"server-2\"\nurl = \"http://127.0.0.1:1\"\n",
+            valid[2]
+        ),
+    ];
+    let file = TempFile::new("reload.toml", &valid[0]);
+    let (child, log, address) = start_affinity(&file, &[]);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut client = Client::connect(address).await;
+            let (mut sent, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let reply = client
+                    .get(&format!("/k/{}", sent as usize % KEYS), &[])
+                    .await;
+                if reply.status != 200 {
+                    failed.push(format!("{} {}", reply.status, reply.text()));
+                }
+                sent += 1;
+            }
+            (sent, failed)
+        })
+    };
+
+    let mut client = Client::connect(address).await;
+    let mut running = &valid[0];
+    for reload in 0..20 {
+        if reload % 2 == 0 {
+            running = &valid[(reload / 2 + 1) % valid.len()];
+            std::fs::write(&file.0, running).unwrap();
+            signal(&child, "HUP");
+            let line = wait_for_line(&log, &["config reloaded", "keeping the running one"]);
+            assert!(line.contains("config reloaded"), "reload {reload}: {line}");
+        } else {
+            std::fs::write(&file.0, &invalid[(reload / 2) % invalid.len()]).unwrap();
+            signal(&child, "HUP");
+            let line = wait_for_line(&log, &["config reloaded", "keeping the running one"]);
+            assert!(line.contains("invalid config"), "reload {reload}: {line}");
+            assert!(
+                line.contains(file.path()),
+                "the error names the file: {line}"
+            );
+        }
+        // Whatever happened, requests go where the running config says.
+        let want = predicted(running, KEYS);
+        for (i, backend) in want.iter().enumerate() {
+            let reply = client.get(&format!("/k/{i}"), &[]).await;
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.backend(), backend, "key {i} after reload {reload}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sent, failed) = bounded(load).await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {failed:?}",
+        failed.len()
+    );
+    assert!(sent >= 20, "the load sent only {sent}");
+    drop(log);
+    let mut child = child;
+    assert_eq!(terminate(&mut child).code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_request_finish_refuses_new_connections_and_exits_0() {
+    let backends = TestBackend::start_many(2).await;
+    let text = config_text("[balancer]\nkey = \"url\"", &pool(&backends))
+        .replace("drain_timeout = \"2s\"", "drain_timeout = \"5s\"");
+    let file = TempFile::new("drain.toml", &text);
+    let (mut child, log, address) = start_affinity(&file, &[]);
+    std::thread::spawn(move || while log.recv().is_ok() {});
+    let held = tokio::spawn(async move {
+        let mut client = Client::connect(address).await;
+        client.get("/hold", &[]).await
+    });
+    bounded(async {
+        while backends.iter().map(TestBackend::count).sum::<u64>() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let signalled = Instant::now();
+    signal(&child, "TERM");
+    // The listener closes at once: new connections are refused.
+    bounded(async {
+        while tokio::net::TcpStream::connect(address).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for backend in &backends {
+        backend.release();
+    }
+    let reply = bounded(held).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(child.wait_timeout(Duration::from_secs(5)).code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "exit took {:?}",
+        signalled.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_closed_stderr_neither_stops_serving_nor_fails_the_exit() {
+    let dead = dead_address().await;
+    let text = config_text("", &[("gone", dead)]);
+    let file = TempFile::new("closed-stderr.toml", &text);
+    let (mut child, log, address) = start_affinity(&file, &[]);
+    // The reading thread ends at the next line, closing the pipe.
+    drop(log);
+    let mut client = Client::connect(address).await;
+    for _ in 0..3 {
+        // Each failed request logs a warning into the closed pipe.
+        assert_eq!(client.get("/", &[]).await.status, 503);
+    }
+    drop(client);
+    assert_eq!(terminate(&mut child).code(), Some(0));
+}
