@@ -48,7 +48,7 @@
 use std::sync::Arc;
 
 use crate::balance::hash::{member_hash128, mix64};
-use crate::balance::member::{self, Member, MemberError, apportion, total_weight};
+use crate::balance::member::{self, BackendSet, Member, MemberError, apportion, total_weight};
 
 /// Marks "no backend" in a table slot.
 const NONE: u16 = u16::MAX;
@@ -512,16 +512,10 @@ impl HealthyMaglev {
     /// appears exactly once.
     pub fn fallback(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
         let slot = self.base.slot(hash);
-        let mut seen: Vec<usize> = Vec::new();
+        let mut seen = BackendSet::with_capacity(self.base.backends());
         self.base
             .preferences(slot)
-            .filter(move |&b| {
-                if !self.healthy[b] || seen.contains(&b) {
-                    return false;
-                }
-                seen.push(b);
-                true
-            })
+            .filter(move |&b| self.healthy[b] && seen.insert(b))
             .take(self.healthy_count)
     }
 

@@ -115,9 +115,53 @@ pub fn apportion(total: u64, weights: &[u32]) -> Vec<u64> {
     shares
 }
 
+/// A set of backends (caller indices), one bit each: what a fallback walk
+/// has yielded so far, so that it yields each backend once in O(1) per step
+/// instead of scanning a list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendSet {
+    words: Vec<u64>,
+}
+
+impl BackendSet {
+    /// An empty set sized for backends `0..backends` (it grows past that if
+    /// it must).
+    pub fn with_capacity(backends: usize) -> BackendSet {
+        BackendSet {
+            words: vec![0; backends.div_ceil(64)],
+        }
+    }
+
+    /// Adds `backend`; whether it was not in the set before.
+    pub fn insert(&mut self, backend: usize) -> bool {
+        let (word, bit) = (backend / 64, 1u64 << (backend % 64));
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        let new = self.words[word] & bit == 0;
+        self.words[word] |= bit;
+        new
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backend_set_admits_each_backend_once_and_grows_past_its_capacity() {
+        let mut set = BackendSet::with_capacity(70);
+        for b in [0, 63, 64, 69] {
+            assert!(set.insert(b), "{b}");
+            assert!(!set.insert(b), "{b}");
+        }
+        assert!(set.insert(1000));
+        assert!(!set.insert(1000));
+        assert!(set.insert(1));
+        let mut empty = BackendSet::default();
+        assert!(empty.insert(5));
+        assert!(!empty.insert(5));
+    }
 
     #[test]
     fn a_valid_pool_passes() {

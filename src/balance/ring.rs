@@ -29,7 +29,7 @@
 use std::sync::Arc;
 
 use crate::balance::hash::{member_hash128, mix64};
-use crate::balance::member::{self, Member, MemberError};
+use crate::balance::member::{self, BackendSet, Member, MemberError};
 
 /// Points per unit of weight. Ketama uses 160 per server; we use more for a
 /// tighter balance (about ±3% per backend instead of ±8%), which our build
@@ -292,16 +292,10 @@ impl HealthyRing {
         } else {
             self.points.successor(point_of(hash))
         };
-        let mut seen: Vec<usize> = Vec::new();
+        let mut seen = BackendSet::with_capacity(self.base.backends);
         (0..len)
             .map(move |k| self.points.owners[(start + k) % len] as usize)
-            .filter(move |&b| {
-                if seen.contains(&b) {
-                    return false;
-                }
-                seen.push(b);
-                true
-            })
+            .filter(move |&b| seen.insert(b))
             .take(self.healthy_count)
     }
 
