@@ -11,7 +11,6 @@
 //! successive snapshots by backend name: requests in flight and the latency
 //! average. A request in flight when a new snapshot is published keeps
 //! counting against the same state.
-
 //!
 //! | file | holds |
 //! |---|---|
