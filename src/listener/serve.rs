@@ -1,0 +1,296 @@
+//! One worker: its accept loop, each client connection it serves, and its
+//! drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::listener::drain::{Drain, DrainSignal, drained};
+use crate::listener::http::{H2_PREFACE, connection_builder, http1_builder};
+use crate::listener::workers::{Accepted, Handed, OpenConnection, Workers, rehome};
+use crate::proxy::Proxy;
+use crate::proxy::framing::{AmbiguousRequest, Watched};
+use crate::proxy::tunnel::Tunnels;
+
+/// The pause after a failed `accept` (such as running out of file
+/// descriptors) before trying again, so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What one worker serves with.
+pub(super) struct Worker {
+    /// The request handler.
+    pub(super) proxy: Arc<Proxy>,
+    /// Client connections open over every worker, for
+    /// `limits.max_connections`.
+    pub(super) open: Arc<AtomicUsize>,
+    /// Every worker's load, and the way to hand one a connection.
+    pub(super) workers: Arc<Workers<Accepted>>,
+    /// This worker's place in `workers`.
+    pub(super) me: usize,
+    /// The connections other workers hand to this one.
+    pub(super) handed: Handed<Accepted>,
+}
+
+/// What every connection of a worker shares: the handler, the tunnels and
+/// the drain, and hyper's settings for the running config's `[limits]`.
+#[derive(Clone)]
+struct Shared {
+    proxy: Arc<Proxy>,
+    tunnels: Tunnels,
+    /// Raised when the drain starts: every connection then finishes its
+    /// current request and closes.
+    draining: Arc<DrainSignal>,
+    config: Arc<Config>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    http1: Arc<http1::Builder>,
+}
+
+impl Shared {
+    /// A reload that changed the limits builds the connection settings
+    /// again, for the connections that follow.
+    fn refresh(&mut self) {
+        let current = self.proxy.pool().snapshot().config().clone();
+        if !Arc::ptr_eq(&current, &self.config) {
+            if current.limits != self.config.limits {
+                self.builder = Arc::new(connection_builder(&current.limits));
+                self.http1 = Arc::new(http1_builder(&current.limits));
+            }
+            self.config = current;
+        }
+    }
+}
+
+/// The accept loop, then the drain. A connection the kernel gave this worker
+/// while another serves fewer goes to that one, so that long keep-alive
+/// connections spread evenly whatever `SO_REUSEPORT`'s hash did.
+pub(super) async fn serve(
+    listener: TcpListener,
+    worker: Worker,
+    mut stopped: oneshot::Receiver<()>,
+) -> Drain {
+    let Worker {
+        proxy,
+        open,
+        workers,
+        me,
+        mut handed,
+    } = worker;
+    let config = proxy.pool().snapshot().config().clone();
+    let mut shared = Shared {
+        builder: Arc::new(connection_builder(&config.limits)),
+        http1: Arc::new(http1_builder(&config.limits)),
+        config,
+        proxy,
+        tunnels: Tunnels::new(),
+        draining: Arc::new(DrainSignal::default()),
+    };
+    let mut connections = JoinSet::new();
+    loop {
+        let ((stream, peer, counted), load) = tokio::select! {
+            // A send or a dropped handle: either way, stop.
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let max = shared.proxy.pool().snapshot().config().limits.max_connections;
+                    let max = usize::try_from(max).unwrap_or(usize::MAX);
+                    let Some(counted) = OpenConnection::try_open(&open, max) else {
+                        // Over the limit: closed at once, without a word,
+                        // so the accept loop never waits on it.
+                        tracing::debug!(%peer, max, "too many client connections; closing a new one");
+                        drop(stream);
+                        continue;
+                    };
+                    match workers.hand_over(me, (stream, peer, counted)) {
+                        None => continue,
+                        Some(kept) => kept,
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            Some(((stream, peer, counted), load)) = handed.recv() => match rehome(stream) {
+                Ok(stream) => ((stream, peer, counted), load),
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "cannot take over a handed connection");
+                    continue;
+                }
+            },
+            // Reap finished connections so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        shared.refresh();
+        let connection = serve_connection(stream, peer, shared.clone());
+        connections.spawn(async move {
+            let _counted = (counted, load);
+            connection.await;
+        });
+    }
+    drop(listener);
+    drain(connections, &shared).await
+}
+
+/// Serves one client connection to its end: HTTP/1.1, or HTTP/2 with prior
+/// knowledge, seen in its first bytes.
+fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Shared,
+) -> impl Future<Output = ()> + Send + 'static {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+    }
+    // The requests served so far: each one's index on the connection. Until
+    // the first, the connection is on `header_timeout` as a whole (hyper
+    // times the HTTP/1 head, but not the wait for a first byte, the HTTP/2
+    // preface nor its handshake).
+    let requests = Arc::new(AtomicU64::new(0));
+    let served = requests.clone();
+    let header_timeout = shared.config.limits.header_timeout;
+    // The raw bytes are watched for what hyper hides: a request with both
+    // Content-Length and Transfer-Encoding.
+    let head_bytes = usize::try_from(shared.config.limits.max_header_bytes).unwrap_or(usize::MAX);
+    let (stream, ambiguity) = Watched::new(stream, head_bytes);
+    let proxy = shared.proxy.clone();
+    let tunnels = shared.tunnels.clone();
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        let index = requests.fetch_add(1, Ordering::Relaxed);
+        if ambiguity.is(index) {
+            request.extensions_mut().insert(AmbiguousRequest);
+        }
+        let proxy = proxy.clone();
+        let tunnels = tunnels.clone();
+        // Boxed: hyper keeps room for one request's future in every
+        // connection, idle or not; a box keeps that to a pointer, and the
+        // ~3 KB state lives only while a request does.
+        Box::pin(async move {
+            let response = proxy.handle(request, peer, &tunnels).await;
+            Ok::<_, std::convert::Infallible>(response)
+        })
+    });
+    let Shared {
+        draining,
+        builder,
+        http1,
+        ..
+    } = shared;
+    async move {
+        let first = tokio::time::sleep(header_timeout);
+        tokio::pin!(first);
+        // Look at the first bytes without consuming them: HTTP/1 goes
+        // straight to hyper's HTTP/1 server, so hyper's first read gets the
+        // whole head (hyper-util's auto builder reads 24 bytes to sniff the
+        // version and hands them back first, which makes hyper grow its
+        // 8 KiB read buffer to 16 KiB on every connection), and the task
+        // holds only HTTP/1 state. What could be the HTTP/2 preface goes to
+        // the auto builder, boxed.
+        let mut head = [0u8; H2_PREFACE.len()];
+        let maybe_h2 = tokio::select! {
+            peeked = stream.get_ref().peek(&mut head) => match peeked {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head[..n] == H2_PREFACE[..n],
+            },
+            () = &mut first => {
+                tracing::debug!(%peer, "no request within the header timeout; closing");
+                return;
+            }
+            // Nothing sent yet: nothing to finish.
+            () = draining.started() => return,
+        };
+        let ended = if maybe_h2 {
+            // With upgrades: after a `101`, hyper hands the client's
+            // connection over to the tunnel and this future ends.
+            let mut connection = Box::pin(
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned(),
+            );
+            tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = &mut first, if served.load(Ordering::Relaxed) == 0 => {
+                    if served.load(Ordering::Relaxed) == 0 {
+                        tracing::debug!(%peer, "no request within the header timeout; closing");
+                        return;
+                    }
+                    drained(connection.as_mut(), &draining, |c| c.graceful_shutdown()).await
+                }
+                () = draining.started() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        } else {
+            // hyper times the head from here (header_timeout).
+            let connection = http1
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            drained(connection.as_mut(), &draining, |c| c.graceful_shutdown())
+                .await
+                .map_err(Into::into)
+        };
+        if let Err(error) = ended {
+            tracing::debug!(%peer, %error, "client connection ended with an error");
+        }
+    }
+}
+
+/// The drain, once the worker stopped accepting: every connection finishes
+/// its current request and closes, and the tunnels close, within the running
+/// config's drain timeout; what is left then is cut off.
+async fn drain(mut connections: JoinSet<()>, shared: &Shared) -> Drain {
+    let tunnels = &shared.tunnels;
+    // The drain timeout of the running config (a reload may have changed it).
+    let drain_timeout = shared
+        .proxy
+        .pool()
+        .snapshot()
+        .config()
+        .listener
+        .drain_timeout;
+    tracing::info!(
+        connections = connections.len(),
+        tunnels = tunnels.open(),
+        drain_timeout = %humantime::format_duration(drain_timeout),
+        "stopped accepting; draining"
+    );
+    // Connections first: a request still in flight may yet open a tunnel.
+    shared.draining.raise();
+    let drained = async {
+        while connections.join_next().await.is_some() {}
+        tunnels.closed().await;
+    };
+    match tokio::time::timeout(drain_timeout, drained).await {
+        Ok(()) => {
+            tracing::info!("drained");
+            Drain::Complete
+        }
+        Err(_) => {
+            tracing::warn!(
+                connections = connections.len(),
+                tunnels = tunnels.open(),
+                "drain timeout passed; closing the remaining connections"
+            );
+            connections.abort_all();
+            while connections.join_next().await.is_some() {}
+            // Each tunnel drops its connections as soon as it sees the cut.
+            tunnels.cut_off();
+            tunnels.closed().await;
+            Drain::TimedOut
+        }
+    }
+}
