@@ -1,16 +1,15 @@
 //! The `affinity` command: parses the command line and calls the library.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::LevelFilter;
 
 use affinity::balance::churn::churn;
 use affinity::config::Config;
+use affinity::entry::logging::{self, LogFormat};
 use affinity::listener::{Drain, ProxyHandle};
 
 /// mimalloc: per-thread free lists suit the proxy's many short-lived
@@ -45,23 +44,47 @@ struct Cli {
     #[arg(long)]
     demo: bool,
 
+    /// Binary upgrade: listen on the addresses of a running instance beside
+    /// it (without this, an address in use is an error); then stop the old
+    /// one with SIGTERM, and it drains.
+    #[arg(long, conflicts_with_all = ["check", "churn"])]
+    upgrade: bool,
+
+    /// Print the man page (roff) and exit.
+    #[arg(long, exclusive = true)]
+    man: bool,
+
     /// Log format on stderr; RUST_LOG filters (default: info).
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print shell completions for SHELL: source them, or install them where
+    /// your shell looks (e.g. `affinity completions bash >
+    /// /etc/bash_completion.d/affinity`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
 }
 
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    if cli.man {
+        return print_man_page();
+    }
+    if let Some(Command::Completions { shell }) = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "affinity", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    logging::init(cli.log_format);
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => {
@@ -93,6 +116,18 @@ fn main() -> ExitCode {
     runtime.block_on(run(config, cli.config, cli.demo))
 }
 
+/// Writes the man page, generated from the same definition as `--help`.
+fn print_man_page() -> ExitCode {
+    let man = clap_mangen::Man::new(Cli::command());
+    match man.render(&mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("affinity: cannot write the man page: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Keeps the kernel from backing the heap with 2 MiB transparent huge
 /// pages. mimalloc is built not to ask for them (`no_thp`); this also covers
 /// kernels set to give them to every process (`enabled = always`). Each idle
@@ -105,31 +140,6 @@ fn disable_transparent_huge_pages() {
         // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no
         // memory of ours; a failure (an old kernel) leaves things as they were.
         let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    }
-}
-
-/// The log filter when `RUST_LOG` is unset.
-const DEFAULT_LOG_DIRECTIVES: &str = "info,access=off";
-
-fn init_logging(format: LogFormat) {
-    // Without RUST_LOG: info, and no access log (one line per request is
-    // for operators who ask for it: RUST_LOG=info,access=info).
-    let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder()
-            .with_default_directive(LevelFilter::INFO.into())
-            .parse_lossy(directives),
-        _ => EnvFilter::new(DEFAULT_LOG_DIRECTIVES),
-    };
-    // A log line that cannot be written (stderr closed: the log collector
-    // went away) is dropped: reporting it would write to stderr again, and
-    // `eprintln!` panics when that fails. The proxy keeps serving.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .log_internal_errors(false);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

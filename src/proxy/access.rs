@@ -26,7 +26,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hyper::Method;
 
@@ -120,7 +120,6 @@ pub struct AccessRecord {
 impl AccessRecord {
     /// Writes the line; `bytes_out` response body bytes were sent.
     pub fn log(&self, bytes_out: u64, outcome: &str) {
-        let failed: Vec<&str> = self.failed.iter().map(|b| &**b).collect();
         tracing::info!(
             target: "access",
             client = %self.client,
@@ -132,13 +131,33 @@ impl AccessRecord {
             backend = self.backend.as_deref(),
             attempts = self.attempts,
             fallback = %Fallbacks(&self.fallback),
-            failed = ?failed,
+            failed = %FailedList(&self.failed),
             status = self.status,
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out,
-            latency_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            latency_ms = latency_ms(self.started.elapsed()),
             outcome,
         );
+    }
+}
+
+/// Milliseconds, rounded to the microsecond: `12.914`, never float noise
+/// such as `12.913367000000001`.
+fn latency_ms(elapsed: Duration) -> f64 {
+    (elapsed.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Backend names as a JSON array (`["a","b"]`): readable in text lines, and
+/// an array in JSON ones (the JSON log embeds this field as JSON).
+struct FailedList<'a>(&'a [Arc<str>]);
+
+impl fmt::Display for FailedList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|b| &**b).collect();
+        match serde_json::to_string(&names) {
+            Ok(json) => f.write_str(&json),
+            Err(_) => f.write_str("[]"),
+        }
     }
 }
 
@@ -215,6 +234,21 @@ impl Finish {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_is_rounded_to_the_microsecond() {
+        assert_eq!(latency_ms(Duration::from_nanos(12_913_367)), 12.913);
+        assert_eq!(latency_ms(Duration::from_nanos(12_913_500)), 12.914);
+        assert_eq!(latency_ms(Duration::ZERO), 0.0);
+        assert_eq!(latency_ms(Duration::from_millis(1500)).to_string(), "1500");
+    }
+
+    #[test]
+    fn failed_backends_are_a_json_array_of_names() {
+        assert_eq!(FailedList(&[]).to_string(), "[]");
+        let failed: Vec<Arc<str>> = vec![Arc::from("a"), Arc::from("b\"c")];
+        assert_eq!(FailedList(&failed).to_string(), r#"["a","b\"c"]"#);
+    }
 
     #[test]
     fn fallbacks_are_written_comma_separated_or_as_none() {

@@ -176,12 +176,21 @@ fn start_demo(log_format: &str) -> (Running, TempFile, SocketAddr) {
 /// to discard them) and the proxy address it logged. JSON log lines are
 /// checked to be JSON.
 fn start_affinity(file: &TempFile, args: &[&str]) -> (Running, mpsc::Receiver<String>, SocketAddr) {
+    start_affinity_logging(file, args, "info")
+}
+
+/// [`start_affinity`] with `RUST_LOG=rust_log`.
+fn start_affinity_logging(
+    file: &TempFile,
+    args: &[&str],
+    rust_log: &str,
+) -> (Running, mpsc::Receiver<String>, SocketAddr) {
     let json = args.contains(&"json");
     let mut child = Running(
         Command::new(BIN)
             .args(["-c", file.path()])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -281,6 +290,48 @@ async fn json_logs_are_one_object_per_line() {
     assert_eq!(client.get("/", &[]).await.status, 200);
     drop(client);
     assert_eq!(terminate(&mut child).code(), Some(0));
+}
+
+#[tokio::test]
+async fn the_json_access_log_has_failed_backends_as_an_array_and_latency_in_microseconds() {
+    let live = TestBackend::start("live").await;
+    let dead = dead_address().await;
+    let text = config_text(
+        "[balancer]\nkey = \"header:X-User\"\n\
+         [upstream]\nretries = 1\n",
+        &[("live", live.addr), ("dead", dead)],
+    );
+    let file = TempFile::new("json-access.toml", &text);
+    let (mut child, log, address) =
+        start_affinity_logging(&file, &["--log-format", "json"], "info,access=info");
+    let mut client = Client::connect(address).await;
+    for user in 0..20 {
+        let reply = client.get("/", &[("x-user", &format!("user-{user}"))]).await;
+        assert_eq!(reply.status, 200);
+    }
+    drop(client);
+    assert_eq!(terminate(&mut child).code(), Some(0));
+    // The child has exited: its stderr ends, and so does this.
+    let access: Vec<serde_json::Value> = log
+        .iter()
+        .map(|line| serde_json::from_str(&line).unwrap())
+        .filter(|line: &serde_json::Value| line["target"] == "access")
+        .collect();
+    assert_eq!(access.len(), 20, "{access:?}");
+    for line in &access {
+        let fields = &line["fields"];
+        assert!(fields["failed"].is_array(), "{line}");
+        let latency = fields["latency_ms"].to_string();
+        let decimals = latency.split('.').nth(1).map_or(0, str::len);
+        assert!(decimals <= 3, "latency_ms {latency} is not rounded to microseconds");
+        assert!(fields["status"].is_u64() && fields["attempts"].is_u64(), "{line}");
+    }
+    assert!(
+        access
+            .iter()
+            .any(|line| line["fields"]["failed"] == serde_json::json!(["dead"])),
+        "no request fell over from the dead backend: {access:?}"
+    );
 }
 
 #[test]
