@@ -81,8 +81,11 @@ fn main() -> ExitCode {
         return print_man_page();
     }
     if let Some(Command::Completions { shell }) = cli.command {
-        clap_complete::generate(shell, &mut Cli::command(), "affinity", &mut std::io::stdout());
-        return ExitCode::SUCCESS;
+        // Into a buffer first: clap_complete panics when its writer fails
+        // (say `affinity completions bash | head`).
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "affinity", &mut script);
+        return print_stdout(&script, "completions");
     }
     logging::init(cli.log_format);
     let config = match Config::load(&cli.config) {
@@ -118,11 +121,26 @@ fn main() -> ExitCode {
 
 /// Writes the man page, generated from the same definition as `--help`.
 fn print_man_page() -> ExitCode {
-    let man = clap_mangen::Man::new(Cli::command());
-    match man.render(&mut std::io::stdout()) {
-        Ok(()) => ExitCode::SUCCESS,
+    let mut page = Vec::new();
+    match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+        Ok(()) => print_stdout(&page, "the man page"),
         Err(e) => {
-            eprintln!("affinity: cannot write the man page: {e}");
+            eprintln!("affinity: cannot render the man page: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `bytes` (`what`) to stdout; a reader that went away (`| head`)
+/// ends it quietly with exit 1, any other failure with a message.
+fn print_stdout(bytes: &[u8], what: &str) -> ExitCode {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("affinity: cannot write {what}: {e}");
             ExitCode::FAILURE
         }
     }

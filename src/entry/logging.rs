@@ -116,12 +116,14 @@ impl Visit for Fields {
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), text_value(field.name(), value));
+        self.0
+            .insert(field.name().into(), text_value(field.name(), value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         let text = format!("{value:?}");
-        self.0.insert(field.name().into(), text_value(field.name(), &text));
+        self.0
+            .insert(field.name().into(), text_value(field.name(), &text));
     }
 }
 

@@ -292,6 +292,102 @@ async fn json_logs_are_one_object_per_line() {
     assert_eq!(terminate(&mut child).code(), Some(0));
 }
 
+#[test]
+fn completions_come_for_bash_zsh_and_fish_from_the_same_definition_as_help() {
+    for (shell, mark) in [
+        ("bash", "complete -F _affinity"),
+        ("zsh", "#compdef affinity"),
+        ("fish", "complete -c affinity"),
+    ] {
+        let output = affinity(&["completions", shell]);
+        assert_eq!(output.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8(output.stdout).unwrap();
+        assert!(script.contains(mark), "{shell}: {script}");
+        assert!(
+            script.contains("upgrade") && script.contains("check"),
+            "{shell}"
+        );
+    }
+    let unknown = affinity(&["completions", "cmd.exe"]);
+    assert_eq!(unknown.status.code(), Some(2));
+}
+
+#[test]
+fn the_man_page_is_roff_naming_every_option() {
+    let output = affinity(&["--man"]);
+    assert_eq!(output.status.code(), Some(0));
+    let page = String::from_utf8(output.stdout).unwrap();
+    assert!(page.contains(".TH affinity 1"), "{page}");
+    for option in [
+        "config",
+        "check",
+        "churn",
+        "demo",
+        "upgrade",
+        "man",
+        "log\\-format",
+    ] {
+        assert!(
+            page.contains(&format!("\\-\\-{option}")),
+            "{option}: {page}"
+        );
+    }
+    assert!(page.contains("completions"), "{page}");
+}
+
+#[test]
+fn a_reader_that_goes_away_never_makes_the_command_panic() {
+    for args in [&["completions", "bash"][..], &["--man"][..]] {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before anything is read: every write fails.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(output.status.code(), None, "{args:?}: killed by a signal");
+    }
+}
+
+#[test]
+fn the_example_systemd_unit_passes_systemd_analyze_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIP: systemd-analyze is not installed");
+        return;
+    }
+    // The unit as installed, with this build's binary and man page.
+    let dir = std::env::temp_dir().join(format!("affinity-unit-{}", std::process::id()));
+    let man1 = dir.join("man").join("man1");
+    std::fs::create_dir_all(&man1).unwrap();
+    std::fs::write(man1.join("affinity.1"), affinity(&["--man"]).stdout).unwrap();
+    let unit = std::fs::read_to_string(manifest_dir().join("examples/systemd/affinity.service"))
+        .unwrap()
+        .replace("/usr/local/bin/affinity", BIN);
+    let path = dir.join("affinity.service");
+    std::fs::write(&path, unit).unwrap();
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .env("MANPATH", dir.join("man"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[tokio::test]
 async fn the_json_access_log_has_failed_backends_as_an_array_and_latency_in_microseconds() {
     let live = TestBackend::start("live").await;
@@ -306,7 +402,9 @@ async fn the_json_access_log_has_failed_backends_as_an_array_and_latency_in_micr
         start_affinity_logging(&file, &["--log-format", "json"], "info,access=info");
     let mut client = Client::connect(address).await;
     for user in 0..20 {
-        let reply = client.get("/", &[("x-user", &format!("user-{user}"))]).await;
+        let reply = client
+            .get("/", &[("x-user", &format!("user-{user}"))])
+            .await;
         assert_eq!(reply.status, 200);
     }
     drop(client);
@@ -323,8 +421,14 @@ async fn the_json_access_log_has_failed_backends_as_an_array_and_latency_in_micr
         assert!(fields["failed"].is_array(), "{line}");
         let latency = fields["latency_ms"].to_string();
         let decimals = latency.split('.').nth(1).map_or(0, str::len);
-        assert!(decimals <= 3, "latency_ms {latency} is not rounded to microseconds");
-        assert!(fields["status"].is_u64() && fields["attempts"].is_u64(), "{line}");
+        assert!(
+            decimals <= 3,
+            "latency_ms {latency} is not rounded to microseconds"
+        );
+        assert!(
+            fields["status"].is_u64() && fields["attempts"].is_u64(),
+            "{line}"
+        );
     }
     assert!(
         access
