@@ -10,7 +10,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use affinity::balance::churn::churn;
 use affinity::config::Config;
 use affinity::entry::logging::{self, LogFormat};
-use affinity::listener::{Drain, ProxyHandle};
+use affinity::listener::{Addresses, Drain, ProxyHandle};
 
 /// mimalloc: per-thread free lists suit the proxy's many short-lived
 /// allocations (request heads, header maps, futures) better than glibc's
@@ -116,7 +116,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config, cli.config, cli.demo))
+    let addresses = if cli.upgrade {
+        Addresses::Shared
+    } else {
+        Addresses::Exclusive
+    };
+    runtime.block_on(run(config, cli.config, cli.demo, addresses))
 }
 
 /// Writes the man page, generated from the same definition as `--help`.
@@ -162,7 +167,7 @@ fn disable_transparent_huge_pages() {
 }
 
 /// Serves until SIGTERM or SIGINT, then drains; SIGHUP reloads `path`.
-async fn run(config: Config, path: PathBuf, demo: bool) -> ExitCode {
+async fn run(config: Config, path: PathBuf, demo: bool, addresses: Addresses) -> ExitCode {
     // Installed before anything starts: a signal that arrives as soon as the
     // listening address is logged must already mean "drain", not "die".
     let mut stop = match StopSignals::install() {
@@ -185,13 +190,18 @@ async fn run(config: Config, path: PathBuf, demo: bool) -> ExitCode {
         None
     };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let proxy = match affinity::listener::start_workers(config, workers).await {
+    let proxy = match affinity::listener::start_with(config, workers, addresses).await {
         Ok(proxy) => proxy,
         Err(e) => {
             eprintln!("affinity: {e}");
             return ExitCode::FAILURE;
         }
     };
+    if addresses == Addresses::Shared {
+        tracing::info!(
+            "listening beside the running instance; stop that one with SIGTERM and it drains"
+        );
+    }
     let name = loop {
         match stop.recv().await {
             Received::Reload => reload(&proxy, &path).await,

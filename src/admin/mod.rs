@@ -79,14 +79,14 @@ impl Drop for AdminServer {
     }
 }
 
-/// Binds `address` and serves the admin endpoint for `pool` on the current
+/// Serves the admin endpoint for `pool` on `listener` (bound by the
+/// listener part, which decides who may share its address), on the current
 /// runtime. `draining` turns `/healthz` to `503` once set.
-pub async fn start(
-    address: SocketAddr,
+pub fn start(
+    listener: TcpListener,
     pool: Arc<Pool>,
     draining: Arc<AtomicBool>,
 ) -> io::Result<AdminServer> {
-    let listener = TcpListener::bind(address).await?;
     let local_addr = listener.local_addr()?;
     let admin = Arc::new(Admin {
         metrics: Metrics::new(pool.stats()),

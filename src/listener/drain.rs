@@ -39,7 +39,10 @@ impl DrainSignal {
 }
 
 /// Runs `connection` to its end; when the drain starts, asks it (`shutdown`)
-/// to finish its current request and close.
+/// to finish its current request and close, but not before `started` says
+/// it has begun its first request: asked earlier, hyper would close it
+/// without reading the request a client had already sent, and the kernel
+/// would answer that request with a reset.
 ///
 /// Polled on every wake-up of the connection, so this costs one atomic load
 /// then: the drain's wake-up is registered on the first poll only (the
@@ -47,6 +50,7 @@ impl DrainSignal {
 pub(super) async fn drained<C, T>(
     mut connection: std::pin::Pin<&mut C>,
     draining: &DrainSignal,
+    started: impl Fn() -> bool,
     shutdown: impl FnOnce(std::pin::Pin<&mut C>),
 ) -> T
 where
@@ -63,6 +67,7 @@ where
                 let _ = notified.as_mut().poll(cx);
             }
             if draining.raised.load(Ordering::Acquire)
+                && started()
                 && let Some(shutdown) = shutdown.take()
             {
                 shutdown(connection.as_mut());

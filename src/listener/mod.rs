@@ -63,12 +63,23 @@ use crate::pool::{Pool, PoolError, Snapshot};
 use crate::proxy::Proxy;
 pub use drain::Drain;
 use serve::{Worker, serve};
+pub use socket::{Addresses, migrates_queued_connections};
 use socket::{LISTEN_BACKLOG, bind};
 use workers::Workers;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Something already listens on the listener (or admin endpoint)
+    /// address.
+    #[error(
+        "cannot listen on {address}: another process listens there already \
+         (for a binary upgrade beside a running affinity, start the new one with --upgrade)"
+    )]
+    InUse {
+        /// The configured address.
+        address: SocketAddr,
+    },
     /// The listener (or admin endpoint) address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -84,6 +95,18 @@ pub enum StartError {
     /// A worker thread or its runtime could not be started.
     #[error("cannot start a worker: {0}")]
     Runtime(String),
+}
+
+impl StartError {
+    /// The error of binding `address`: [`StartError::InUse`] when something
+    /// listens there.
+    fn bind(address: SocketAddr, source: io::Error) -> StartError {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            StartError::InUse { address }
+        } else {
+            StartError::Bind { address, source }
+        }
+    }
 }
 
 /// What a reload applied.
@@ -200,13 +223,23 @@ pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
 /// connections then stay on one thread from accept to response, with no
 /// cross-thread wake-ups; every worker routes with the same pool.
 pub async fn start_workers(config: Config, workers: usize) -> Result<ProxyHandle, StartError> {
+    start_with(config, workers, Addresses::Exclusive).await
+}
+
+/// [`start_workers`], taking the listening addresses as `addresses` says:
+/// [`Addresses::Shared`] listens beside a running instance (a binary
+/// upgrade).
+pub async fn start_with(
+    config: Config,
+    workers: usize,
+    addresses: Addresses,
+) -> Result<ProxyHandle, StartError> {
     let workers = workers.max(1);
     let config = Arc::new(config);
     let pool = Arc::new(Pool::new(Snapshot::all_healthy(config.clone())?));
     let address = config.listener.address;
-    let bind_error = |source| StartError::Bind { address, source };
-    let shared = workers > 1;
-    let listener = bind(address, shared)
+    let bind_error = |source| StartError::bind(address, source);
+    let listener = bind(address, addresses)
         .and_then(|socket| socket.listen(LISTEN_BACKLOG))
         .map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
@@ -214,19 +247,27 @@ pub async fn start_workers(config: Config, workers: usize) -> Result<ProxyHandle
     // each becomes a listener on its own thread's runtime.
     let mut sockets = Vec::with_capacity(workers - 1);
     for _ in 1..workers {
-        sockets.push(bind(local_addr, true).map_err(bind_error)?);
+        sockets.push(bind(local_addr, Addresses::Shared).map_err(bind_error)?);
     }
     let draining = Arc::new(AtomicBool::new(false));
     let admin = match &config.admin {
         Some(settings) => {
             let address = settings.address;
-            let server = admin::start(address, pool.clone(), draining.clone())
-                .await
-                .map_err(|source| StartError::Bind { address, source })?;
+            let listener = bind(address, addresses)
+                .and_then(|socket| socket.listen(LISTEN_BACKLOG))
+                .map_err(|source| StartError::bind(address, source))?;
+            let server = admin::start(listener, pool.clone(), draining.clone())
+                .map_err(|source| StartError::bind(address, source))?;
             Some(server)
         }
         None => None,
     };
+    if addresses == Addresses::Shared && migrates_queued_connections() == Some(false) {
+        tracing::warn!(
+            "net.ipv4.tcp_migrate_req is 0: connections the old instance has queued but not \
+             accepted when it stops are reset; set it to 1 for an upgrade that loses none"
+        );
+    }
     // Client connections open over every worker, for `limits.max_connections`.
     let open = Arc::new(AtomicUsize::new(0));
     let health = checks::spawn(pool.clone());

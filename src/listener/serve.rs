@@ -141,6 +141,22 @@ pub(super) async fn serve(
         });
     }
     drop(listener);
+    // Connections other workers handed to this one: accepted already, so
+    // served rather than dropped (which would reset them). A worker that
+    // hands one over from now on keeps it.
+    handed.close();
+    while let Ok(((stream, peer, counted), load)) = handed.try_recv() {
+        match rehome(stream) {
+            Ok(stream) => {
+                let connection = serve_connection(stream, peer, shared.clone());
+                connections.spawn(async move {
+                    let _counted = (counted, load);
+                    connection.await;
+                });
+            }
+            Err(error) => tracing::debug!(%peer, %error, "cannot take over a handed connection"),
+        }
+    }
     drain(connections, &shared).await
 }
 
@@ -208,8 +224,9 @@ fn serve_connection(
                 tracing::debug!(%peer, "no request within the header timeout; closing");
                 return;
             }
-            // Nothing sent yet: nothing to finish.
-            () = draining.started() => return,
+            // Not cut short by the drain: a client that connected before it
+            // has its first request served (and the connection closed after
+            // it), as it would with the listener still open.
         };
         let ended = if maybe_h2 {
             // With upgrades: after a `101`, hyper hands the client's
@@ -226,7 +243,7 @@ fn serve_connection(
                         tracing::debug!(%peer, "no request within the header timeout; closing");
                         return;
                     }
-                    drained(connection.as_mut(), &draining, |c| c.graceful_shutdown()).await
+                    drained(connection.as_mut(), &draining, || true, |c| c.graceful_shutdown()).await
                 }
                 () = draining.started() => {
                     connection.as_mut().graceful_shutdown();
@@ -239,9 +256,12 @@ fn serve_connection(
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(connection);
-            drained(connection.as_mut(), &draining, |c| c.graceful_shutdown())
-                .await
-                .map_err(Into::into)
+            let started = || served.load(Ordering::Relaxed) > 0;
+            drained(connection.as_mut(), &draining, started, |c| {
+                c.graceful_shutdown()
+            })
+            .await
+            .map_err(Into::into)
         };
         if let Err(error) = ended {
             tracing::debug!(%peer, %error, "client connection ended with an error");
