@@ -8,7 +8,7 @@ use clap_complete::Shell;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use affinity::balance::churn::churn;
-use affinity::config::Config;
+use affinity::config::{Config, ConfigErrors};
 use affinity::entry::logging::{self, LogFormat};
 use affinity::listener::{Addresses, Drain, ProxyHandle};
 
@@ -90,16 +90,20 @@ fn main() -> ExitCode {
     logging::init(cli.log_format);
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("affinity: {e}");
+        Err(errors) => {
+            print_errors(&cli.config, &errors);
             return ExitCode::FAILURE;
         }
     };
     if cli.check {
         println!("{}: ok", cli.config.display());
+        for warning in config.warnings() {
+            println!("warning: {warning}");
+        }
         print!("{}", config.summary());
         return ExitCode::SUCCESS;
     }
+    log_warnings(&config);
     if cli.churn {
         return run_churn(&config, cli.json);
     }
@@ -148,6 +152,22 @@ fn print_stdout(bytes: &[u8], what: &str) -> ExitCode {
             eprintln!("affinity: cannot write {what}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One error: `affinity: ERROR`. Several: a header line with their number,
+/// then one line each, in file order, so each one can be grepped alone.
+fn print_errors(path: &Path, errors: &ConfigErrors) {
+    match errors.count() {
+        1 => eprintln!("affinity: {}", errors.first()),
+        n => eprintln!("affinity: {}: {n} errors\n{errors}", path.display()),
+    }
+}
+
+/// A valid config's warnings, once each, at start and on every reload.
+fn log_warnings(config: &Config) {
+    for warning in config.warnings() {
+        tracing::warn!(%warning, "config warning");
     }
 }
 
@@ -221,11 +241,19 @@ async fn reload(proxy: &ProxyHandle, path: &Path) {
     tracing::info!(config = %path.display(), "SIGHUP received; reloading");
     let config = match Config::load(path) {
         Ok(config) => config,
-        Err(error) => {
-            tracing::error!(%error, "invalid config; keeping the running one");
+        Err(errors) => {
+            for error in &errors {
+                tracing::error!(%error, "invalid config");
+            }
+            tracing::error!(
+                config = %path.display(),
+                errors = errors.count(),
+                "invalid config; keeping the running one"
+            );
             return;
         }
     };
+    log_warnings(&config);
     match proxy.reload(config).await {
         Ok(reloaded) if reloaded.needs_restart.is_empty() => tracing::info!("config reloaded"),
         Ok(reloaded) => tracing::warn!(

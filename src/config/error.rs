@@ -1,6 +1,7 @@
 //! Why a config file was rejected, and where: byte spans from the TOML
 //! parser become lines, columns and field paths such as
-//! `backends[1].weight`.
+//! `backends[1].weight`. Also what a valid file may have got wrong
+//! ([`ConfigWarning`]).
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -71,18 +72,155 @@ impl ConfigError {
     }
 
     fn render(&self) -> String {
-        let mut out = self.file.display().to_string();
-        if let Some(at) = self.location {
-            out.push_str(&format!(":{}:{}", at.line, at.column));
-        }
-        if let Some(field) = &self.field {
-            out.push_str(": ");
-            out.push_str(field);
-        }
-        out.push_str(": ");
-        out.push_str(&self.message);
-        out
+        render(
+            &self.file,
+            self.location,
+            self.field.as_deref(),
+            &self.message,
+        )
     }
+
+    /// Where it sorts in file order: located errors by line and column,
+    /// then those without a location.
+    fn position(&self) -> (bool, Option<(usize, usize)>) {
+        (
+            self.location.is_none(),
+            self.location.map(|at| (at.line, at.column)),
+        )
+    }
+}
+
+/// Every reason a config file was rejected; never empty.
+///
+/// A syntax error, a wrong type or an unknown key stops the reading (what
+/// follows cannot be trusted), so those come alone; the validation rules
+/// are all checked, and every broken one is here, in file order (errors
+/// without a location last). Its `Display` is one line per error, each
+/// exactly as [`ConfigError`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ConfigErrors {
+    // Boxed: a `Result` carrying this stays small on the success path.
+    first: Box<ConfigError>,
+    rest: Vec<ConfigError>,
+}
+
+impl ConfigErrors {
+    /// `errors` in file order (a stable sort: errors at one position, and
+    /// those without one, keep the order they were found in); `None` when
+    /// there are none.
+    pub(super) fn in_file_order(mut errors: Vec<ConfigError>) -> Option<ConfigErrors> {
+        errors.sort_by_key(ConfigError::position);
+        let mut errors = errors.into_iter();
+        Some(ConfigErrors {
+            first: Box::new(errors.next()?),
+            rest: errors.collect(),
+        })
+    }
+
+    /// The first error in file order: what a caller that reports only one shows.
+    pub fn first(&self) -> &ConfigError {
+        &self.first
+    }
+
+    /// How many errors there are; at least 1.
+    pub fn count(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    /// Every error, in file order.
+    pub fn iter(&self) -> ConfigErrorsIter<'_> {
+        std::iter::once(&*self.first).chain(&self.rest)
+    }
+
+    fn render(&self) -> String {
+        let lines: Vec<String> = self.iter().map(ConfigError::to_string).collect();
+        lines.join("\n")
+    }
+}
+
+/// The iterator of [`ConfigErrors::iter`].
+pub type ConfigErrorsIter<'a> =
+    std::iter::Chain<std::iter::Once<&'a ConfigError>, std::slice::Iter<'a, ConfigError>>;
+
+impl<'a> IntoIterator for &'a ConfigErrors {
+    type Item = &'a ConfigError;
+    type IntoIter = ConfigErrorsIter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(error: ConfigError) -> ConfigErrors {
+        ConfigErrors {
+            first: Box::new(error),
+            rest: Vec::new(),
+        }
+    }
+}
+
+/// Something in a valid config file that is likely a mistake but can be
+/// deliberate, such as two backends on one URL: `--check` prints it and the
+/// proxy logs it, but the file is accepted.
+///
+/// Its `Display` has the same form as [`ConfigError`]'s:
+/// `FILE:LINE:COLUMN: FIELD: what looks wrong`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    file: PathBuf,
+    location: Option<Location>,
+    field: String,
+    message: String,
+}
+
+impl ConfigWarning {
+    /// The config file it is about.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Where in the file, when known.
+    pub fn location(&self) -> Option<Location> {
+        self.location
+    }
+
+    /// The field path, such as `backends[1].url`.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// What looks wrong, without file, location or field.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&render(
+            &self.file,
+            self.location,
+            Some(&self.field),
+            &self.message,
+        ))
+    }
+}
+
+/// `FILE:LINE:COLUMN: FIELD: message`, leaving out what is unknown.
+fn render(file: &Path, location: Option<Location>, field: Option<&str>, message: &str) -> String {
+    let mut out = file.display().to_string();
+    if let Some(at) = location {
+        out.push_str(&format!(":{}:{}", at.line, at.column));
+    }
+    if let Some(field) = field {
+        out.push_str(": ");
+        out.push_str(field);
+    }
+    out.push_str(": ");
+    out.push_str(message);
+    out
 }
 
 /// The text being validated and the file it came from, for error messages.
@@ -103,6 +241,20 @@ impl Source<'_> {
             location: span.map(|s| location(self.text, s.start)),
             field: Some(field.into()),
             kind: ConfigErrorKind::Invalid,
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn warning<T>(
+        &self,
+        field: impl Into<String>,
+        value: &Spanned<T>,
+        message: impl Into<String>,
+    ) -> ConfigWarning {
+        ConfigWarning {
+            file: self.file.to_path_buf(),
+            location: Some(location(self.text, value.span().start)),
+            field: field.into(),
             message: message.into(),
         }
     }

@@ -9,9 +9,13 @@
 //!    are kept as [`toml::Spanned`] so an error can point at their line.
 //! 2. **One validation pass** ([`Config::from_toml`]) fills absent keys from
 //!    the `DEFAULT_*` constants, parses durations, addresses, URLs and CIDRs,
-//!    and checks every rule. The first problem becomes a [`ConfigError`] that
+//!    and checks every rule. Each problem becomes a [`ConfigError`] that
 //!    names the file, the line and column, the field path (such as
-//!    `backends[1].weight`) and what is wrong.
+//!    `backends[1].weight`) and what is wrong; every rule is checked, so
+//!    one run reports every broken one ([`ConfigErrors`], in file order).
+//!    A rule that weighs one value against another runs only when both are
+//!    valid, so no mistake is reported twice. What is valid but likely a
+//!    mistake becomes a [`ConfigWarning`].
 //! 3. **Runtime structs** ([`Config`] and its parts) hold only checked, typed
 //!    values: no string left to parse and no `Option` where a default exists.
 //!
@@ -22,7 +26,7 @@
 //! | `mod.rs` | the runtime structs and their `DEFAULT_*` constants |
 //! | `file.rs` | the file structs, as serde reads them |
 //! | `validate.rs` | the validation pass: file structs → runtime structs |
-//! | `error.rs` | [`ConfigError`], and turning byte spans into lines, columns and field paths |
+//! | `error.rs` | [`ConfigError`], [`ConfigErrors`], [`ConfigWarning`], and turning byte spans into lines, columns and field paths |
 //! | `url.rs` | backend URLs: parsing, display, the address to connect to |
 //! | `summary.rs` | the summary `affinity --check` prints |
 //!
@@ -61,7 +65,9 @@ pub use crate::balance::key::KeySource;
 use crate::balance::member::Member;
 use crate::balance::selector::HashAlgorithm;
 use error::Source;
-pub use error::{ConfigError, ConfigErrorKind, Location};
+pub use error::{
+    ConfigError, ConfigErrorKind, ConfigErrors, ConfigErrorsIter, ConfigWarning, Location,
+};
 use file::FileConfig;
 pub use url::connect_address;
 
@@ -86,6 +92,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The pool, in config order; never empty.
     pub backends: Vec<BackendConfig>,
+    /// What validation found likely but not certainly wrong.
+    warnings: Vec<ConfigWarning>,
 }
 
 /// Default `listener.address`.
@@ -346,7 +354,7 @@ pub struct BackendConfig {
 
 impl Config {
     /// Reads and checks the config file at `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             location: None,
@@ -358,10 +366,19 @@ impl Config {
     }
 
     /// Parses and checks config `text`; `path` only names the file in errors.
-    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    ///
+    /// A syntax or type error is reported alone (nothing after it can be
+    /// trusted); otherwise every rule the file breaks is.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         let source = Source { text, file: path };
         let file: FileConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
-        source.validate(file)
+        source.validate(&file)
+    }
+
+    /// What looks wrong in this valid config (such as two backends on one
+    /// URL), in file order: for `--check` to print and the proxy to log.
+    pub fn warnings(&self) -> &[ConfigWarning] {
+        &self.warnings
     }
 
     /// The backends as the hashing core sees them: name and weight, in config order.

@@ -8,7 +8,7 @@ use crate::balance::member::MAX_WEIGHT;
 
 const ONE_BACKEND: &str = "[[backends]]\nname = \"server-1\"\nurl = \"http://127.0.0.1:9001\"\n";
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
     Config::from_toml(text, Path::new("config.toml"))
 }
 
@@ -17,10 +17,20 @@ fn with_backend(section: &str) -> String {
     format!("{section}\n{ONE_BACKEND}")
 }
 
-fn error(text: &str) -> ConfigError {
+/// Every error `text` gets, in the order reported.
+fn errors(text: &str) -> Vec<ConfigError> {
     match parse(text) {
         Ok(config) => panic!("expected an error, got {config:#?}"),
-        Err(e) => e,
+        Err(e) => e.iter().cloned().collect(),
+    }
+}
+
+/// The one error `text` gets: a second one would be a consequence of the
+/// first or a mistake in the test.
+fn error(text: &str) -> ConfigError {
+    match errors(text).as_slice() {
+        [one] => one.clone(),
+        many => panic!("expected one error, got {}: {many:#?}", many.len()),
     }
 }
 
@@ -389,6 +399,87 @@ fn an_empty_backend_name_is_rejected() {
         backends(&[("\"\"", "\"http://127.0.0.1:2\"", "")])
     );
     assert_rejected(&text, "backends[1].name", 5, "the name is empty");
+}
+
+#[test]
+fn a_blank_backend_name_is_rejected_saying_what_a_name_may_be() {
+    for blank in ["\" \"", "\"   \"", "\"\\t \""] {
+        let text = format!(
+            "{ONE_BACKEND}{}",
+            backends(&[(blank, "\"http://127.0.0.1:2\"", "")])
+        );
+        assert_rejected(&text, "backends[1].name", 5, "is blank");
+        assert!(
+            error(&text).message().ends_with(
+                "a name may contain any characters except control characters (such as tab or newline), and must not start or end with whitespace"
+            ),
+            "{}",
+            error(&text)
+        );
+    }
+}
+
+#[test]
+fn a_backend_name_with_a_control_character_is_rejected_naming_it() {
+    for (name, shown) in [
+        ("\"a\\tb\"", "'\\t'"),
+        ("\"server-1\\n\"", "'\\n'"),
+        ("\"bell\\u0007\"", "'\\u{7}'"),
+        ("\"del\\u007f\"", "'\\u{7f}'"),
+    ] {
+        let text = format!(
+            "{ONE_BACKEND}{}",
+            backends(&[(name, "\"http://127.0.0.1:2\"", "")])
+        );
+        assert_rejected(
+            &text,
+            "backends[1].name",
+            5,
+            &format!("contains the control character {shown}"),
+        );
+    }
+}
+
+#[test]
+fn a_backend_name_with_whitespace_at_either_end_is_rejected() {
+    for (name, needle) in [
+        ("\" server-2\"", "starts with whitespace"),
+        ("\"server-2 \"", "ends with whitespace"),
+        ("\"\\u00a0server-2\"", "starts with whitespace"),
+    ] {
+        let text = format!(
+            "{ONE_BACKEND}{}",
+            backends(&[(name, "\"http://127.0.0.1:2\"", "")])
+        );
+        assert_rejected(&text, "backends[1].name", 5, needle);
+    }
+}
+
+#[test]
+fn backend_names_with_inner_spaces_and_any_printable_characters_are_accepted() {
+    let text = backends(&[
+        ("\"eu west 1\"", "\"http://127.0.0.1:1\"", ""),
+        ("\"sérveur-ü/2:α\"", "\"http://127.0.0.1:2\"", ""),
+    ]);
+    let config = parse(&text).unwrap();
+    assert_eq!(config.backends[0].name, "eu west 1");
+    assert_eq!(config.backends[1].name, "sérveur-ü/2:α");
+}
+
+#[test]
+fn an_invalid_name_is_not_also_reported_as_a_duplicate() {
+    let text = backends(&[
+        ("\" \"", "\"http://127.0.0.1:1\"", ""),
+        ("\" \"", "\"http://127.0.0.1:2\"", ""),
+    ]);
+    let found = errors(&text);
+    let fields: Vec<_> = found.iter().map(|e| e.field()).collect();
+    assert_eq!(
+        fields,
+        [Some("backends[0].name"), Some("backends[1].name")],
+        "{found:#?}"
+    );
+    assert!(found.iter().all(|e| e.message().contains("is blank")));
 }
 
 #[test]
@@ -1028,7 +1119,9 @@ fn admin_and_listener_on_the_same_address_are_rejected() {
 
 #[test]
 fn load_names_the_file_when_it_cannot_be_read() {
-    let e = Config::load(Path::new("/nonexistent/affinity.toml")).unwrap_err();
+    let errors = Config::load(Path::new("/nonexistent/affinity.toml")).unwrap_err();
+    assert_eq!(errors.count(), 1, "{errors}");
+    let e = errors.first();
     assert_eq!(e.kind(), ConfigErrorKind::Io);
     assert_eq!(e.file(), Path::new("/nonexistent/affinity.toml"));
     assert!(
@@ -1077,4 +1170,261 @@ backends      2, total weight 4
   server-22  http://127.0.0.1:9002  weight    3   75.0%
 ";
     assert_eq!(summary, expected);
+}
+
+// --- every error in one run, and warnings --------------------------------
+
+#[test]
+fn three_mistakes_on_lines_2_3_and_8_are_three_errors_in_file_order() {
+    let text = "\
+[listener]
+address = \"localhost:8080\"
+drain_timeout = \"soon\"
+[[backends]]
+name = \"server-1\"
+url = \"http://127.0.0.1:9001\"
+[[backends]]
+name = \"\"
+url = \"http://127.0.0.1:9002\"
+";
+    let found = match parse(text) {
+        Ok(config) => panic!("expected errors, got {config:#?}"),
+        Err(errors) => errors,
+    };
+    assert_eq!(found.count(), 3, "{found}");
+    let lines: Vec<usize> = found.iter().map(line).collect();
+    assert_eq!(lines, [2, 3, 8], "{found}");
+    let fields: Vec<_> = found.iter().map(ConfigError::field).collect();
+    assert_eq!(
+        fields,
+        [
+            Some("listener.address"),
+            Some("listener.drain_timeout"),
+            Some("backends[1].name")
+        ]
+    );
+    assert_eq!(found.first().field(), Some("listener.address"));
+    // One line each, exactly as each error shows itself alone.
+    let shown: Vec<String> = found.iter().map(ConfigError::to_string).collect();
+    assert_eq!(found.to_string(), shown.join("\n"));
+    assert_eq!(
+        shown[2],
+        "config.toml:8:8: backends[1].name: the name is empty; every backend needs a unique, non-empty name"
+    );
+}
+
+#[test]
+fn errors_are_sorted_by_file_position_whatever_order_the_rules_run_in() {
+    // The backends are checked after [upstream], but come first in the file;
+    // two errors on one line keep their column order.
+    let text = "\
+[[backends]]
+name = \"a\"
+url = \"ftp://127.0.0.1:1\"
+weight = 0
+[upstream]
+retries = -1
+[balancer]
+trusted_proxies = [\"x\", \"y\"]
+";
+    let found = errors(text);
+    let at: Vec<(usize, usize, Option<&str>)> = found
+        .iter()
+        .map(|e| {
+            let l = e.location().unwrap();
+            (l.line, l.column, e.field())
+        })
+        .collect();
+    assert_eq!(
+        at,
+        [
+            (3, 7, Some("backends[0].url")),
+            (4, 10, Some("backends[0].weight")),
+            (6, 11, Some("upstream.retries")),
+            (8, 20, Some("balancer.trusted_proxies[0]")),
+            (8, 25, Some("balancer.trusted_proxies[1]")),
+        ],
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn an_error_without_a_line_comes_after_those_with_one() {
+    // No [[backends]] at all: that error has no location.
+    let text = "[listener]\naddress = \"nowhere\"\n[upstream]\nretries = -1\n";
+    let found = errors(text);
+    let fields: Vec<_> = found.iter().map(ConfigError::field).collect();
+    assert_eq!(
+        fields,
+        [
+            Some("listener.address"),
+            Some("upstream.retries"),
+            Some("backends")
+        ]
+    );
+    assert_eq!(found[2].location(), None);
+}
+
+#[test]
+fn a_syntax_error_is_the_only_error_reported() {
+    // Line 2 would break a rule, but after the unclosed string on line 5
+    // nothing can be trusted.
+    let text = "[listener]\naddress = \"nowhere\"\n[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\nweight = 0\n";
+    let e = error(text);
+    assert_eq!(e.kind(), ConfigErrorKind::Syntax);
+    assert_eq!(line(&e), 5, "{e}");
+}
+
+#[test]
+fn a_type_error_or_unknown_key_is_the_only_error_reported() {
+    for text in [
+        "[listener]\naddress = \"nowhere\"\n[upstream]\nretries = \"1\"\n",
+        "[listener]\naddress = \"nowhere\"\n[upstream]\nretrys = 1\n",
+    ] {
+        let e = error(&with_backend(text));
+        assert_eq!(
+            e.field().map(|f| f.starts_with("upstream.")),
+            Some(true),
+            "{e}"
+        );
+        assert_eq!(line(&e), 4, "{e}");
+    }
+}
+
+#[test]
+fn a_rule_that_weighs_an_invalid_value_does_not_run() {
+    // An invalid interval is not also compared with the timeout.
+    let text = with_backend("[health_check]\ninterval = \"fast\"\ntimeout = \"10s\"");
+    assert_rejected(&text, "health_check.interval", 2, "is not a duration");
+    // An invalid timeout is not compared with the interval.
+    let text = with_backend("[health_check]\ninterval = \"1s\"\ntimeout = \"0s\"");
+    assert_rejected(&text, "health_check.timeout", 3, "is zero");
+    // An invalid algorithm is not also blamed for bounded_load or the sticky cookie.
+    let text = with_backend(
+        "[balancer]\nalgorithm = \"fastest\"\nbounded_load = 1.5\n[balancer.sticky_cookie]\nname = \"s\"",
+    );
+    assert_rejected(&text, "balancer.algorithm", 2, "unknown algorithm");
+    // A listener address that does not parse is not compared with the admin's.
+    let text = with_backend("[listener]\naddress = \"x\"\n[admin]\naddress = \"127.0.0.1:8080\"");
+    assert_rejected(&text, "listener.address", 2, "is not an IP:PORT address");
+}
+
+#[test]
+fn a_table_size_is_weighed_against_the_weights_only_when_every_weight_is_valid() {
+    // 3 is prime and at least 1 + 1, but not 1 + 5: with the weight of 5000
+    // invalid, only the weight is reported, not a table too small for it.
+    let text = format!(
+        "[balancer]\ntable_size = 3\n{}",
+        backends(&[
+            ("\"a\"", "\"http://127.0.0.1:1\"", ""),
+            ("\"b\"", "\"http://127.0.0.1:2\"", "weight = 5000"),
+        ])
+    );
+    assert_rejected(
+        &text,
+        "backends[1].weight",
+        10,
+        "weight 5000 is out of range",
+    );
+    // A table size that is not a prime is reported whatever the weights.
+    let text = text.replace("table_size = 3", "table_size = 4");
+    let fields: Vec<_> = errors(&text)
+        .iter()
+        .map(|e| e.field().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            Some("balancer.table_size".to_owned()),
+            Some("backends[1].weight".to_owned())
+        ]
+    );
+    // Ring points are only counted over a valid pool.
+    let text = format!(
+        "[balancer]\nalgorithm = \"ring_hash\"\n{}",
+        backends(&[("\"a\"", "\"http://127.0.0.1:1\"", "weight = 0")])
+    );
+    assert_rejected(&text, "backends[0].weight", 6, "weight 0 is out of range");
+}
+
+#[test]
+fn every_error_of_every_backend_is_reported() {
+    let text = backends(&[
+        ("\"a\"", "\"127.0.0.1:1\"", "weight = 0"),
+        ("\"a\"", "\"http://127.0.0.1:2/x\"", ""),
+    ]);
+    let found = errors(&text);
+    let shown: Vec<String> = found.iter().map(ConfigError::to_string).collect();
+    assert_eq!(shown.len(), 4, "{shown:#?}");
+    assert!(
+        shown[0].starts_with("config.toml:3:7: backends[0].url: "),
+        "{shown:#?}"
+    );
+    assert!(
+        shown[1].starts_with("config.toml:4:10: backends[0].weight: "),
+        "{shown:#?}"
+    );
+    assert!(
+        shown[2].starts_with(
+            "config.toml:6:8: backends[1].name: name \"a\" is already used by backends[0] (line 2)"
+        ),
+        "{shown:#?}"
+    );
+    assert!(
+        shown[3].starts_with("config.toml:7:7: backends[1].url: "),
+        "{shown:#?}"
+    );
+}
+
+#[test]
+fn two_backends_on_one_url_are_a_warning_naming_both_not_an_error() {
+    let text = backends(&[
+        ("\"server-1\"", "\"http://127.0.0.1:9001\"", ""),
+        ("\"server-2\"", "\"http://127.0.0.1:9002\"", ""),
+        ("\"server-3\"", "\"http://127.0.0.1:9001\"", ""),
+    ]);
+    let config = parse(&text).unwrap();
+    assert_eq!(config.backends.len(), 3);
+    let warnings = config.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let w = &warnings[0];
+    assert_eq!(w.field(), "backends[2].url");
+    assert_eq!(
+        w.location(),
+        Some(Location {
+            line: 11,
+            column: 7
+        })
+    );
+    assert_eq!(w.file(), Path::new("config.toml"));
+    let shown = w.to_string();
+    assert!(
+        shown.starts_with(
+            "config.toml:11:7: backends[2].url: same URL as backends[0] (\"server-1\", line 3): http://127.0.0.1:9001 gets the keys of both names"
+        ),
+        "{shown}"
+    );
+}
+
+#[test]
+fn urls_that_reach_one_server_are_the_same_url() {
+    // Port 80 is the default, and host names ignore case.
+    let text = backends(&[
+        ("\"a\"", "\"http://Backend.internal\"", ""),
+        ("\"b\"", "\"http://backend.internal:80/\"", ""),
+        ("\"c\"", "\"http://backend.internal:8080\"", ""),
+    ]);
+    let config = parse(&text).unwrap();
+    let fields: Vec<&str> = config.warnings().iter().map(ConfigWarning::field).collect();
+    assert_eq!(fields, ["backends[1].url"]);
+}
+
+#[test]
+fn a_pool_on_distinct_urls_has_no_warnings() {
+    let text = backends(&[
+        ("\"a\"", "\"http://127.0.0.1:1\"", ""),
+        ("\"b\"", "\"http://127.0.0.2:1\"", ""),
+        ("\"c\"", "\"http://127.0.0.1:2\"", ""),
+    ]);
+    assert!(parse(&text).unwrap().warnings().is_empty());
 }

@@ -1,8 +1,9 @@
 //! The validation pass: file structs in, runtime structs out, with every
-//! default filled in and every rule checked.
+//! default filled in and every rule checked; every broken rule is reported,
+//! and what is valid but likely a mistake becomes a warning.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Range;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -12,519 +13,723 @@ use toml::Spanned;
 
 use super::error::Source;
 use super::file::*;
-use super::url::parse_backend_url;
+use super::url::{backend_url_text, parse_backend_url};
 use super::*;
 use crate::balance::key::is_cookie_token;
-use crate::balance::member::{MAX_WEIGHT, MemberError};
+use crate::balance::maglev::TableSizeError;
+use crate::balance::member::{MAX_BACKENDS, MAX_WEIGHT, MemberError};
 
 impl Source<'_> {
-    pub(super) fn validate(&self, file: FileConfig) -> Result<Config, ConfigError> {
-        let listener = self.listener(&file.listener)?;
-        let admin = match &file.admin {
-            Some(admin) => Some(self.admin(admin, &listener)?),
-            None => None,
+    /// Checks every rule; the config if none is broken, else every broken
+    /// one in file order.
+    pub(super) fn validate(&self, file: &FileConfig) -> Result<Config, ConfigErrors> {
+        let mut check = Check {
+            source: self,
+            errors: Vec::new(),
+            warnings: Vec::new(),
         };
-        let balancer = self.balancer(&file.balancer)?;
-        let health_check = self.health_check(&file.health_check)?;
-        let upstream = self.upstream(&file.upstream)?;
-        let limits = self.limits(&file.limits)?;
-        let backends = self.backends(file.backends.as_ref())?;
-
-        let members: Vec<Member> = backends
-            .iter()
-            .map(|b| Member::new(b.name.clone(), b.weight))
-            .collect();
-        if balancer.algorithm == Algorithm::Maglev
-            && let Err(e) = crate::balance::maglev::check_table_size(balancer.table_size, &members)
-        {
-            let span = file.balancer.table_size.as_ref().map(Spanned::span);
-            return Err(self.error("balancer.table_size", span, e.to_string()));
+        let config = check.config(file);
+        match ConfigErrors::in_file_order(check.errors) {
+            Some(errors) => Err(errors),
+            None => Ok(config),
         }
-        if balancer.algorithm == Algorithm::RingHash
+    }
+}
+
+/// One validation pass. Every rule is checked and every broken one recorded,
+/// so one `--check` lists them all. A value that breaks a rule is `None` to
+/// the rules that depend on it (which then do not run: a mistake is reported
+/// once, never again as a consequence), and its default in the `Config`
+/// being built, which is thrown away.
+struct Check<'s, 'a> {
+    source: &'s Source<'a>,
+    errors: Vec<ConfigError>,
+    warnings: Vec<ConfigWarning>,
+}
+
+impl Check<'_, '_> {
+    fn report(&mut self, error: ConfigError) {
+        self.errors.push(error);
+    }
+
+    /// The value, or `None` after recording why there is none.
+    fn ok<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        result.map_err(|e| self.report(e)).ok()
+    }
+
+    fn config(&mut self, file: &FileConfig) -> Config {
+        let listener_address = self.socket_addr(
+            &file.listener.address,
+            "listener.address",
+            DEFAULT_LISTEN_ADDRESS,
+        );
+        let listener = ListenerConfig {
+            address: listener_address.unwrap_or(DEFAULT_LISTEN_ADDRESS),
+            drain_timeout: self
+                .duration(
+                    &file.listener.drain_timeout,
+                    "listener.drain_timeout",
+                    DEFAULT_DRAIN_TIMEOUT,
+                    true,
+                )
+                .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+        };
+        let admin = file
+            .admin
+            .as_ref()
+            .map(|admin| self.admin(admin, listener_address));
+        let algorithm = self.algorithm(&file.balancer);
+        let table_size = self.table_size(&file.balancer);
+        let balancer = self.balancer(&file.balancer, algorithm, table_size);
+        let health_check = self.health_check(&file.health_check);
+        let upstream = self.upstream(&file.upstream);
+        let limits = self.limits(&file.limits);
+        let backends = self.backends(file.backends.as_ref());
+
+        if algorithm == Some(Algorithm::Maglev)
+            && let Some(size) = table_size
+        {
+            self.table_size_fits(size, backends.as_deref(), &file.balancer);
+        }
+        if algorithm == Some(Algorithm::RingHash)
+            && let Some(backends) = &backends
             && let Err(e) = crate::balance::ring::check_points(
-                &members,
+                &members(backends),
                 crate::balance::ring::DEFAULT_POINTS_PER_WEIGHT,
             )
         {
             let span = file.balancer.algorithm.as_ref().map(Spanned::span);
-            return Err(self.error("balancer.algorithm", span, e.to_string()));
+            let error = self.source.error("balancer.algorithm", span, e.to_string());
+            self.report(error);
         }
 
-        Ok(Config {
+        Config {
             listener,
             admin,
             balancer,
             health_check,
             upstream,
             limits,
-            backends,
-        })
+            backends: backends.unwrap_or_default(),
+            warnings: std::mem::take(&mut self.warnings),
+        }
     }
 
-    fn listener(&self, file: &FileListener) -> Result<ListenerConfig, ConfigError> {
-        Ok(ListenerConfig {
-            address: self.socket_addr(&file.address, "listener.address", DEFAULT_LISTEN_ADDRESS)?,
-            drain_timeout: self.duration(
-                &file.drain_timeout,
-                "listener.drain_timeout",
-                DEFAULT_DRAIN_TIMEOUT,
-                true,
-            )?,
-        })
-    }
-
-    fn admin(
-        &self,
-        file: &FileAdmin,
-        listener: &ListenerConfig,
-    ) -> Result<AdminConfig, ConfigError> {
-        let address = self.socket_addr(&file.address, "admin.address", DEFAULT_ADMIN_ADDRESS)?;
-        if address == listener.address && address.port() != 0 {
+    fn admin(&mut self, file: &FileAdmin, listener: Option<SocketAddr>) -> AdminConfig {
+        let address = self.socket_addr(&file.address, "admin.address", DEFAULT_ADMIN_ADDRESS);
+        if let (Some(address), Some(listener)) = (address, listener)
+            && address == listener
+            && address.port() != 0
+        {
             let span = file.address.as_ref().map(Spanned::span);
-            return Err(self.error(
+            let error = self.source.error(
                 "admin.address",
                 span,
                 format!(
                     "{address} is also the listener address; the admin endpoint needs its own port"
                 ),
-            ));
+            );
+            self.report(error);
         }
-        Ok(AdminConfig { address })
+        AdminConfig {
+            address: address.unwrap_or(DEFAULT_ADMIN_ADDRESS),
+        }
     }
 
-    fn balancer(&self, file: &FileBalancer) -> Result<BalancerConfig, ConfigError> {
-        let algorithm = match &file.algorithm {
-            None => DEFAULT_ALGORITHM,
-            Some(text) => Algorithm::parse(text.get_ref()).ok_or_else(|| {
-                let names: Vec<&str> = Algorithm::ALL.iter().map(Algorithm::as_str).collect();
-                self.error_at(
-                    "balancer.algorithm",
-                    text,
-                    format!(
-                        "unknown algorithm {:?}; expected one of {}",
-                        text.get_ref(),
-                        names.join(", ")
-                    ),
-                )
-            })?,
+    fn algorithm(&mut self, file: &FileBalancer) -> Option<Algorithm> {
+        let Some(text) = &file.algorithm else {
+            return Some(DEFAULT_ALGORITHM);
         };
-        let key = match &file.key {
-            None => DEFAULT_KEY,
-            Some(text) => KeySource::parse(text.get_ref())
-                .map_err(|m| self.error_at("balancer.key", text, m))?,
-        };
-        let table_size = match &file.table_size {
-            None => DEFAULT_TABLE_SIZE,
-            Some(size) => usize::try_from(*size.get_ref()).map_err(|_| {
-                self.error_at(
-                    "balancer.table_size",
-                    size,
-                    format!(
-                        "table_size {} must be a positive prime such as 65537",
-                        size.get_ref()
-                    ),
-                )
-            })?,
-        };
-        let mut trusted_proxies = Vec::new();
-        for (i, text) in file.trusted_proxies.iter().flatten().enumerate() {
-            trusted_proxies.push(parse_cidr(text.get_ref()).ok_or_else(|| {
-                self.error_at(
-                    format!("balancer.trusted_proxies[{i}]"),
-                    text,
-                    format!(
-                        "{:?} is not a CIDR such as \"10.0.0.0/8\" or an IP address such as \"192.0.2.7\"",
-                        text.get_ref()
-                    ),
-                )
-            })?);
+        let algorithm = Algorithm::parse(text.get_ref());
+        if algorithm.is_none() {
+            let names: Vec<&str> = Algorithm::ALL.iter().map(Algorithm::as_str).collect();
+            let error = self.source.error_at(
+                "balancer.algorithm",
+                text,
+                format!(
+                    "unknown algorithm {:?}; expected one of {}",
+                    text.get_ref(),
+                    names.join(", ")
+                ),
+            );
+            self.report(error);
         }
+        algorithm
+    }
+
+    fn table_size(&mut self, file: &FileBalancer) -> Option<usize> {
+        let Some(size) = &file.table_size else {
+            return Some(DEFAULT_TABLE_SIZE);
+        };
+        let s = self.source;
+        self.ok(usize::try_from(*size.get_ref()).map_err(|_| {
+            s.error_at(
+                "balancer.table_size",
+                size,
+                format!(
+                    "table_size {} must be a positive prime such as 65537",
+                    size.get_ref()
+                ),
+            )
+        }))
+    }
+
+    /// `algorithm` and `table_size` are `None` when invalid (already reported).
+    fn balancer(
+        &mut self,
+        file: &FileBalancer,
+        algorithm: Option<Algorithm>,
+        table_size: Option<usize>,
+    ) -> BalancerConfig {
+        let s = self.source;
+        let key = match &file.key {
+            None => Some(DEFAULT_KEY),
+            Some(text) => self
+                .ok(KeySource::parse(text.get_ref())
+                    .map_err(|m| s.error_at("balancer.key", text, m))),
+        };
+        let trusted_proxies = file
+            .trusted_proxies
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, text)| {
+                self.ok(parse_cidr(text.get_ref()).ok_or_else(|| {
+                    s.error_at(
+                        format!("balancer.trusted_proxies[{i}]"),
+                        text,
+                        format!(
+                            "{:?} is not a CIDR such as \"10.0.0.0/8\" or an IP address such as \"192.0.2.7\"",
+                            text.get_ref()
+                        ),
+                    )
+                }))
+            })
+            .collect();
         let hash_key = match &file.hash_key {
             None => None,
-            Some(text) => parse_hash_key(text.get_ref())
-                .map_err(|m| self.error_at("balancer.hash_key", text, m))?,
+            Some(text) => self
+                .ok(parse_hash_key(text.get_ref())
+                    .map_err(|m| s.error_at("balancer.hash_key", text, m)))
+                .flatten(),
         };
         let bounded_load = match &file.bounded_load {
-            None => DEFAULT_BOUNDED_LOAD,
-            Some(value) => {
-                let c = *value.get_ref();
-                if !c.is_finite() || c < 0.0 || (c > 0.0 && c <= 1.0) {
-                    return Err(self.error_at(
-                        "balancer.bounded_load",
-                        value,
-                        format!(
-                            "bounded_load {c} is out of range; use 0 (off) or a factor above 1.0 such as 1.25 (each backend takes at most c times the mean load)"
-                        ),
-                    ));
-                }
-                if c > 0.0 && !algorithm.is_hash() {
-                    return Err(self.error_at(
-                        "balancer.bounded_load",
-                        value,
-                        format!(
-                            "bounded_load only applies to the hash algorithms maglev and ring_hash, not {algorithm}; remove it or set it to 0"
-                        ),
-                    ));
-                }
-                c
-            }
+            None => Some(DEFAULT_BOUNDED_LOAD),
+            Some(value) => self.bounded_load(value, algorithm),
         };
         let panic_threshold = match &file.panic_threshold {
-            None => DEFAULT_PANIC_THRESHOLD,
-            Some(value) => {
-                let percent = *value.get_ref();
-                if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
-                    return Err(self.error_at(
-                        "balancer.panic_threshold",
-                        value,
-                        format!(
-                            "panic_threshold {percent} is out of range; use a percentage from 0 (off) to 100, such as 50 (below half the backends healthy, route over all of them)"
-                        ),
-                    ));
-                }
-                percent
-            }
+            None => Some(DEFAULT_PANIC_THRESHOLD),
+            Some(value) => self.panic_threshold(value),
         };
-        let sticky_cookie = match &file.sticky_cookie {
-            None => None,
-            Some(_) if !algorithm.is_hash() => {
-                return Err(self.error(
+        let sticky_cookie = file.sticky_cookie.as_ref().map(|sticky| {
+            if let Some(algorithm) = algorithm
+                && !algorithm.is_hash()
+            {
+                let error = s.error(
                     "balancer.sticky_cookie",
                     file.algorithm.as_ref().map(Spanned::span),
                     format!(
                         "a sticky cookie is hashed to pick the backend, so it needs maglev or ring_hash, not {algorithm}"
                     ),
-                ));
+                );
+                self.report(error);
             }
-            Some(sticky) => Some(self.sticky_cookie(sticky)?),
-        };
-        Ok(BalancerConfig {
-            algorithm,
-            key,
-            table_size,
+            self.sticky_cookie(sticky)
+        });
+        BalancerConfig {
+            algorithm: algorithm.unwrap_or(DEFAULT_ALGORITHM),
+            key: key.unwrap_or(DEFAULT_KEY),
+            table_size: table_size.unwrap_or(DEFAULT_TABLE_SIZE),
             trusted_proxies,
             hash_key,
-            bounded_load,
-            panic_threshold,
+            bounded_load: bounded_load.unwrap_or(DEFAULT_BOUNDED_LOAD),
+            panic_threshold: panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD),
             sticky_cookie,
-        })
+        }
     }
 
-    fn sticky_cookie(&self, file: &FileStickyCookie) -> Result<StickyCookieConfig, ConfigError> {
+    /// The factor's range is checked first; whether the algorithm can use it
+    /// only when it is in range and the algorithm is valid.
+    fn bounded_load(&mut self, value: &Spanned<f64>, algorithm: Option<Algorithm>) -> Option<f64> {
+        let c = *value.get_ref();
+        if !c.is_finite() || c < 0.0 || (c > 0.0 && c <= 1.0) {
+            let error = self.source.error_at(
+                "balancer.bounded_load",
+                value,
+                format!(
+                    "bounded_load {c} is out of range; use 0 (off) or a factor above 1.0 such as 1.25 (each backend takes at most c times the mean load)"
+                ),
+            );
+            self.report(error);
+            return None;
+        }
+        if let Some(algorithm) = algorithm
+            && c > 0.0
+            && !algorithm.is_hash()
+        {
+            let error = self.source.error_at(
+                "balancer.bounded_load",
+                value,
+                format!(
+                    "bounded_load only applies to the hash algorithms maglev and ring_hash, not {algorithm}; remove it or set it to 0"
+                ),
+            );
+            self.report(error);
+            return None;
+        }
+        Some(c)
+    }
+
+    fn panic_threshold(&mut self, value: &Spanned<f64>) -> Option<f64> {
+        let percent = *value.get_ref();
+        if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
+            let error = self.source.error_at(
+                "balancer.panic_threshold",
+                value,
+                format!(
+                    "panic_threshold {percent} is out of range; use a percentage from 0 (off) to 100, such as 50 (below half the backends healthy, route over all of them)"
+                ),
+            );
+            self.report(error);
+            return None;
+        }
+        Some(percent)
+    }
+
+    fn sticky_cookie(&mut self, file: &FileStickyCookie) -> StickyCookieConfig {
         let name = match &file.name {
             None => DEFAULT_STICKY_COOKIE_NAME.to_owned(),
             Some(name) if is_cookie_token(name.get_ref()) => name.get_ref().clone(),
             Some(name) => {
-                return Err(self.error_at(
+                let error = self.source.error_at(
                     "balancer.sticky_cookie.name",
                     name,
                     format!(
                         "{:?} is not a valid cookie name (a non-empty token without spaces or ()<>@,;:\\\"/[]?={{}})",
                         name.get_ref()
                     ),
-                ));
+                );
+                self.report(error);
+                DEFAULT_STICKY_COOKIE_NAME.to_owned()
             }
         };
-        let max_age = self.duration(
-            &file.max_age,
-            "balancer.sticky_cookie.max_age",
-            DEFAULT_STICKY_COOKIE_MAX_AGE,
-            false,
-        )?;
-        Ok(StickyCookieConfig { name, max_age })
+        let max_age = self
+            .duration(
+                &file.max_age,
+                "balancer.sticky_cookie.max_age",
+                DEFAULT_STICKY_COOKIE_MAX_AGE,
+                false,
+            )
+            .unwrap_or(DEFAULT_STICKY_COOKIE_MAX_AGE);
+        StickyCookieConfig { name, max_age }
     }
 
-    fn health_check(&self, file: &FileHealthCheck) -> Result<HealthCheckConfig, ConfigError> {
+    fn health_check(&mut self, file: &FileHealthCheck) -> HealthCheckConfig {
         let path = match &file.path {
             None => DEFAULT_HEALTH_PATH.to_owned(),
-            Some(path) => {
-                let text = path.get_ref();
-                if !text.starts_with('/') {
-                    return Err(self.error_at(
-                        "health_check.path",
-                        path,
-                        format!("{text:?} must start with \"/\", such as \"/health\""),
-                    ));
-                }
-                if PathAndQuery::from_str(text).is_err() {
-                    return Err(self.error_at(
-                        "health_check.path",
-                        path,
-                        format!("{text:?} is not a valid URL path (spaces and control characters must be percent-encoded)"),
-                    ));
-                }
-                text.clone()
-            }
+            Some(path) => self
+                .health_path(path)
+                .unwrap_or_else(|| DEFAULT_HEALTH_PATH.to_owned()),
         };
         let interval = self.duration(
             &file.interval,
             "health_check.interval",
             DEFAULT_HEALTH_INTERVAL,
             false,
-        )?;
+        );
         let timeout = self.duration(
             &file.timeout,
             "health_check.timeout",
             DEFAULT_HEALTH_TIMEOUT,
             false,
-        )?;
-        if timeout >= interval {
-            let shown = |d| humantime::format_duration(d);
-            return Err(match (&file.timeout, &file.interval) {
-                (Some(t), _) => self.error_at(
-                    "health_check.timeout",
-                    t,
-                    format!(
-                        "timeout {} must be below interval {}: a probe has to finish before the next one starts",
-                        shown(timeout),
-                        shown(interval)
-                    ),
-                ),
-                (None, i) => self.error(
-                    "health_check.interval",
-                    i.as_ref().map(Spanned::span),
-                    format!(
-                        "interval {} must be above timeout {} (the default); raise the interval or set a shorter timeout",
-                        shown(interval),
-                        shown(timeout)
-                    ),
-                ),
-            });
+        );
+        if let (Some(interval), Some(timeout)) = (interval, timeout)
+            && timeout >= interval
+        {
+            let error = self.timeout_not_below_interval(file, timeout, interval);
+            self.report(error);
         }
-        Ok(HealthCheckConfig {
+        HealthCheckConfig {
             path,
-            interval,
-            timeout,
-            healthy_threshold: self.count(
-                &file.healthy_threshold,
-                "health_check.healthy_threshold",
-                DEFAULT_HEALTHY_THRESHOLD,
-                1,
-            )?,
-            unhealthy_threshold: self.count(
-                &file.unhealthy_threshold,
-                "health_check.unhealthy_threshold",
-                DEFAULT_UNHEALTHY_THRESHOLD,
-                1,
-            )?,
-        })
+            interval: interval.unwrap_or(DEFAULT_HEALTH_INTERVAL),
+            timeout: timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT),
+            healthy_threshold: self
+                .count(
+                    &file.healthy_threshold,
+                    "health_check.healthy_threshold",
+                    DEFAULT_HEALTHY_THRESHOLD,
+                    1,
+                )
+                .unwrap_or(DEFAULT_HEALTHY_THRESHOLD),
+            unhealthy_threshold: self
+                .count(
+                    &file.unhealthy_threshold,
+                    "health_check.unhealthy_threshold",
+                    DEFAULT_UNHEALTHY_THRESHOLD,
+                    1,
+                )
+                .unwrap_or(DEFAULT_UNHEALTHY_THRESHOLD),
+        }
     }
 
-    fn upstream(&self, file: &FileUpstream) -> Result<UpstreamConfig, ConfigError> {
-        Ok(UpstreamConfig {
-            connect_timeout: self.duration(
-                &file.connect_timeout,
-                "upstream.connect_timeout",
-                DEFAULT_CONNECT_TIMEOUT,
-                false,
-            )?,
-            request_timeout: self.duration(
-                &file.request_timeout,
-                "upstream.request_timeout",
-                DEFAULT_REQUEST_TIMEOUT,
-                false,
-            )?,
-            retries: self.count(&file.retries, "upstream.retries", DEFAULT_RETRIES, 0)?,
-        })
+    fn health_path(&mut self, path: &Spanned<String>) -> Option<String> {
+        let text = path.get_ref();
+        let problem = if !text.starts_with('/') {
+            format!("{text:?} must start with \"/\", such as \"/health\"")
+        } else if PathAndQuery::from_str(text).is_err() {
+            format!(
+                "{text:?} is not a valid URL path (spaces and control characters must be percent-encoded)"
+            )
+        } else {
+            return Some(text.clone());
+        };
+        let error = self.source.error_at("health_check.path", path, problem);
+        self.report(error);
+        None
     }
 
-    fn limits(&self, file: &FileLimits) -> Result<LimitsConfig, ConfigError> {
-        let max_header_bytes = self.count_in(
-            &file.max_header_bytes,
-            "limits.max_header_bytes",
-            DEFAULT_MAX_HEADER_BYTES,
-            MIN_MAX_HEADER_BYTES..=MAX_MAX_HEADER_BYTES,
-        )?;
+    /// Points at the timeout when the file sets one, else at the interval.
+    fn timeout_not_below_interval(
+        &self,
+        file: &FileHealthCheck,
+        timeout: Duration,
+        interval: Duration,
+    ) -> ConfigError {
+        let shown = |d| humantime::format_duration(d);
+        match (&file.timeout, &file.interval) {
+            (Some(t), _) => self.source.error_at(
+                "health_check.timeout",
+                t,
+                format!(
+                    "timeout {} must be below interval {}: a probe has to finish before the next one starts",
+                    shown(timeout),
+                    shown(interval)
+                ),
+            ),
+            (None, i) => self.source.error(
+                "health_check.interval",
+                i.as_ref().map(Spanned::span),
+                format!(
+                    "interval {} must be above timeout {} (the default); raise the interval or set a shorter timeout",
+                    shown(interval),
+                    shown(timeout)
+                ),
+            ),
+        }
+    }
+
+    fn upstream(&mut self, file: &FileUpstream) -> UpstreamConfig {
+        UpstreamConfig {
+            connect_timeout: self
+                .duration(
+                    &file.connect_timeout,
+                    "upstream.connect_timeout",
+                    DEFAULT_CONNECT_TIMEOUT,
+                    false,
+                )
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            request_timeout: self
+                .duration(
+                    &file.request_timeout,
+                    "upstream.request_timeout",
+                    DEFAULT_REQUEST_TIMEOUT,
+                    false,
+                )
+                .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+            retries: self
+                .count(&file.retries, "upstream.retries", DEFAULT_RETRIES, 0)
+                .unwrap_or(DEFAULT_RETRIES),
+        }
+    }
+
+    fn limits(&mut self, file: &FileLimits) -> LimitsConfig {
+        let max_header_bytes = self
+            .count_in(
+                &file.max_header_bytes,
+                "limits.max_header_bytes",
+                DEFAULT_MAX_HEADER_BYTES,
+                MIN_MAX_HEADER_BYTES..=MAX_MAX_HEADER_BYTES,
+            )
+            .unwrap_or(DEFAULT_MAX_HEADER_BYTES);
         let max_body_bytes = match &file.max_body_bytes {
             None => DEFAULT_MAX_BODY_BYTES,
-            Some(value) => u64::try_from(*value.get_ref()).map_err(|_| {
-                self.error_at(
-                    "limits.max_body_bytes",
-                    value,
-                    format!(
-                        "{} is out of range; use 0 (no limit) or a size in bytes",
-                        value.get_ref()
-                    ),
-                )
-            })?,
+            Some(value) => {
+                let s = self.source;
+                self.ok(u64::try_from(*value.get_ref()).map_err(|_| {
+                    s.error_at(
+                        "limits.max_body_bytes",
+                        value,
+                        format!(
+                            "{} is out of range; use 0 (no limit) or a size in bytes",
+                            value.get_ref()
+                        ),
+                    )
+                }))
+                .unwrap_or(DEFAULT_MAX_BODY_BYTES)
+            }
         };
-        Ok(LimitsConfig {
-            header_timeout: self.duration(
-                &file.header_timeout,
-                "limits.header_timeout",
-                DEFAULT_HEADER_TIMEOUT,
-                false,
-            )?,
+        LimitsConfig {
+            header_timeout: self
+                .duration(
+                    &file.header_timeout,
+                    "limits.header_timeout",
+                    DEFAULT_HEADER_TIMEOUT,
+                    false,
+                )
+                .unwrap_or(DEFAULT_HEADER_TIMEOUT),
             max_header_bytes,
-            max_headers: self.count(
-                &file.max_headers,
-                "limits.max_headers",
-                DEFAULT_MAX_HEADERS,
-                1,
-            )?,
+            max_headers: self
+                .count(
+                    &file.max_headers,
+                    "limits.max_headers",
+                    DEFAULT_MAX_HEADERS,
+                    1,
+                )
+                .unwrap_or(DEFAULT_MAX_HEADERS),
             max_body_bytes,
-            max_connections: self.count(
-                &file.max_connections,
-                "limits.max_connections",
-                DEFAULT_MAX_CONNECTIONS,
-                1,
-            )?,
-            max_in_flight_per_backend: self.count(
-                &file.max_in_flight_per_backend,
-                "limits.max_in_flight_per_backend",
-                DEFAULT_MAX_IN_FLIGHT_PER_BACKEND,
-                0,
-            )?,
-        })
+            max_connections: self
+                .count(
+                    &file.max_connections,
+                    "limits.max_connections",
+                    DEFAULT_MAX_CONNECTIONS,
+                    1,
+                )
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_in_flight_per_backend: self
+                .count(
+                    &file.max_in_flight_per_backend,
+                    "limits.max_in_flight_per_backend",
+                    DEFAULT_MAX_IN_FLIGHT_PER_BACKEND,
+                    0,
+                )
+                .unwrap_or(DEFAULT_MAX_IN_FLIGHT_PER_BACKEND),
+        }
     }
 
-    fn backends(
-        &self,
-        file: Option<&Spanned<Vec<FileBackend>>>,
-    ) -> Result<Vec<BackendConfig>, ConfigError> {
+    /// The pool; `None` when it or any entry is invalid, so the rules that
+    /// weigh the whole pool (table size, ring points) do not run.
+    fn backends(&mut self, file: Option<&Spanned<Vec<FileBackend>>>) -> Option<Vec<BackendConfig>> {
         let list_span = file.map(Spanned::span);
         let entries: &[FileBackend] = file.map(|f| f.get_ref().as_slice()).unwrap_or(&[]);
-
-        let mut members = Vec::with_capacity(entries.len());
-        for (i, entry) in entries.iter().enumerate() {
-            let weight = match &entry.weight {
-                None => DEFAULT_WEIGHT,
-                Some(w) => u32::try_from(*w.get_ref()).map_err(|_| {
-                    self.error_at(
-                        format!("backends[{i}].weight"),
-                        w,
-                        weight_out_of_range(*w.get_ref()),
-                    )
-                })?,
-            };
-            members.push(Member::new(entry.name.get_ref().clone(), weight));
-        }
-        if let Err(e) = crate::balance::member::validate(&members) {
-            return Err(self.member_error(e, entries, &members, list_span));
-        }
-
-        let mut backends = Vec::with_capacity(entries.len());
-        for (i, (entry, member)) in entries.iter().zip(members).enumerate() {
-            let url = parse_backend_url(entry.url.get_ref())
-                .map_err(|m| self.error_at(format!("backends[{i}].url"), &entry.url, m))?;
-            backends.push(BackendConfig {
-                name: member.name,
-                url,
-                weight: member.weight,
-            });
-        }
-        Ok(backends)
-    }
-
-    /// Points a pool-level error from `member::validate` at the backend and
-    /// key it is about.
-    fn member_error(
-        &self,
-        error: MemberError,
-        entries: &[FileBackend],
-        members: &[Member],
-        list_span: Option<Range<usize>>,
-    ) -> ConfigError {
-        match error {
-            MemberError::Empty => self.error(
+        let mut valid = true;
+        if entries.is_empty() {
+            let error = self.source.error(
                 "backends",
-                list_span,
+                list_span.clone(),
                 "no backends: add at least one [[backends]] table with a name and a url",
-            ),
-            MemberError::TooMany(_) => self.error("backends", list_span, error.to_string()),
-            MemberError::EmptyName(i) => self.error(
-                format!("backends[{i}].name"),
-                entries.get(i).map(|e| e.name.span()),
-                "the name is empty; every backend needs a unique, non-empty name",
-            ),
-            MemberError::DuplicateName(ref name) => {
-                let mut uses = entries
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, e)| e.name.get_ref() == name);
-                match (uses.next(), uses.next()) {
-                    (Some((first, first_entry)), Some((second, second_entry))) => self.error_at(
-                        format!("backends[{second}].name"),
-                        &second_entry.name,
-                        format!(
-                            "name {name:?} is already used by backends[{first}] (line {}); names must be unique",
-                            self.line_of(first_entry.name.span())
-                        ),
-                    ),
-                    _ => self.error("backends", list_span, error.to_string()),
-                }
+            );
+            self.report(error);
+            valid = false;
+        }
+        if entries.len() > MAX_BACKENDS {
+            let error = self.source.error(
+                "backends",
+                list_span.clone(),
+                MemberError::TooMany(entries.len()).to_string(),
+            );
+            self.report(error);
+            valid = false;
+        }
+
+        // The first entry with each valid name, and with each address.
+        let mut names: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
+        let mut addresses: HashMap<String, usize> = HashMap::with_capacity(entries.len());
+        let mut backends = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let name = self.backend_name(i, entries, &mut names);
+            let weight = match &entry.weight {
+                None => Some(DEFAULT_WEIGHT),
+                Some(w) => self.weight(i, w),
+            };
+            let s = self.source;
+            let url = self.ok(parse_backend_url(entry.url.get_ref())
+                .map_err(|m| s.error_at(format!("backends[{i}].url"), &entry.url, m)));
+            if let Some(url) = &url {
+                self.same_address(i, url, entries, &mut addresses);
             }
-            MemberError::BadWeight { ref name, weight } => {
-                let at = members
-                    .iter()
-                    .position(|m| &m.name == name && m.weight == weight)
-                    .and_then(|i| Some((i, entries.get(i)?.weight.as_ref()?.span())));
-                match at {
-                    Some((i, span)) => self.error(
-                        format!("backends[{i}].weight"),
-                        Some(span),
-                        weight_out_of_range(i64::from(weight)),
+            match (name, weight, url) {
+                (Some(name), Some(weight), Some(url)) => backends.push(BackendConfig {
+                    name: name.to_owned(),
+                    url,
+                    weight,
+                }),
+                _ => valid = false,
+            }
+        }
+        if !valid {
+            return None;
+        }
+        // The core's own rules, which the checks above already imply: should
+        // it ever add one, the file is still refused instead of the proxy
+        // failing to build its table.
+        if let Err(e) = crate::balance::member::validate(&members(&backends)) {
+            let error = self.source.error("backends", list_span, e.to_string());
+            self.report(error);
+            return None;
+        }
+        Some(backends)
+    }
+
+    /// Entry `i`'s name if it is allowed and not already used, recording it
+    /// in `names`; an invalid name is never compared, so it is reported once.
+    fn backend_name<'e>(
+        &mut self,
+        i: usize,
+        entries: &'e [FileBackend],
+        names: &mut HashMap<&'e str, usize>,
+    ) -> Option<&'e str> {
+        let spanned = &entries[i].name;
+        let name = spanned.get_ref().as_str();
+        let field = format!("backends[{i}].name");
+        if let Some(problem) = name_problem(name) {
+            let error = self.source.error_at(field, spanned, problem);
+            self.report(error);
+            return None;
+        }
+        if let Some(&first) = names.get(name) {
+            let error = self.source.error_at(
+                field,
+                spanned,
+                format!(
+                    "name {name:?} is already used by backends[{first}] (line {}); names must be unique",
+                    self.source.line_of(entries[first].name.span())
+                ),
+            );
+            self.report(error);
+            return None;
+        }
+        names.insert(name, i);
+        Some(name)
+    }
+
+    fn weight(&mut self, i: usize, weight: &Spanned<i64>) -> Option<u32> {
+        let value = *weight.get_ref();
+        let in_range = u32::try_from(value)
+            .ok()
+            .filter(|w| (1..=MAX_WEIGHT).contains(w));
+        if in_range.is_none() {
+            let error = self.source.error_at(
+                format!("backends[{i}].weight"),
+                weight,
+                weight_out_of_range(value),
+            );
+            self.report(error);
+        }
+        in_range
+    }
+
+    /// Warns when entry `i` connects where an earlier backend does: two
+    /// names on one server may be deliberate (two shares of the keys), but
+    /// more often one of them was copied and not edited.
+    fn same_address(
+        &mut self,
+        i: usize,
+        url: &Uri,
+        entries: &[FileBackend],
+        addresses: &mut HashMap<String, usize>,
+    ) {
+        let Some(authority) = url.authority() else {
+            return;
+        };
+        // Host names are case-insensitive and port 80 is the default, so
+        // `http://A` and `http://a:80` are one server.
+        let address = connect_address(authority).to_ascii_lowercase();
+        match addresses.get(&address) {
+            None => {
+                addresses.insert(address, i);
+            }
+            Some(&first) => {
+                let warning = self.source.warning(
+                    format!("backends[{i}].url"),
+                    &entries[i].url,
+                    format!(
+                        "same URL as backends[{first}] ({:?}, line {}): {} gets the keys of both names; fine if deliberate, otherwise change or remove one (a larger weight gives one server more keys)",
+                        entries[first].name.get_ref(),
+                        self.source.line_of(entries[first].url.span()),
+                        backend_url_text(url),
                     ),
-                    None => self.error("backends", list_span, error.to_string()),
-                }
+                );
+                self.warnings.push(warning);
             }
         }
     }
 
+    /// The Maglev table size: a prime, and (once every weight is valid) at
+    /// least the pool's total weight.
+    fn table_size_fits(
+        &mut self,
+        size: usize,
+        backends: Option<&[BackendConfig]>,
+        file: &FileBalancer,
+    ) {
+        let fits = match backends {
+            Some(backends) => crate::balance::maglev::check_table_size(size, &members(backends)),
+            None if !crate::balance::maglev::is_prime(size) => Err(TableSizeError::NotPrime(size)),
+            None => Ok(()),
+        };
+        if let Err(e) = fits {
+            let span = file.table_size.as_ref().map(Spanned::span);
+            let error = self
+                .source
+                .error("balancer.table_size", span, e.to_string());
+            self.report(error);
+        }
+    }
+
+    /// `value`, its `default` when absent, or `None` after reporting why it
+    /// is not a duration (or is zero where zero is not allowed).
     fn duration(
-        &self,
+        &mut self,
         value: &Option<Spanned<DurationText>>,
         field: &str,
         default: Duration,
         allow_zero: bool,
-    ) -> Result<Duration, ConfigError> {
+    ) -> Option<Duration> {
         let Some(value) = value else {
-            return Ok(default);
+            return Some(default);
         };
         let text = &value.get_ref().0;
-        let duration = humantime::parse_duration(text).map_err(|e| {
-            self.error_at(
-                field,
-                value,
-                format!("{text:?} is not a duration ({e}); write durations like \"500ms\", \"5s\" or \"1h\""),
-            )
-        })?;
-        if duration.is_zero() && !allow_zero {
-            return Err(self.error_at(
-                field,
-                value,
-                format!("{text:?} is zero; it must be greater than zero"),
-            ));
-        }
-        Ok(duration)
+        let problem = match humantime::parse_duration(text) {
+            Ok(duration) if duration.is_zero() && !allow_zero => {
+                format!("{text:?} is zero; it must be greater than zero")
+            }
+            Ok(duration) => return Some(duration),
+            Err(e) => format!(
+                "{text:?} is not a duration ({e}); write durations like \"500ms\", \"5s\" or \"1h\""
+            ),
+        };
+        let error = self.source.error_at(field, value, problem);
+        self.report(error);
+        None
     }
 
     fn count(
-        &self,
+        &mut self,
         value: &Option<Spanned<i64>>,
         field: &str,
         default: u32,
         min: u32,
-    ) -> Result<u32, ConfigError> {
+    ) -> Option<u32> {
         self.count_in(value, field, default, min..=u32::MAX)
     }
 
     fn count_in(
-        &self,
+        &mut self,
         value: &Option<Spanned<i64>>,
         field: &str,
         default: u32,
         range: std::ops::RangeInclusive<u32>,
-    ) -> Result<u32, ConfigError> {
+    ) -> Option<u32> {
         let Some(value) = value else {
-            return Ok(default);
+            return Some(default);
         };
         let n = *value.get_ref();
-        u32::try_from(n)
+        let s = self.source;
+        self.ok(u32::try_from(n)
             .ok()
             .filter(|n| range.contains(n))
             .ok_or_else(|| {
-                self.error_at(
+                s.error_at(
                     field,
                     value,
                     format!(
@@ -533,27 +738,68 @@ impl Source<'_> {
                         range.end()
                     ),
                 )
-            })
+            }))
     }
 
     fn socket_addr(
-        &self,
+        &mut self,
         value: &Option<Spanned<String>>,
         field: &str,
         default: SocketAddr,
-    ) -> Result<SocketAddr, ConfigError> {
+    ) -> Option<SocketAddr> {
         let Some(value) = value else {
-            return Ok(default);
+            return Some(default);
         };
         let text = value.get_ref();
-        text.parse().map_err(|_| {
-            self.error_at(
+        let s = self.source;
+        self.ok(text.parse().map_err(|_| {
+            s.error_at(
                 field,
                 value,
                 format!("{text:?} is not an IP:PORT address such as \"127.0.0.1:8080\" or \"[::1]:8080\" (host names are not resolved)"),
             )
-        })
+        }))
     }
+}
+
+/// The backends as the hashing core sees them.
+fn members(backends: &[BackendConfig]) -> Vec<Member> {
+    backends
+        .iter()
+        .map(|b| Member::new(b.name.clone(), b.weight))
+        .collect()
+}
+
+/// What a backend name may be, as every message about it says.
+const NAME_RULE: &str = "a name may contain any characters except control characters (such as tab or newline), and must not start or end with whitespace";
+
+/// Why `name` cannot name a backend, if it cannot. Names are shown in logs,
+/// `/status`, metric labels and `--check`, and are what is hashed: a blank
+/// name, a stray space at either end or an invisible control character makes
+/// two names look alike that hash apart.
+fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("the name is empty; every backend needs a unique, non-empty name".to_owned());
+    }
+    if name.trim().is_empty() {
+        return Some(format!("the name {name:?} is blank; {NAME_RULE}"));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Some(format!(
+            "the name {name:?} contains the control character {c:?}; {NAME_RULE}"
+        ));
+    }
+    if name.starts_with(char::is_whitespace) {
+        return Some(format!(
+            "the name {name:?} starts with whitespace; {NAME_RULE}"
+        ));
+    }
+    if name.ends_with(char::is_whitespace) {
+        return Some(format!(
+            "the name {name:?} ends with whitespace; {NAME_RULE}"
+        ));
+    }
+    None
 }
 
 fn weight_out_of_range(weight: i64) -> String {

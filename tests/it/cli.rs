@@ -100,6 +100,70 @@ fn check_rejects_a_bad_config_with_exit_1_naming_file_line_and_field() {
 }
 
 #[test]
+fn check_lists_every_mistake_of_a_file_in_file_order_and_exits_1() {
+    let path = manifest_dir().join("tests/configs/bad/several_mistakes.toml");
+    let path = path.to_str().unwrap();
+    let output = affinity(&["--check", "-c", path]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty(), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 5, "{stderr}");
+    assert_eq!(lines[0], format!("affinity: {path}: 4 errors"));
+    for (line, (at, field)) in lines[1..].iter().zip([
+        (8, "listener.address"),
+        (10, "health_check.interval"),
+        (15, "backends[0].weight"),
+        (18, "backends[1].name"),
+    ]) {
+        assert!(
+            line.starts_with(&format!("{path}:{at}:")),
+            "line {at} expected: {stderr}"
+        );
+        assert!(line.contains(&format!(": {field}: ")), "{stderr}");
+    }
+}
+
+#[test]
+fn check_prints_a_warning_for_two_backends_on_one_url_and_exits_0() {
+    let file = TempFile::new(
+        "same-url.toml",
+        "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:9001\"\n\
+         [[backends]]\nname = \"b\"\nurl = \"http://127.0.0.1:9001\"\n",
+    );
+    let output = affinity(&["--check", "-c", file.path()]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], format!("{}: ok", file.path()), "{stdout}");
+    assert!(
+        lines[1].starts_with(&format!(
+            "warning: {}:6:7: backends[1].url: same URL as backends[0] (\"a\", line 3)",
+            file.path()
+        )),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("warning: ").count(), 1, "{stdout}");
+}
+
+#[test]
+fn a_warning_is_logged_once_when_the_config_is_loaded_to_run() {
+    let file = TempFile::new(
+        "same-url-churn.toml",
+        "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:9001\"\n\
+         [[backends]]\nname = \"b\"\nurl = \"http://127.0.0.1:9001\"\n",
+    );
+    let output = affinity(&["--churn", "-c", file.path()]);
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.matches("config warning").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("backends[1].url: same URL as backends[0]"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn churn_json_prints_one_object_with_the_documented_fields() {
     let config = manifest_dir().join("config.toml");
     let output = affinity(&["--churn", "--json", "-c", config.to_str().unwrap()]);
@@ -658,6 +722,54 @@ async fn twenty_sighup_reloads_valid_and_invalid_under_load_fail_no_request() {
     assert!(sent >= 20, "the load sent only {sent}");
     drop(log);
     let mut child = child;
+    assert_eq!(terminate(&mut child).code(), Some(0));
+}
+
+#[test]
+fn a_reload_logs_every_error_of_an_invalid_file_and_the_warnings_of_a_valid_one() {
+    let valid = "[listener]\naddress = \"127.0.0.1:0\"\n[health_check]\ninterval = \"1h\"\n\
+                 [[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n";
+    let file = TempFile::new("reload-all-errors.toml", valid);
+    let (mut child, log, _address) = start_affinity(&file, &[]);
+
+    // Lines 2 and 7 are wrong.
+    let invalid = valid
+        .replace("127.0.0.1:0", "nowhere")
+        .replace("http://127.0.0.1:1", "ftp://127.0.0.1:1");
+    std::fs::write(&file.0, invalid).unwrap();
+    signal(&child, "HUP");
+    let first = wait_for_line(&log, &["invalid config", "config reloaded"]);
+    let second = wait_for_line(&log, &["invalid config", "config reloaded"]);
+    let last = wait_for_line(&log, &["invalid config", "config reloaded"]);
+    assert!(
+        first.contains(&format!("{}:2:", file.path())) && first.contains("listener.address"),
+        "{first}"
+    );
+    assert!(
+        second.contains(&format!("{}:7:", file.path())) && second.contains("backends[0].url"),
+        "{second}"
+    );
+    assert!(last.contains("keeping the running one"), "{last}");
+    assert!(last.contains("errors=2"), "{last}");
+
+    let same_url = format!("{valid}[[backends]]\nname = \"b\"\nurl = \"http://127.0.0.1:1\"\n");
+    std::fs::write(&file.0, same_url).unwrap();
+    signal(&child, "HUP");
+    let warning = wait_for_line(
+        &log,
+        &["config warning", "config reloaded", "invalid config"],
+    );
+    assert!(warning.contains("config warning"), "{warning}");
+    assert!(
+        warning.contains("backends[1].url: same URL as backends[0]"),
+        "{warning}"
+    );
+    let reloaded = wait_for_line(
+        &log,
+        &["config warning", "config reloaded", "invalid config"],
+    );
+    assert!(reloaded.contains("config reloaded"), "{reloaded}");
+    drop(log);
     assert_eq!(terminate(&mut child).code(), Some(0));
 }
 

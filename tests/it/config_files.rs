@@ -1,7 +1,7 @@
 //! Config files on disk: every file in `tests/configs/bad/` is rejected with
-//! a message naming the file, the line and the field its first-line comment
-//! expects; every file in `tests/configs/good/` and the shipped `config.toml`
-//! load.
+//! exactly the errors its leading `# expect:` comments list, in their order,
+//! each naming the file, the line and the field; every file in
+//! `tests/configs/good/` and the shipped `config.toml` load.
 
 use std::path::{Path, PathBuf};
 
@@ -26,51 +26,67 @@ fn toml_files(dir: &str) -> Vec<PathBuf> {
     files
 }
 
-/// What a bad file's first line promises: `# expect: FIELD at line N`.
+/// What a bad file's leading comments promise, one error each:
+/// `# expect: FIELD at line N`.
 struct Expectation {
     field: String,
     line: usize,
 }
 
-fn expectation(path: &Path) -> Expectation {
+fn expectations(path: &Path) -> Vec<Expectation> {
     let text = std::fs::read_to_string(path).unwrap();
-    let first = text.lines().next().unwrap_or_default();
-    let spec = first.strip_prefix("# expect: ").unwrap_or_else(|| {
-        panic!(
-            "{}: the first line must be `# expect: FIELD at line N`",
-            path.display()
-        )
-    });
-    let (field, line) = spec
-        .split_once(" at line ")
-        .unwrap_or_else(|| panic!("{}: write `# expect: FIELD at line N`", path.display()));
-    Expectation {
-        field: field.trim().to_owned(),
-        line: line.trim().parse().unwrap(),
-    }
+    let expected: Vec<Expectation> = text
+        .lines()
+        .map_while(|line| line.strip_prefix("# expect: "))
+        .map(|spec| {
+            let (field, line) = spec
+                .split_once(" at line ")
+                .unwrap_or_else(|| panic!("{}: write `# expect: FIELD at line N`", path.display()));
+            Expectation {
+                field: field.trim().to_owned(),
+                line: line.trim().parse().unwrap(),
+            }
+        })
+        .collect();
+    assert!(
+        !expected.is_empty(),
+        "{}: the first line must be `# expect: FIELD at line N`",
+        path.display()
+    );
+    expected
 }
 
 #[test]
-fn every_bad_config_fails_naming_its_file_line_and_field() {
+fn every_bad_config_fails_with_the_errors_it_expects_naming_file_line_and_field() {
     let files = toml_files("bad");
     assert!(files.len() >= 12, "only {} bad configs", files.len());
     for path in files {
-        let expected = expectation(&path);
+        let expected = expectations(&path);
         let file_name = path.file_name().unwrap().to_str().unwrap();
-        let message = match Config::load(&path) {
+        let errors = match Config::load(&path) {
             Ok(_) => panic!("{file_name} loaded, but should have been rejected"),
-            Err(e) => e.to_string(),
+            Err(errors) => errors,
         };
-        let prefix = format!("{file_name}:{}:", expected.line);
-        assert!(
-            message.contains(&prefix),
-            "{file_name}: message should contain {prefix:?}: {message}"
+        let all = errors.to_string();
+        assert_eq!(
+            errors.count(),
+            expected.len(),
+            "{file_name}: expected {} errors: {all}",
+            expected.len()
         );
-        assert!(
-            message.contains(&format!(": {}: ", expected.field)),
-            "{file_name}: message should name field {:?}: {message}",
-            expected.field
-        );
+        for (error, expected) in errors.iter().zip(&expected) {
+            let message = error.to_string();
+            let prefix = format!("{file_name}:{}:", expected.line);
+            assert!(
+                message.contains(&prefix),
+                "{file_name}: message should contain {prefix:?}: {all}"
+            );
+            assert!(
+                message.contains(&format!(": {}: ", expected.field)),
+                "{file_name}: message should name field {:?}: {all}",
+                expected.field
+            );
+        }
     }
 }
 
