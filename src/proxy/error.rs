@@ -66,6 +66,14 @@ pub enum ProxyError {
         /// Backends skipped because they were full.
         full: usize,
     },
+    /// The request has more header fields than `limits.max_headers`.
+    #[error("{fields} header fields, over the limit of {limit}")]
+    TooManyHeaders {
+        /// Fields in the request.
+        fields: usize,
+        /// The configured limit.
+        limit: u32,
+    },
     /// The request body is larger than `limits.max_body_bytes`.
     #[error(transparent)]
     BodyTooLarge(#[from] BodyTooLarge),
@@ -90,6 +98,7 @@ impl ProxyError {
             ProxyError::BadRequest(_)
                 | ProxyError::UnsupportedTransferCoding(_)
                 | ProxyError::BodyTooLarge(_)
+                | ProxyError::TooManyHeaders { .. }
                 | ProxyError::UnsupportedMethod(_)
         )
     }
@@ -106,6 +115,7 @@ impl ProxyError {
             | ProxyError::AllBackendsFailed { .. }
             | ProxyError::AllBackendsFull { .. }
             | ProxyError::BodyTooLarge(_)
+            | ProxyError::TooManyHeaders { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::UnsupportedTransferCoding(_)
             | ProxyError::UnsupportedMethod(_) => None,
@@ -129,6 +139,10 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
             "every backend is at its request limit\n",
         ),
         ProxyError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+        ProxyError::TooManyHeaders { .. } => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request header fields too large\n",
+        ),
         ProxyError::UnsupportedMethod(_) => {
             (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
@@ -199,6 +213,14 @@ mod tests {
         assert_eq!(
             rendered(ProxyError::UnsupportedMethod(Method::CONNECT)).await,
             (405, "method not allowed\n".to_owned())
+        );
+        assert_eq!(
+            rendered(ProxyError::TooManyHeaders {
+                fields: 1000,
+                limit: 100
+            })
+            .await,
+            (431, "request header fields too large\n".to_owned())
         );
         assert_eq!(
             rendered(ProxyError::BadRequest("more than one Host header")).await,

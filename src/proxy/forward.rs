@@ -21,7 +21,7 @@ use crate::proxy::access::Fallback;
 use crate::proxy::error::ProxyError;
 use crate::proxy::failure::{Chain, Failure};
 use crate::proxy::request::is_idempotent;
-use crate::proxy::request_body::{BodyTooLarge, RecoverableBody, Recovery};
+use crate::proxy::request_body::{BodyTooLarge, ClientBody, RecoverableBody, Recovery};
 use crate::proxy::retry::{Plan, RetryState, Step, Stop};
 use crate::proxy::upstream::{self, Connection, UpstreamError};
 
@@ -83,7 +83,7 @@ enum Missed {
 pub async fn forward(
     ctx: &mut Forwarding<'_>,
     parts: Parts,
-    mut body: Incoming,
+    mut body: ClientBody,
 ) -> Result<Answer, ProxyError> {
     if parts.method == Method::CONNECT {
         return Err(ProxyError::UnsupportedMethod(parts.method));
@@ -121,7 +121,7 @@ pub async fn forward(
 
 /// Refuses, before any backend sees it, a body whose declared length is
 /// over `limits.max_body_bytes`.
-fn check_declared_length(body: &Incoming, limits: &LimitsConfig) -> Result<(), ProxyError> {
+fn check_declared_length(body: &ClientBody, limits: &LimitsConfig) -> Result<(), ProxyError> {
     let limit = limits.max_body_bytes;
     if limit > 0 && body.size_hint().exact().is_some_and(|len| len > limit) {
         return Err(ProxyError::BodyTooLarge(BodyTooLarge { limit }));
@@ -169,7 +169,7 @@ async fn attempt(
     ctx: &mut Forwarding<'_>,
     backend: &Backend,
     head: &mut Head,
-    body: Incoming,
+    body: ClientBody,
     plan: Plan,
     deadline: Instant,
 ) -> Result<Answer, Missed> {
@@ -227,7 +227,7 @@ fn after_failure(
     (index, backend): (usize, &Backend),
     error: UpstreamError,
     recovery: Recovery,
-) -> Result<Incoming, ProxyError> {
+) -> Result<ClientBody, ProxyError> {
     let failure = Failure::of(&error);
     let routable = ctx.snapshot.routable_count();
     let step = state.after_failure(plan, index, failure, routable, || recovery.take());

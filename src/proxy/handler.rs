@@ -21,6 +21,7 @@ use crate::proxy::failure::Chain;
 use crate::proxy::forward::{Answer, Attempts, Forwarding, forward};
 use crate::proxy::headers;
 use crate::proxy::request::{check_request, prepare};
+use crate::proxy::request_body::ClientBody;
 use crate::proxy::response_body::{ProxyBody, UpstreamBody};
 use crate::proxy::session::{Keyed, set_cookie};
 use crate::proxy::tunnel::Tunnels;
@@ -79,8 +80,10 @@ impl Proxy {
         let snapshot = self.pool.snapshot();
         let (mut parts, body) = request.into_parts();
         let peer = peer.ip().to_canonical();
+        let limits = &snapshot.config().limits;
+        let body = ClientBody::new(body, parts.version, limits);
         // Checked before the hop-by-hop headers go.
-        let rejection = check_request(&parts);
+        let rejection = check_request(&parts, limits);
         prepare(&mut parts, client_upgrade.is_some());
         let keyed = Keyed::new(&snapshot, &parts, peer);
         let record = access_record(&snapshot, &parts, peer, &keyed, started);

@@ -5,6 +5,7 @@ use hyper::header::{HOST, HeaderValue, TRANSFER_ENCODING};
 use hyper::http::request::Parts;
 use hyper::{Method, Version};
 
+use crate::config::LimitsConfig;
 use crate::proxy::error::ProxyError;
 use crate::proxy::framing::AmbiguousRequest;
 use crate::proxy::headers;
@@ -28,10 +29,23 @@ pub fn prepare(parts: &mut Parts, upgrades: bool) {
 }
 
 /// The problem with a request that must not be forwarded, if any (RFC 9112
-/// §3.2 and §6.1). hyper itself refuses malformed heads, invalid or
-/// conflicting `Content-Length`s and codings that do not end in `chunked`;
-/// it leaves these to the proxy.
-pub fn check_request(parts: &Parts) -> Option<ProxyError> {
+/// §3.2 and §6.1, and `limits`). hyper itself refuses malformed heads,
+/// invalid or conflicting `Content-Length`s and codings that do not end in
+/// `chunked`; it leaves these to the proxy.
+pub fn check_request(parts: &Parts, limits: &LimitsConfig) -> Option<ProxyError> {
+    // hyper's HTTP/1 server refuses a head with more fields itself (with the
+    // same count: one a header line, the request line apart); its HTTP/2
+    // server has no such limit. An HTTP/2 request's fields are counted as
+    // received, each repeated name and each cookie crumb once, and the
+    // pseudo-headers (`:method`, `:path`...) not at all: they are HTTP/1's
+    // request line.
+    let fields = parts.headers.len();
+    if u32::try_from(fields).map_or(true, |fields| fields > limits.max_headers) {
+        return Some(ProxyError::TooManyHeaders {
+            fields,
+            limit: limits.max_headers,
+        });
+    }
     if parts.extensions.get::<AmbiguousRequest>().is_some() {
         // Seen on the raw bytes: hyper removes Content-Length from such a
         // request before the proxy sees it (see `crate::proxy::framing`).
@@ -74,4 +88,50 @@ pub fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/2 request's parts with `names` as its header fields, in order.
+    fn parts_with(names: &[String]) -> Parts {
+        let mut request = hyper::Request::get("http://affinity.test/").version(Version::HTTP_2);
+        for name in names {
+            request = request.header(name.as_str(), "1");
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    fn limits(max_headers: u32) -> LimitsConfig {
+        LimitsConfig {
+            max_headers,
+            ..LimitsConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_request_over_max_headers_is_refused_and_one_at_the_limit_is_not() {
+        let names: Vec<String> = (0..11).map(|i| format!("x-{i}")).collect();
+        let over = check_request(&parts_with(&names), &limits(10));
+        assert!(
+            matches!(
+                over,
+                Some(ProxyError::TooManyHeaders {
+                    fields: 11,
+                    limit: 10
+                })
+            ),
+            "{over:?}"
+        );
+        assert!(check_request(&parts_with(&names[..10]), &limits(10)).is_none());
+    }
+
+    #[test]
+    fn every_field_of_a_repeated_name_counts() {
+        let names = vec!["cookie".to_owned(); 3];
+        let parts = parts_with(&names);
+        assert!(check_request(&parts, &limits(3)).is_none());
+        assert!(check_request(&parts, &limits(2)).is_some());
+    }
 }

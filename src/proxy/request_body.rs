@@ -1,19 +1,159 @@
 //! The request body on its way to a backend: streamed, never buffered
 //! whole, and given back if the backend never read from it, so a request
 //! whose connect failed can be retried on the next backend with its body
-//! intact.
+//! intact. An HTTP/2 request body the proxy stops reading before its end is
+//! read to its end all the same ([`ClientBody`]), so that its stream is not
+//! reset under a client still sending.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Buf;
+use http_body_util::BodyExt;
+use hyper::Version;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::oneshot;
 
+use crate::config::LimitsConfig;
+
 /// The error type of bodies sent to backends.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A client's request body as the proxy received it.
+///
+/// hyper's HTTP/2 server resets a request's stream (`RST_STREAM`, RFC 9113
+/// §8.1) when the response has ended and nothing holds the request body any
+/// more, although the client may still be sending it: hyper's HTTP/1 client
+/// drops a request body as soon as it has written `Content-Length` bytes,
+/// before the `END_STREAM` that clients such as httpx send in an empty DATA
+/// frame of their own, and the proxy drops a body it answers without
+/// (errors). Such clients then lose the request. So an HTTP/2 body dropped
+/// before its end is read to its end in a task of its own, while the
+/// response goes out: bounded by time and by `limits.max_body_bytes`, past
+/// which the stream is reset as before. HTTP/1 bodies are simply dropped:
+/// hyper's HTTP/1 server reads or closes what is left itself.
+#[derive(Debug)]
+pub struct ClientBody {
+    /// `None` only once dropped.
+    inner: Option<Incoming>,
+    /// Data bytes read so far.
+    read: u64,
+    /// How the rest is read when dropped early (HTTP/2), if at all.
+    drain: Option<DrainBound>,
+}
+
+/// How much of a dropped HTTP/2 request body the proxy reads to reach its
+/// end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DrainBound {
+    /// The most data bytes of the whole body (`limits.max_body_bytes`; 0: no
+    /// limit): a body over it is not worth reading, and its stream is reset.
+    max_body_bytes: u64,
+    /// How long the rest may take to arrive (`limits.header_timeout`, the
+    /// slowloris guard: nobody waits on these bytes).
+    timeout: Duration,
+}
+
+impl DrainBound {
+    /// The data bytes still allowed after `read`, or `None` when the body,
+    /// whose declared rest is `hint`, is already or will be over the limit.
+    fn budget(&self, read: u64, hint: &SizeHint) -> Option<u64> {
+        if self.max_body_bytes == 0 {
+            return Some(u64::MAX);
+        }
+        let left = self.max_body_bytes.checked_sub(read)?;
+        if hint.exact().is_some_and(|rest| rest > left) {
+            return None;
+        }
+        Some(left)
+    }
+}
+
+impl ClientBody {
+    /// The body of a request of `version`, with the running config's
+    /// `limits`.
+    pub fn new(body: Incoming, version: Version, limits: &LimitsConfig) -> ClientBody {
+        let drain = (version == Version::HTTP_2).then_some(DrainBound {
+            max_body_bytes: limits.max_body_bytes,
+            timeout: limits.header_timeout,
+        });
+        ClientBody {
+            inner: Some(body),
+            read: 0,
+            drain,
+        }
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        let (Some(bound), Some(body)) = (self.drain, self.inner.take()) else {
+            return;
+        };
+        if body.is_end_stream() {
+            return;
+        }
+        let Some(budget) = bound.budget(self.read, &body.size_hint()) else {
+            return;
+        };
+        // Outside a runtime (never on the request path) the body is dropped.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(read_to_end(body, budget, bound.timeout));
+        }
+    }
+}
+
+/// Reads `body` to its end, dropping what it reads, unless more than
+/// `budget` data bytes or `timeout` come first. Dropped at its end, a body
+/// leaves its stream closed; dropped before, its stream is reset.
+async fn read_to_end(mut body: Incoming, mut budget: u64, timeout: Duration) {
+    let read = async move {
+        while let Some(Ok(frame)) = body.frame().await {
+            let len = frame.data_ref().map_or(0, |data| data.len() as u64);
+            match budget.checked_sub(len) {
+                Some(left) => budget = left,
+                None => return,
+            }
+        }
+    };
+    // The timeout drops the body, and with it the stream.
+    let _ = tokio::time::timeout(timeout, read).await;
+}
+
+impl Body for ClientBody {
+    type Data = <Incoming as Body>::Data;
+    type Error = <Incoming as Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let Some(body) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = ready!(Pin::new(body).poll_frame(cx));
+        if let Some(Ok(frame)) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.read += data.len() as u64;
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
 
 /// A request body that goes back to its [`Recovery`] if it is dropped before
 /// it was ever polled.
@@ -24,7 +164,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// the next backend. As soon as the body is polled it belongs to that
 /// attempt: part of it may be on the wire, and it is never given back.
 #[derive(Debug)]
-pub struct RecoverableBody<B = Incoming> {
+pub struct RecoverableBody<B = ClientBody> {
     inner: Option<B>,
     give_back: Option<oneshot::Sender<B>>,
     /// Where the bytes read are added up, for the access log.
@@ -44,7 +184,7 @@ pub struct BodyTooLarge {
 
 /// The other end of a [`RecoverableBody`]: holds the body once it comes back.
 #[derive(Debug)]
-pub struct Recovery<B = Incoming>(oneshot::Receiver<B>);
+pub struct Recovery<B = ClientBody>(oneshot::Receiver<B>);
 
 impl<B> RecoverableBody<B> {
     /// Wraps `body`; the [`Recovery`] gets it back if it is dropped unpolled.
@@ -181,6 +321,28 @@ mod tests {
         let body = body.counting(Some(read.clone()));
         body.collect().await.unwrap();
         assert_eq!(read.load(Ordering::Relaxed), 12);
+    }
+
+    #[test]
+    fn a_drained_body_may_read_up_to_the_body_limit_and_no_further() {
+        let bound = DrainBound {
+            max_body_bytes: 1000,
+            timeout: Duration::from_secs(1),
+        };
+        let unknown = SizeHint::new();
+        assert_eq!(bound.budget(400, &unknown), Some(600));
+        assert_eq!(bound.budget(400, &SizeHint::with_exact(600)), Some(600));
+        // Declared, or already read, past the limit: not worth reading.
+        assert_eq!(bound.budget(400, &SizeHint::with_exact(601)), None);
+        assert_eq!(bound.budget(1001, &unknown), None);
+        let unlimited = DrainBound {
+            max_body_bytes: 0,
+            ..bound
+        };
+        assert_eq!(
+            unlimited.budget(1 << 40, &SizeHint::with_exact(1 << 40)),
+            Some(u64::MAX)
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod hash_routing;
 mod hashing_properties;
 mod headers;
 mod health;
+mod http2;
 mod hygiene;
 mod lifecycle;
 mod live_pool;
