@@ -1085,7 +1085,8 @@ async fn the_json_access_log_has_one_line_per_request_with_why_it_fell_back_and_
     assert_eq!(fields["backend"], fallback[1].as_str());
     assert_eq!(fields["attempts"], 2);
     assert_eq!(fields["fallback"], "connect_error");
-    assert_eq!(fields["failed"], "[\"server-dead\"]");
+    // A JSON array (issue 14): it was the string "[\"server-dead\"]".
+    assert_eq!(fields["failed"], serde_json::json!(["server-dead"]));
     assert_eq!(fields["status"], 200);
     assert_eq!(fields["bytes_in"], 5);
     assert_eq!(fields["bytes_out"], fallback[1].len());
