@@ -11,7 +11,7 @@ use tracing_subscriber::filter::LevelFilter;
 
 use affinity::balance::churn::churn;
 use affinity::config::Config;
-use affinity::listener::{Drain, ProxyHandle};
+use affinity::listener::{Drain, ProxyHandle, ReloadFailed};
 
 /// mimalloc: per-thread free lists suit the proxy's many short-lived
 /// allocations (request heads, header maps, futures) better than glibc's
@@ -178,23 +178,22 @@ async fn run(config: Config, path: PathBuf, demo: bool) -> ExitCode {
 }
 
 /// SIGHUP: re-reads the config file and, if it is valid, replaces the
-/// running config; if not, logs why and keeps running the old one.
+/// running config; if not, logs why and keeps running the old one. Either
+/// way the outcome shows in the admin endpoint's metrics and `/status`.
 async fn reload(proxy: &ProxyHandle, path: &Path) {
     tracing::info!(config = %path.display(), "SIGHUP received; reloading");
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(error) => {
-            tracing::error!(%error, "invalid config; keeping the running one");
-            return;
-        }
-    };
-    match proxy.reload(config).await {
+    match proxy.reload_file(path).await {
         Ok(reloaded) if reloaded.needs_restart.is_empty() => tracing::info!("config reloaded"),
         Ok(reloaded) => tracing::warn!(
             needs_restart = ?reloaded.needs_restart,
             "config reloaded, except settings that need a restart"
         ),
-        Err(error) => tracing::error!(%error, "cannot apply the config; keeping the running one"),
+        Err(ReloadFailed::Config(error)) => {
+            tracing::error!(%error, "invalid config; keeping the running one");
+        }
+        Err(ReloadFailed::Apply(error)) => {
+            tracing::error!(%error, "cannot apply the config; keeping the running one");
+        }
     }
 }
 
