@@ -10,7 +10,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use affinity::balance::churn::churn;
 use affinity::config::{Config, ConfigErrors};
 use affinity::entry::logging::{self, LogFormat};
-use affinity::listener::{Addresses, Drain, ProxyHandle};
+use affinity::listener::{Addresses, Drain, ProxyHandle, ReloadFailed};
 
 /// mimalloc: per-thread free lists suit the proxy's many short-lived
 /// allocations (request heads, header maps, futures) better than glibc's
@@ -236,12 +236,25 @@ async fn run(config: Config, path: PathBuf, demo: bool, addresses: Addresses) ->
 }
 
 /// SIGHUP: re-reads the config file and, if it is valid, replaces the
-/// running config; if not, logs why and keeps running the old one.
+/// running config; if not, logs why and keeps running the old one. Either
+/// way the outcome shows in the admin endpoint's metrics and `/status`.
 async fn reload(proxy: &ProxyHandle, path: &Path) {
     tracing::info!(config = %path.display(), "SIGHUP received; reloading");
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(errors) => {
+    match proxy.reload_file(path).await {
+        Ok(reloaded) => {
+            for warning in &reloaded.warnings {
+                tracing::warn!(%warning, "config warning");
+            }
+            if reloaded.needs_restart.is_empty() {
+                tracing::info!("config reloaded");
+            } else {
+                tracing::warn!(
+                    needs_restart = ?reloaded.needs_restart,
+                    "config reloaded, except settings that need a restart"
+                );
+            }
+        }
+        Err(ReloadFailed::Config(errors)) => {
             for error in &errors {
                 tracing::error!(%error, "invalid config");
             }
@@ -250,17 +263,10 @@ async fn reload(proxy: &ProxyHandle, path: &Path) {
                 errors = errors.count(),
                 "invalid config; keeping the running one"
             );
-            return;
         }
-    };
-    log_warnings(&config);
-    match proxy.reload(config).await {
-        Ok(reloaded) if reloaded.needs_restart.is_empty() => tracing::info!("config reloaded"),
-        Ok(reloaded) => tracing::warn!(
-            needs_restart = ?reloaded.needs_restart,
-            "config reloaded, except settings that need a restart"
-        ),
-        Err(error) => tracing::error!(%error, "cannot apply the config; keeping the running one"),
+        Err(ReloadFailed::Apply(error)) => {
+            tracing::error!(%error, "cannot apply the config; keeping the running one");
+        }
     }
 }
 

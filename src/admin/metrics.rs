@@ -26,7 +26,22 @@
 //!   change or a reload;
 //! * `affinity_table_rebuild_duration_seconds`: how long building each took;
 //! * `affinity_table_moved_ratio`: the share of the key space whose backend
-//!   the last rebuild changed (hash algorithms; 0 for the classic policies).
+//!   the last rebuild changed (hash algorithms; 0 for the classic policies);
+//! * `affinity_config_reloads_total{result}`: config reloads (SIGHUP), by
+//!   `result`, `success` or `failure` (both from the start, at 0);
+//! * `affinity_config_last_reload_successful`: 1 when the last reload
+//!   succeeded (or none happened yet), 0 when it failed and the proxy runs an
+//!   older config than its file: the metric to alert on, named as
+//!   Prometheus names its own;
+//! * `affinity_config_last_reload_success_timestamp_seconds`: when the
+//!   running config was loaded (the start, until a reload succeeds);
+//! * `affinity_client_connections_open`: client connections open now, over
+//!   every worker (the count `limits.max_connections` caps);
+//! * `affinity_client_connections_total`: client connections accepted, those
+//!   closed at once for `limits.max_connections` included. (The open count
+//!   is not called `affinity_client_connections`: OpenMetrics names a
+//!   counter's family without `_total`, and two families may not share a
+//!   name.)
 //!
 //! Families read from the current [`Snapshot`] at scrape time (a
 //! [`Collector`], so a backend removed by a reload disappears from them):
@@ -35,6 +50,9 @@
 //!   response has not finished;
 //! * `affinity_table_share{backend}`: its share of the key space now (hash
 //!   algorithms), or of the healthy weight (classic policies).
+//!
+//! And the standard `process_*` metrics, read from `/proc` at scrape time
+//! ([`crate::admin::process`]; Linux only).
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,6 +63,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::admin::process::ProcessMetrics;
 use crate::pool::Snapshot;
 use crate::pool::stats::{BackendLabels, Stats};
 
@@ -124,6 +143,32 @@ impl Metrics {
             "Share of the key space whose backend the last rebuild changed",
             stats.table_moved_ratio().clone(),
         );
+        registry.register(
+            "affinity_config_reloads",
+            "Config reloads, by result (success or failure)",
+            stats.config_reloads().clone(),
+        );
+        registry.register(
+            "affinity_config_last_reload_successful",
+            "Whether the last config reload succeeded (1) or failed and the previous config still runs (0)",
+            stats.last_reload_successful().clone(),
+        );
+        registry.register(
+            "affinity_config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded (start or last successful reload), in Unix seconds",
+            stats.last_reload_success_time().clone(),
+        );
+        registry.register(
+            "affinity_client_connections_open",
+            "Client connections open now, over every worker",
+            stats.client_connections().clone(),
+        );
+        registry.register(
+            "affinity_client_connections",
+            "Client connections accepted, those closed at once for limits.max_connections included",
+            stats.client_connections_accepted().clone(),
+        );
+        registry.register_collector(Box::new(ProcessMetrics));
         Metrics { registry }
     }
 
@@ -268,6 +313,11 @@ mod tests {
             "affinity_backend_healthy",
             "affinity_backend_in_flight",
             "affinity_table_share",
+            "affinity_config_reloads",
+            "affinity_config_last_reload_successful",
+            "affinity_config_last_reload_success_timestamp_seconds",
+            "affinity_client_connections_open",
+            "affinity_client_connections",
         ] {
             assert!(
                 line(&text, &format!("# HELP {family} ")).is_some(),
@@ -380,6 +430,87 @@ mod tests {
             line(&text, "affinity_table_share{backend=\"a\"}"),
             Some("affinity_table_share{backend=\"a\"} 1.0")
         );
+    }
+
+    #[test]
+    fn reloads_count_by_result_and_the_last_one_sets_the_alerting_gauge() {
+        let stats = Stats::new();
+        let metrics = Metrics::new(&stats);
+        let text = metrics.encode();
+        assert_eq!(
+            line(&text, "affinity_config_reloads_total{result=\"failure\"}"),
+            Some("affinity_config_reloads_total{result=\"failure\"} 0")
+        );
+        assert_eq!(
+            line(&text, "affinity_config_last_reload_successful "),
+            Some("affinity_config_last_reload_successful 1")
+        );
+        stats.reload_failed("bad".to_owned());
+        let text = metrics.encode();
+        assert_eq!(
+            line(&text, "affinity_config_reloads_total{result=\"failure\"}"),
+            Some("affinity_config_reloads_total{result=\"failure\"} 1")
+        );
+        assert_eq!(
+            line(&text, "affinity_config_last_reload_successful "),
+            Some("affinity_config_last_reload_successful 0")
+        );
+        stats.reload_succeeded();
+        let text = metrics.encode();
+        assert_eq!(
+            line(&text, "affinity_config_reloads_total{result=\"success\"}"),
+            Some("affinity_config_reloads_total{result=\"success\"} 1")
+        );
+        assert_eq!(
+            line(&text, "affinity_config_last_reload_successful "),
+            Some("affinity_config_last_reload_successful 1")
+        );
+        let at: f64 = line(
+            &text,
+            "affinity_config_last_reload_success_timestamp_seconds ",
+        )
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+        assert!(at > 1.7e9, "{at}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_process_metrics_are_there_in_both_formats_with_their_types() {
+        let stats = Stats::new();
+        let metrics = Metrics::new(&stats);
+        let open = metrics.encode_with(snapshot(TWO), Format::OpenMetrics);
+        assert!(
+            open.contains("# TYPE process_cpu_seconds counter\n"),
+            "{open}"
+        );
+        assert!(
+            line(&open, "process_cpu_seconds_total ").is_some(),
+            "{open}"
+        );
+        let plain = metrics.encode_with(snapshot(TWO), Format::Prometheus);
+        assert!(
+            plain.contains("# TYPE process_cpu_seconds_total counter\n"),
+            "{plain}"
+        );
+        for name in [
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                open.contains(&format!("# TYPE {name} gauge\n")),
+                "{name}:\n{open}"
+            );
+            assert!(
+                line(&plain, &format!("{name} ")).is_some(),
+                "{name}:\n{plain}"
+            );
+        }
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `GET /` | a self-contained HTML page: one row per backend with its health, a bar for its share of the table and its requests in flight, refreshed from `/status` every 3 s |
+//! | `GET /` | a self-contained HTML page: the healthy count, the last reload (red when it failed), one row per backend with its health and why it is down, a bar for its share of the table, its requests in flight and its last minute; refreshed from `status` (a relative path: it works behind a path prefix) every 3 s |
 //! | `GET /healthz` | `200 ok` while serving, `503 draining` once a shutdown began |
-//! | `GET /status` | JSON: version, uptime, algorithm, key, table size or ring points, the last rebuild, and every configured backend with its health, load and share |
+//! | `GET /status` | JSON: version, uptime, algorithm, key, table size or ring points, the last rebuild, the last config reload (`null` before the first; its error if it failed), and every configured backend with its health, last probe, load, share and last minute of requests (count, 5xx share, p99) |
 //! | `GET /lookup?key=K` | JSON: the hash of key bytes `K`, the backend it goes to now and its fallback order; `?ip=A` and `?url=/p?q` build the key bytes a request from client `A` or for target `/p?q` hashes |
 //! | `GET /metrics` | the Prometheus exposition ([`crate::admin::metrics`]): OpenMetrics text when the `Accept` header asks for it, else the text format 0.0.4 |
 //!
@@ -22,6 +22,7 @@
 //! returned [`AdminServer`] stops it.
 
 pub mod metrics;
+pub mod process;
 
 use std::convert::Infallible;
 use std::io;
@@ -197,12 +198,14 @@ impl Admin {
             Selector::Policy(_) => (None, None),
         };
         let shares = snapshot.shares();
+        let now_ns = self.pool.now_ns();
         let backends = snapshot
             .backends()
             .iter()
             .zip(shares)
             .map(|(b, share)| {
                 let health = b.state().health();
+                let minute = b.state().last_minute(now_ns);
                 BackendStatus {
                     name: b.name(),
                     url: b.url().to_string(),
@@ -216,6 +219,11 @@ impl Admin {
                     }),
                     in_flight: b.state().in_flight(),
                     requests_total: b.state().requests(),
+                    last_minute: LastMinuteStatus {
+                        requests: minute.requests,
+                        errors_5xx_share: minute.errors_5xx_share(),
+                        p99_ms: minute.p99.map(|p99| p99.as_secs_f64() * 1e3),
+                    },
                     share,
                 }
             })
@@ -236,6 +244,11 @@ impl Admin {
                 duration_seconds: r.duration.as_secs_f64(),
                 moved: r.moved,
                 cause: r.cause,
+            }),
+            last_reload: self.pool.stats().last_reload().map(|r| ReloadStatus {
+                at: timestamp(r.at),
+                ok: r.ok,
+                error: r.error,
             }),
             backends,
         }
@@ -259,7 +272,17 @@ struct Status<'a> {
     /// Too few healthy backends: the selector routes over all of them.
     panic_mode: bool,
     last_rebuild: Option<RebuildStatus>,
+    /// `null` before the first reload.
+    last_reload: Option<ReloadStatus>,
     backends: Vec<BackendStatus<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ReloadStatus {
+    at: String,
+    ok: bool,
+    /// Why it failed; `null` when it succeeded.
+    error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -281,7 +304,22 @@ struct BackendStatus<'a> {
     last_probe: Option<ProbeStatus>,
     in_flight: u64,
     requests_total: u64,
+    last_minute: LastMinuteStatus,
     share: f64,
+}
+
+/// A backend's requests of the last minute (55 to 60 s: see
+/// [`crate::pool::recent`]), counted when they finished, by the backend that
+/// answered or is to blame for the proxy's 502 or 504.
+#[derive(Debug, Serialize)]
+struct LastMinuteStatus {
+    requests: u64,
+    /// `null` without requests.
+    errors_5xx_share: Option<f64>,
+    /// The 99th percentile of the time from arrival to the end of the
+    /// response, within a bucket (a third to a half of its value); `null`
+    /// without requests.
+    p99_ms: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -579,6 +617,39 @@ mod tests {
         assert_eq!(backends[2]["in_flight"], 0);
         let total: f64 = backends.iter().map(|b| b["share"].as_f64().unwrap()).sum();
         assert!((total - 1.0).abs() < 1e-9, "{total}");
+    }
+
+    #[tokio::test]
+    async fn status_reports_the_last_reload_and_each_backends_last_minute() {
+        let admin = admin(&pool_text("", 2));
+        let body = get_json(&admin, "/status").await.1;
+        assert!(body["last_reload"].is_null(), "{body}");
+        let quiet = &body["backends"][0]["last_minute"];
+        assert_eq!(quiet["requests"], 0);
+        assert!(quiet["errors_5xx_share"].is_null() && quiet["p99_ms"].is_null());
+
+        admin
+            .pool
+            .stats()
+            .reload_failed("t.toml: bad\nt.toml: worse".to_owned());
+        let state = admin.pool.snapshot().backends()[1].state().clone();
+        let now = admin.pool.now_ns();
+        state.record_finished(200, Duration::from_millis(4), now);
+        state.record_finished(502, Duration::from_millis(4), now);
+        let body = get_json(&admin, "/status").await.1;
+        assert_eq!(body["last_reload"]["ok"], false);
+        assert_eq!(body["last_reload"]["error"], "t.toml: bad\nt.toml: worse");
+        assert!(body["last_reload"]["at"].as_str().unwrap().ends_with('Z'));
+        let busy = &body["backends"][1]["last_minute"];
+        assert_eq!(busy["requests"], 2);
+        assert_eq!(busy["errors_5xx_share"], 0.5);
+        let p99 = busy["p99_ms"].as_f64().unwrap();
+        assert!((3.0..=6.0).contains(&p99), "{p99}");
+
+        admin.pool.stats().reload_succeeded();
+        let body = get_json(&admin, "/status").await.1;
+        assert_eq!(body["last_reload"]["ok"], true);
+        assert!(body["last_reload"]["error"].is_null());
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@
 //!
 //! | file | holds |
 //! |---|---|
-//! | `mod.rs` | [`start`], [`start_workers`] and the [`ProxyHandle`] they return: reload, shutdown |
+//! | `mod.rs` | [`start`], [`start_workers`] and the [`ProxyHandle`] they return: reload (from a config or its file, recorded for the admin endpoint), shutdown |
 //! | `socket.rs` | binding the listening sockets |
 //! | `workers.rs` | the connection count and the handoff between workers |
 //! | `serve.rs` | a worker's accept loop and each client connection it serves |
@@ -50,14 +50,15 @@ mod workers;
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminServer};
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors, ConfigWarning};
 use crate::pool::checks::{self, HealthChecks, ReloadError};
 use crate::pool::{Pool, PoolError, Snapshot};
 use crate::proxy::Proxy;
@@ -109,12 +110,25 @@ impl StartError {
     }
 }
 
+/// Why a reload left the running config as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadFailed {
+    /// The file could not be read or is not a valid config.
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    /// The config is valid but could not be applied.
+    #[error(transparent)]
+    Apply(#[from] ReloadError),
+}
+
 /// What a reload applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reloaded {
     /// Changed settings that take effect only on restart (kept as they
     /// were): `listener.address`, `admin`.
     pub needs_restart: Vec<&'static str>,
+    /// What looked wrong in the new config without being an error.
+    pub warnings: Vec<ConfigWarning>,
 }
 
 /// A running proxy. Dropping it stops the proxy as [`shutdown`](Self::shutdown)
@@ -162,7 +176,41 @@ impl ProxyHandle {
     /// healthy. The listener and admin addresses cannot change while
     /// running: a change of either is reported as needing a restart, and
     /// everything else is applied. On error the running config stays.
+    ///
+    /// The outcome is recorded in the pool's stats (the
+    /// `affinity_config_reload*` metrics and `/status`'s `last_reload`).
     pub async fn reload(&self, config: Config) -> Result<Reloaded, ReloadError> {
+        let outcome = self.apply(config).await;
+        match &outcome {
+            Ok(_) => self.pool.stats().reload_succeeded(),
+            Err(error) => self.pool.stats().reload_failed(error.to_string()),
+        }
+        outcome
+    }
+
+    /// Loads the config file at `path` and replaces the running config with
+    /// it as [`reload`](Self::reload) does (what SIGHUP does). A file that
+    /// cannot be read or is invalid is a failed reload too, recorded with
+    /// its error's text, and the running config stays.
+    pub async fn reload_file(&self, path: &Path) -> Result<Reloaded, ReloadFailed> {
+        match Config::load(path) {
+            Ok(config) => {
+                let warnings = config.warnings().to_vec();
+                let reloaded = self.reload(config).await?;
+                Ok(Reloaded {
+                    warnings,
+                    ..reloaded
+                })
+            }
+            Err(error) => {
+                self.pool.stats().reload_failed(error.to_string());
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Applies `config`, without recording the outcome.
+    async fn apply(&self, config: Config) -> Result<Reloaded, ReloadError> {
         let current = self.pool.snapshot().config().clone();
         let mut needs_restart = Vec::new();
         if config.listener.address != current.listener.address {
@@ -178,7 +226,10 @@ impl ProxyHandle {
             tracing::warn!(field, "{field} changed: it takes effect on restart");
         }
         self.health.reload(Arc::new(config)).await?;
-        Ok(Reloaded { needs_restart })
+        Ok(Reloaded {
+            needs_restart,
+            warnings: Vec::new(),
+        })
     }
 
     /// Stops accepting, lets requests in flight finish within the drain
@@ -268,8 +319,9 @@ pub async fn start_with(
              accepted when it stops are reset; set it to 1 for an upgrade that loses none"
         );
     }
-    // Client connections open over every worker, for `limits.max_connections`.
-    let open = Arc::new(AtomicUsize::new(0));
+    // Client connections open over every worker, for `limits.max_connections`
+    // and the admin endpoint.
+    let open = pool.stats().client_connections().clone();
     let health = checks::spawn(pool.clone());
     let (spread, mut handed) = Workers::new(workers);
     let mut handed_to_others = handed.split_off(1).into_iter();

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::Request;
@@ -12,6 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
@@ -19,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::listener::drain::{Drain, DrainSignal, drained};
 use crate::listener::http::{H2_PREFACE, connection_builder, http1_builder};
-use crate::listener::workers::{Accepted, Handed, OpenConnection, Workers, rehome};
+use crate::listener::workers::{Accepted, Admitted, Handed, Workers, rehome};
 use crate::proxy::Proxy;
 use crate::proxy::framing::{AmbiguousRequest, Watched};
 use crate::proxy::tunnel::Tunnels;
@@ -33,8 +34,9 @@ pub(super) struct Worker {
     /// The request handler.
     pub(super) proxy: Arc<Proxy>,
     /// Client connections open over every worker, for
-    /// `limits.max_connections`.
-    pub(super) open: Arc<AtomicUsize>,
+    /// `limits.max_connections` (the pool's stats gauge, which the admin
+    /// endpoint shows).
+    pub(super) open: Gauge,
     /// Every worker's load, and the way to hand one a connection.
     pub(super) workers: Arc<Workers<Accepted>>,
     /// This worker's place in `workers`.
@@ -103,9 +105,10 @@ pub(super) async fn serve(
             _ = &mut stopped => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let max = shared.proxy.pool().snapshot().config().limits.max_connections;
-                    let max = usize::try_from(max).unwrap_or(usize::MAX);
-                    let Some(counted) = OpenConnection::try_open(&open, max) else {
+                    let pool = shared.proxy.pool();
+                    pool.stats().client_connections_accepted().inc();
+                    let max = pool.snapshot().config().limits.max_connections;
+                    let Some(counted) = Admitted::try_admit(&open, max) else {
                         // Over the limit: closed at once, without a word,
                         // so the accept loop never waits on it.
                         tracing::debug!(%peer, max, "too many client connections; closing a new one");

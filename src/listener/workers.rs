@@ -6,23 +6,38 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// One client connection counted until it is dropped: against
-/// `limits.max_connections` (over all workers), or as one a worker serves.
-pub(super) struct OpenConnection(Arc<AtomicUsize>);
+/// One client connection counted, over all workers, until it is dropped:
+/// against `limits.max_connections`, on the gauge the admin endpoint shows
+/// as `affinity_client_connections_open` (one count for both, so the two
+/// never disagree).
+pub(super) struct Admitted(Gauge);
 
-impl OpenConnection {
-    /// Counts a new connection if fewer than `max` are open.
-    pub(super) fn try_open(open: &Arc<AtomicUsize>, max: usize) -> Option<OpenConnection> {
-        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .ok()
-        .map(|_| OpenConnection(open.clone()))
+impl Admitted {
+    /// Counts a new connection on `open` if fewer than `max` are open.
+    pub(super) fn try_admit(open: &Gauge, max: u32) -> Option<Admitted> {
+        let max = i64::from(max);
+        open.inner()
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admitted(open.clone()))
     }
 }
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One client connection counted as one a worker serves, until it is
+/// dropped.
+pub(super) struct OpenConnection(Arc<AtomicUsize>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
@@ -32,7 +47,7 @@ impl Drop for OpenConnection {
 
 /// A client connection as a worker accepted it: the stream, the client's
 /// address and its place in `limits.max_connections`.
-pub(super) type Accepted = (TcpStream, SocketAddr, OpenConnection);
+pub(super) type Accepted = (TcpStream, SocketAddr, Admitted);
 
 /// The receiving end of a worker's handoff channel: connections, each
 /// counted for that worker.
@@ -224,5 +239,26 @@ mod tests {
         assert_eq!(kept.as_ref().map(|(id, _)| *id), Some(3));
         assert_eq!(shared.serving[0].load(Ordering::Relaxed), 2);
         assert_eq!(shared.serving[1].load(Ordering::Relaxed), 0);
+    }
+}
+
+#[cfg(test)]
+mod admitted_tests {
+    use super::*;
+
+    #[test]
+    fn admission_stops_at_the_limit_and_a_closed_connection_makes_room() {
+        let open = Gauge::default();
+        let first = Admitted::try_admit(&open, 2);
+        let second = Admitted::try_admit(&open, 2);
+        assert!(first.is_some() && second.is_some());
+        assert!(Admitted::try_admit(&open, 2).is_none());
+        assert_eq!(open.get(), 2);
+        drop(first);
+        assert_eq!(open.get(), 1);
+        let third = Admitted::try_admit(&open, 2);
+        assert!(third.is_some());
+        drop((second, third));
+        assert_eq!(open.get(), 0);
     }
 }

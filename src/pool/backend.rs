@@ -1,5 +1,6 @@
 //! A backend as a snapshot holds it, and the live figures of each backend
-//! that outlive snapshots (requests in flight, latency, health record).
+//! that outlive snapshots (requests in flight, latency, health record, the
+//! last minute of its requests).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use http::Uri;
 use http::uri::{Authority, Scheme};
 
 use crate::balance::policy::LatencyEwma;
+use crate::pool::recent::{LastMinute, RecentRequests};
 
 /// Live figures of one backend that outlive snapshots.
 #[derive(Debug)]
@@ -18,6 +20,7 @@ pub struct BackendState {
     requests: AtomicU64,
     latency: LatencyEwma,
     health: Mutex<HealthRecord>,
+    recent: RecentRequests,
 }
 
 /// When a backend's health last changed and what its last probe said, for
@@ -58,6 +61,7 @@ impl BackendState {
                 since: SystemTime::now(),
                 last_probe: None,
             }),
+            recent: RecentRequests::new(),
         }
     }
 
@@ -108,6 +112,21 @@ impl BackendState {
         self.latency.observe(sample, now_ns);
     }
 
+    /// Counts a request this backend answered (or is to blame for) that
+    /// finished with `status` after `elapsed`, at `now_ns` (on
+    /// [`Pool::now_ns`]'s clock), in its last minute: a few atomic
+    /// operations, no lock.
+    ///
+    /// [`Pool::now_ns`]: crate::pool::Pool::now_ns
+    pub fn record_finished(&self, status: u16, elapsed: Duration, now_ns: u64) {
+        self.recent.record(status, elapsed, now_ns);
+    }
+
+    /// Its requests of the last minute as of `now_ns`.
+    pub fn last_minute(&self, now_ns: u64) -> LastMinute {
+        self.recent.last_minute(now_ns)
+    }
+
     /// Counts a request as in flight until the returned guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -119,6 +138,14 @@ impl BackendState {
 /// One request in flight to a backend; dropping it ends the request.
 #[derive(Debug)]
 pub struct InFlight(Arc<BackendState>);
+
+impl InFlight {
+    /// Ends the request, which finished with `status` after `elapsed` at
+    /// `now_ns`, and counts it in the backend's last minute.
+    pub fn finish(self, status: u16, elapsed: Duration, now_ns: u64) {
+        self.0.record_finished(status, elapsed, now_ns);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -19,12 +19,14 @@
 //! | [`health`] | the pure health state machine: thresholds and transitions |
 //! | [`checks`] | the health-check task: probes, passive reports, reloads, publishing |
 //! | [`probe`] | one HTTP health probe |
+//! | [`recent`] | the last minute of a backend's requests, for the status page |
 //! | [`stats`] | the counters the pool and the proxy record, which [`crate::admin`] renders |
 
 pub mod backend;
 pub mod checks;
 pub mod health;
 pub mod probe;
+pub mod recent;
 pub mod snapshot;
 pub mod stats;
 
@@ -74,7 +76,13 @@ impl Pool {
     /// Nanoseconds since the pool was created, on a monotonic clock: the
     /// time base of the latency averages.
     pub fn now_ns(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.ns_at(Instant::now())
+    }
+
+    /// `at` on the clock of [`now_ns`](Self::now_ns), for a caller that has
+    /// just read the clock for something else.
+    pub fn ns_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 }
 

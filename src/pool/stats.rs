@@ -1,6 +1,7 @@
-//! The counters the pool and the request path record as things happen:
-//! requests by backend and status, their durations, retries, health
-//! transitions and table rebuilds.
+//! The counters the pool, the request path and the listener record as
+//! things happen: requests by backend and status, their durations, retries,
+//! health transitions, table rebuilds, config reloads and client
+//! connections.
 //!
 //! One [`Stats`] belongs to a [`crate::pool::Pool`] and lives as long as it:
 //! counters keep counting across snapshots and reloads. Recording is a few
@@ -10,9 +11,9 @@
 //! [`crate::admin::metrics`] registers them under their Prometheus names and
 //! renders them with the gauges it reads from the current snapshot.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -64,6 +65,25 @@ pub struct RetryLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `affinity_config_reloads_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
+/// How the last config reload went, for `/status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReloadRecord {
+    /// When it ended.
+    pub at: SystemTime,
+    /// Whether the new config runs now.
+    pub ok: bool,
+    /// Why it failed (the error's text, possibly several lines); `None` when
+    /// it succeeded.
+    pub error: Option<String>,
+}
+
 /// The family of request durations: one histogram per backend.
 pub type DurationFamily = Family<BackendLabels, Histogram, fn() -> Histogram>;
 
@@ -81,6 +101,13 @@ pub struct Stats {
     table_rebuilds: Counter,
     table_rebuild_duration: Histogram,
     table_moved_ratio: Gauge<f64, AtomicU64>,
+    config_reloads: Family<ReloadLabels, Counter>,
+    last_reload_successful: Gauge,
+    last_reload_success_time: Gauge<f64, AtomicU64>,
+    /// Written only by a reload, never on the request path.
+    last_reload: Mutex<Option<ReloadRecord>>,
+    client_connections: Gauge,
+    client_connections_accepted: Counter,
     /// The [`NO_BACKEND`] label, allocated once.
     no_backend: Arc<str>,
 }
@@ -92,8 +119,19 @@ impl Default for Stats {
 }
 
 impl Stats {
-    /// Every counter at zero.
+    /// Every counter at zero; the config loaded now counts as the last
+    /// successful one (as Prometheus's own `_last_reload_successful` does at
+    /// start, so an alert on it stays quiet until a reload fails).
     pub fn new() -> Stats {
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        // Both series from the start, so `increase()` sees the first failure.
+        for result in [RELOAD_SUCCESS, RELOAD_FAILURE] {
+            drop(config_reloads.get_or_create(&ReloadLabels { result }));
+        }
+        let last_reload_successful = Gauge::default();
+        last_reload_successful.set(1);
+        let last_reload_success_time = Gauge::default();
+        last_reload_success_time.set(unix_seconds(SystemTime::now()));
         Stats {
             requests: Family::default(),
             request_duration: DurationFamily::new_with_constructor(
@@ -105,6 +143,12 @@ impl Stats {
             // 50 µs .. ~3.3 s.
             table_rebuild_duration: Histogram::new(exponential_buckets(50e-6, 4.0, 9)),
             table_moved_ratio: Gauge::default(),
+            config_reloads,
+            last_reload_successful,
+            last_reload_success_time,
+            last_reload: Mutex::new(None),
+            client_connections: Gauge::default(),
+            client_connections_accepted: Counter::default(),
             no_backend: Arc::from(NO_BACKEND),
         }
     }
@@ -154,6 +198,49 @@ impl Stats {
         self.table_rebuilds.inc();
         self.table_rebuild_duration.observe(duration.as_secs_f64());
         self.table_moved_ratio.set(moved);
+    }
+
+    /// Counts a reload that replaced the running config.
+    pub fn reload_succeeded(&self) {
+        let at = SystemTime::now();
+        self.config_reloads
+            .get_or_create(&ReloadLabels {
+                result: RELOAD_SUCCESS,
+            })
+            .inc();
+        self.last_reload_successful.set(1);
+        self.last_reload_success_time.set(unix_seconds(at));
+        *self.last_reload_record() = Some(ReloadRecord {
+            at,
+            ok: true,
+            error: None,
+        });
+    }
+
+    /// Counts a reload that failed for `error` and left the running config
+    /// as it was.
+    pub fn reload_failed(&self, error: String) {
+        self.config_reloads
+            .get_or_create(&ReloadLabels {
+                result: RELOAD_FAILURE,
+            })
+            .inc();
+        self.last_reload_successful.set(0);
+        *self.last_reload_record() = Some(ReloadRecord {
+            at: SystemTime::now(),
+            ok: false,
+            error: Some(error),
+        });
+    }
+
+    /// How the last reload went; `None` before the first.
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        self.last_reload_record().clone()
+    }
+
+    fn last_reload_record(&self) -> MutexGuard<'_, Option<ReloadRecord>> {
+        // Plain data, valid even if a writer panicked.
+        self.last_reload.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Health changes of `backend` counted so far that were `transition`.
@@ -206,6 +293,47 @@ impl Stats {
     pub fn table_moved_ratio(&self) -> &Gauge<f64, AtomicU64> {
         &self.table_moved_ratio
     }
+
+    /// Reloads so far, by result (`success`, `failure`).
+    pub fn config_reloads(&self) -> &Family<ReloadLabels, Counter> {
+        &self.config_reloads
+    }
+
+    /// 1 when the last reload (or the start) succeeded, 0 when it failed.
+    pub fn last_reload_successful(&self) -> &Gauge {
+        &self.last_reload_successful
+    }
+
+    /// When the running config was loaded (start or last successful
+    /// reload), in Unix seconds.
+    pub fn last_reload_success_time(&self) -> &Gauge<f64, AtomicU64> {
+        &self.last_reload_success_time
+    }
+
+    /// Client connections open now, over every worker. The listener counts
+    /// each from accept to close (and enforces `limits.max_connections`
+    /// on this very count).
+    pub fn client_connections(&self) -> &Gauge {
+        &self.client_connections
+    }
+
+    /// Client connections accepted so far, those closed at once for
+    /// `limits.max_connections` included.
+    pub fn client_connections_accepted(&self) -> &Counter {
+        &self.client_connections_accepted
+    }
+}
+
+/// The `result` label of a reload that succeeded.
+pub const RELOAD_SUCCESS: &str = "success";
+
+/// The `result` label of a reload that failed.
+pub const RELOAD_FAILURE: &str = "failure";
+
+/// `at` in seconds since the Unix epoch (0 for a clock set before it).
+fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
 }
 
 /// The `to` label of a transition.
@@ -213,5 +341,56 @@ fn transition_label(transition: Transition) -> &'static str {
     match transition {
         Transition::Up => "healthy",
         Transition::Down => "unhealthy",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reloads(stats: &Stats, result: &'static str) -> u64 {
+        stats
+            .config_reloads()
+            .get(&ReloadLabels { result })
+            .map_or(u64::MAX, |c| c.get())
+    }
+
+    #[test]
+    fn a_fresh_pool_counts_its_start_as_the_last_successful_load() {
+        let before = unix_seconds(SystemTime::now());
+        let stats = Stats::new();
+        assert_eq!(stats.last_reload_successful().get(), 1);
+        let at = stats.last_reload_success_time().get();
+        assert!(
+            at >= before && at <= unix_seconds(SystemTime::now()),
+            "{at}"
+        );
+        assert_eq!(reloads(&stats, RELOAD_SUCCESS), 0);
+        assert_eq!(reloads(&stats, RELOAD_FAILURE), 0);
+        assert_eq!(stats.last_reload(), None);
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_success_time_and_a_good_one_moves_it() {
+        let stats = Stats::new();
+        let started = stats.last_reload_success_time().get();
+        stats.reload_failed("t.toml: line 1: bad\nt.toml: line 2: worse".to_owned());
+        assert_eq!(stats.last_reload_successful().get(), 0);
+        assert_eq!(stats.last_reload_success_time().get(), started);
+        assert_eq!(reloads(&stats, RELOAD_FAILURE), 1);
+        let last = stats.last_reload().unwrap();
+        assert!(!last.ok);
+        assert_eq!(
+            last.error.as_deref(),
+            Some("t.toml: line 1: bad\nt.toml: line 2: worse")
+        );
+        stats.reload_succeeded();
+        assert_eq!(stats.last_reload_successful().get(), 1);
+        assert!(stats.last_reload_success_time().get() >= started);
+        assert_eq!(reloads(&stats, RELOAD_SUCCESS), 1);
+        assert_eq!(
+            stats.last_reload().map(|r| (r.ok, r.error)),
+            Some((true, None))
+        );
     }
 }

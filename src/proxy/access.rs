@@ -181,7 +181,8 @@ pub struct Answered {
 pub const UPSTREAM_ERROR: &str = "upstream error";
 
 /// What happens when a response body ends: the request stops counting as
-/// in flight, its metrics are recorded, and its access-log line is written.
+/// in flight, its metrics and its backend's last minute are recorded, and
+/// its access-log line is written.
 #[derive(Debug)]
 pub struct Finish {
     in_flight: InFlight,
@@ -209,7 +210,10 @@ impl Finish {
             answered,
             record,
         } = self;
-        drop(in_flight);
+        // One clock read for both the metrics and the last minute.
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(answered.started);
+        in_flight.finish(answered.status, elapsed, answered.pool.ns_at(now));
         if outcome == UPSTREAM_ERROR
             && let Some(health) = &answered.health
             && let Some(backend) = answered.pool.snapshot().backend(&answered.backend)
@@ -220,11 +224,10 @@ impl Finish {
                 "the backend cut off its response",
             );
         }
-        answered.pool.stats().request_finished(
-            Some(&answered.backend),
-            answered.status,
-            answered.started.elapsed(),
-        );
+        answered
+            .pool
+            .stats()
+            .request_finished(Some(&answered.backend), answered.status, elapsed);
         if let Some(record) = record {
             record.log(bytes, outcome);
         }

@@ -199,13 +199,23 @@ impl Proxy {
             tracing::warn!(client = %peer, error = %Chain(error), "request failed");
         }
         let response = error_response(error);
-        self.pool.stats().request_finished(
-            error.backend(),
-            response.status().as_u16(),
-            ending.started.elapsed(),
-        );
+        let status = response.status().as_u16();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(ending.started);
+        if let Some(name) = error.backend()
+            && let Some(backend) = self.pool.snapshot().backend(name)
+        {
+            // The backend to blame for a 502 or 504: its last minute counts
+            // it (a lookup by name, on the error path only).
+            backend
+                .state()
+                .record_finished(status, elapsed, self.pool.ns_at(now));
+        }
+        self.pool
+            .stats()
+            .request_finished(error.backend(), status, elapsed);
         if let Some(mut record) = ending.record {
-            record.status = response.status().as_u16();
+            record.status = status;
             record.log(0, "local");
         }
         response

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 use hyper::Request;
 use serde_json::Value;
 
+use affinity::listener::ReloadFailed;
+
 use crate::common::*;
 
 /// The admin endpoint on any free port.
@@ -870,6 +872,198 @@ async fn healthz_answers_503_while_draining_and_the_endpoint_stops_with_the_prox
 }
 
 // ---------------------------------------------------------------------------
+// Reloads, the process, client connections, the last minute
+// ---------------------------------------------------------------------------
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The reload figures of a scrape: successes, failures, whether the last
+/// succeeded, when the running config was loaded.
+fn reload_figures(samples: &[Sample]) -> (f64, f64, f64, f64) {
+    let get = |name: &str, labels: &[(&str, &str)]| {
+        value(samples, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?}"))
+    };
+    (
+        get("affinity_config_reloads_total", &[("result", "success")]),
+        get("affinity_config_reloads_total", &[("result", "failure")]),
+        get("affinity_config_last_reload_successful", &[]),
+        get("affinity_config_last_reload_success_timestamp_seconds", &[]),
+    )
+}
+
+#[tokio::test]
+async fn a_failed_reload_from_a_file_shows_in_metrics_and_status_until_a_good_file_replaces_it() {
+    let backends = TestBackend::start_many(3).await;
+    let files = TempDir::new("reload-metrics");
+    let sections = format!("{ADMIN}{NO_PROBES}");
+    let path = files.write(
+        "affinity.toml",
+        &config_text(&sections, &pool(&backends[..2])),
+    );
+    let loaded = unix_now();
+    let config = affinity::config::Config::load(&path).unwrap();
+    let proxy = affinity::listener::start(config).await.unwrap();
+    let admin = proxy.admin_addr().unwrap();
+
+    // At start: no reload, the start counts as the last success.
+    let (ok, failed, last_ok, started) = reload_figures(&scrape(admin).await);
+    assert_eq!((ok, failed, last_ok), (0.0, 0.0, 1.0));
+    assert!((started - loaded).abs() < 60.0, "{started} vs {loaded}");
+    assert!(status(admin).await["last_reload"].is_null());
+
+    // A typo: the reload fails, the running config stays.
+    let good = std::fs::read_to_string(&path).unwrap();
+    files.write(
+        "affinity.toml",
+        &good.replacen("[admin]", "bogus = 1\n[admin]", 1),
+    );
+    let error = proxy.reload_file(&path).await.unwrap_err();
+    assert!(matches!(error, ReloadFailed::Config(_)), "{error:?}");
+    let (ok, failed, last_ok, at) = reload_figures(&scrape(admin).await);
+    assert_eq!((ok, failed, last_ok, at), (0.0, 1.0, 0.0, started));
+    let after_typo = status(admin).await;
+    let last = &after_typo["last_reload"];
+    assert_eq!(last["ok"], false, "{last}");
+    assert_eq!(last["error"], error.to_string());
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains(path.to_str().unwrap()),
+        "the error names the file: {last}"
+    );
+    assert!(timestamp(&last["at"]) <= SystemTime::now());
+    assert_eq!(after_typo["backends"].as_array().unwrap().len(), 2);
+
+    // A file that is not there fails too.
+    let missing = proxy.reload_file(&path.with_file_name("gone.toml")).await;
+    assert!(missing.is_err());
+    let (_, failed, last_ok, _) = reload_figures(&scrape(admin).await);
+    assert_eq!((failed, last_ok), (2.0, 0.0));
+
+    // A good file with a third backend: applied, and the alert clears.
+    files.write("affinity.toml", &config_text(&sections, &pool(&backends)));
+    let reloaded = proxy.reload_file(&path).await.unwrap();
+    assert!(reloaded.needs_restart.is_empty(), "{reloaded:?}");
+    let (ok, failed, last_ok, at) = reload_figures(&scrape(admin).await);
+    assert_eq!((ok, failed, last_ok), (1.0, 2.0, 1.0));
+    assert!(at >= started && at <= unix_now(), "{at}");
+    let after_fix = status(admin).await;
+    assert_eq!(after_fix["last_reload"]["ok"], true);
+    assert!(after_fix["last_reload"]["error"].is_null());
+    assert_eq!(after_fix["backends"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn process_metrics_are_present_and_plausible() {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let backends = TestBackend::start_many(1).await;
+    let proxy = start_proxy(&config_text(ADMIN, &pool(&backends))).await;
+    let samples = scrape(proxy.admin_addr().unwrap()).await;
+    let get = |name: &str| value(&samples, name, &[]).unwrap_or_else(|| panic!("no {name}"));
+    assert!(get("process_cpu_seconds_total") >= 0.0);
+    assert!(get("process_resident_memory_bytes") > 1024.0 * 1024.0);
+    assert!(get("process_virtual_memory_bytes") >= get("process_resident_memory_bytes"));
+    let (open, max) = (get("process_open_fds"), get("process_max_fds"));
+    assert!(open >= 1.0 && open <= max, "{open} of {max}");
+    let started = get("process_start_time_seconds");
+    let now = unix_now();
+    assert!(
+        started <= now + 1.0 && started > now - 3600.0,
+        "{started} vs {now}"
+    );
+}
+
+#[tokio::test]
+async fn client_connections_count_an_open_keep_alive_connection_until_it_closes() {
+    let backends = TestBackend::start_many(1).await;
+    let proxy = start_proxy(&config_text(ADMIN, &pool(&backends))).await;
+    let admin = proxy.admin_addr().unwrap();
+    let figures = |samples: &[Sample]| {
+        (
+            value(samples, "affinity_client_connections_open", &[]).unwrap(),
+            value(samples, "affinity_client_connections_total", &[]).unwrap(),
+        )
+    };
+    assert_eq!(figures(&scrape(admin).await), (0.0, 0.0));
+
+    let mut client = Client::connect(proxy.local_addr()).await;
+    for _ in 0..3 {
+        assert_eq!(client.get("/", &[]).await.status, 200);
+    }
+    // One keep-alive connection, three requests: one open, one accepted.
+    assert_eq!(figures(&scrape(admin).await), (1.0, 1.0));
+    let mut second = Client::connect(proxy.local_addr()).await;
+    assert_eq!(second.get("/", &[]).await.status, 200);
+    assert_eq!(figures(&scrape(admin).await), (2.0, 2.0));
+
+    drop(client);
+    drop(second);
+    let closed = bounded(async {
+        loop {
+            let now = figures(&scrape(admin).await);
+            if now.0 == 0.0 {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(closed, (0.0, 2.0));
+}
+
+#[tokio::test]
+async fn status_reports_each_backends_last_minute_of_requests_5xx_share_and_p99() {
+    let backends = TestBackend::start_many(2).await;
+    let (slow, failing) = (&backends[0], &backends[1]);
+    slow.set_slow(Duration::from_millis(30));
+    failing.set_mode(Mode::Fail);
+    let sections = format!("{ADMIN}{NO_PROBES}[balancer]\nalgorithm = \"round_robin\"\n");
+    let proxy = start_proxy(&config_text(&sections, &pool(&backends))).await;
+    let admin = proxy.admin_addr().unwrap();
+    let quiet = status(admin).await;
+    for b in &backends {
+        let minute = &backend(&quiet, &b.name)["last_minute"];
+        assert_eq!(minute["requests"], 0, "{minute}");
+        assert!(minute["errors_5xx_share"].is_null() && minute["p99_ms"].is_null());
+    }
+
+    let mut client = Client::connect(proxy.local_addr()).await;
+    let mut statuses = HashMap::<String, Vec<u16>>::new();
+    for _ in 0..10 {
+        let reply = client.get("/", &[]).await;
+        statuses
+            .entry(reply.backend().to_owned())
+            .or_default()
+            .push(reply.status.as_u16());
+    }
+    assert_eq!(statuses[&slow.name], [200; 5]);
+    assert_eq!(statuses[&failing.name], [500; 5]);
+    // Counted at the end of each response body, which the client has read.
+    let busy = status_until(admin, |s| {
+        backends
+            .iter()
+            .all(|b| backend(s, &b.name)["last_minute"]["requests"] == 5)
+    })
+    .await;
+    let slow_minute = &backend(&busy, &slow.name)["last_minute"];
+    assert_eq!(slow_minute["errors_5xx_share"], 0.0);
+    let p99 = slow_minute["p99_ms"].as_f64().unwrap();
+    // 30 ms at the backend, within a bucket (at most half again).
+    assert!((30.0..1000.0).contains(&p99), "{p99}");
+    let failing_minute = &backend(&busy, &failing.name)["last_minute"];
+    assert_eq!(failing_minute["errors_5xx_share"], 1.0);
+    assert!(failing_minute["p99_ms"].as_f64().unwrap() < p99);
+}
+
+// ---------------------------------------------------------------------------
 // The status page, in a real browser
 // ---------------------------------------------------------------------------
 
@@ -888,32 +1082,24 @@ fn escaped(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-#[tokio::test]
-async fn the_status_page_in_a_headless_browser_shows_one_row_per_backend_and_names_as_text() {
+/// The status page at `admin` as headless Chromium renders it after its
+/// first refresh (`--dump-dom`), or `None` (after printing SKIP for `test`)
+/// when chromium is not installed.
+async fn rendered_page(admin: SocketAddr, test: &str) -> Option<String> {
     let Some(chromium) = chromium() else {
         // Straight to stderr, past the test harness's capture, so that the
         // skip shows in a plain `cargo test` run.
         let _ = writeln!(
             std::io::stderr(),
-            "SKIP the_status_page_in_a_headless_browser_shows_one_row_per_backend_and_names_as_text: \
-             chromium is not installed (`apt-get install chromium`; .ci/run installs it)"
+            "SKIP {test}: chromium is not installed (`apt-get install chromium`; .ci/run installs it)"
         );
-        return;
+        return None;
     };
-    const SCRIPT: &str = "<script>alert(1)</script>";
-    const IMAGE: &str = "<img src=x onerror=document.title='pwned'>";
-    const AMPERSAND: &str = "a & b <i>c</i>";
-    let mut backends = TestBackend::start_many(3).await;
-    for name in [SCRIPT, IMAGE, AMPERSAND] {
-        backends.push(TestBackend::start(name).await);
-    }
-    let proxy = start_proxy(&config_text(
-        &format!("{ADMIN}{NO_PROBES}"),
-        &pool(&backends),
-    ))
-    .await;
-    let admin = proxy.admin_addr().unwrap();
-    let profile = std::env::temp_dir().join(format!("affinity-chromium-{}", std::process::id()));
+    let profile = std::env::temp_dir().join(format!(
+        "affinity-chromium-{}-{}",
+        std::process::id(),
+        admin.port()
+    ));
     // Async, so that this runtime keeps serving the page while the browser
     // loads it.
     let output = tokio::time::timeout(
@@ -938,12 +1124,38 @@ async fn the_status_page_in_a_headless_browser_shows_one_row_per_backend_and_nam
     .expect("chromium did not finish within 120 s")
     .expect("chromium could not be started");
     let _ = std::fs::remove_dir_all(&profile);
-    let dom = String::from_utf8_lossy(&output.stdout);
+    let dom = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "chromium failed: {}\n{dom}",
         String::from_utf8_lossy(&output.stderr)
     );
+    Some(dom)
+}
+
+#[tokio::test]
+async fn the_status_page_in_a_headless_browser_shows_one_row_per_backend_and_names_as_text() {
+    const SCRIPT: &str = "<script>alert(1)</script>";
+    const IMAGE: &str = "<img src=x onerror=document.title='pwned'>";
+    const AMPERSAND: &str = "a & b <i>c</i>";
+    let mut backends = TestBackend::start_many(3).await;
+    for name in [SCRIPT, IMAGE, AMPERSAND] {
+        backends.push(TestBackend::start(name).await);
+    }
+    let proxy = start_proxy(&config_text(
+        &format!("{ADMIN}{NO_PROBES}"),
+        &pool(&backends),
+    ))
+    .await;
+    let admin = proxy.admin_addr().unwrap();
+    let Some(dom) = rendered_page(
+        admin,
+        "the_status_page_in_a_headless_browser_shows_one_row_per_backend_and_names_as_text",
+    )
+    .await
+    else {
+        return;
+    };
     assert_eq!(
         dom.matches("<tr class=\"backend up\">").count(),
         backends.len(),
@@ -953,12 +1165,86 @@ async fn the_status_page_in_a_headless_browser_shows_one_row_per_backend_and_nam
         let cell = format!("<td class=\"name\">{}</td>", escaped(&b.name));
         assert!(dom.contains(&cell), "{cell} missing:\n{dom}");
     }
-    assert!(dom.contains("6 of 6 healthy"), "{dom}");
+    assert!(
+        dom.contains("<p id=\"healthy\" class=\"all\">6 of 6 healthy</p>"),
+        "{dom}"
+    );
+    assert!(dom.contains("no config reload since start"), "{dom}");
+    // Links relative to the page, so that they work under a path prefix.
+    assert!(dom.contains("<a href=\"status\">"), "{dom}");
+    assert!(dom.contains("<a href=\"metrics\">"), "{dom}");
     // Shown as text, never run or parsed as markup.
     assert!(!dom.contains(SCRIPT), "{dom}");
     assert!(!dom.contains("<img"), "{dom}");
     assert!(!dom.contains("<i>"), "{dom}");
     assert!(dom.contains("<title>affinity</title>"), "{dom}");
+}
+
+/// The `<tr>` element of the DOM that starts with `start`.
+fn row<'a>(dom: &'a str, start: &str) -> &'a str {
+    let from = dom
+        .find(start)
+        .unwrap_or_else(|| panic!("no {start}:\n{dom}"));
+    let to = dom[from..].find("</tr>").unwrap();
+    &dom[from..from + to]
+}
+
+#[tokio::test]
+async fn the_status_page_in_a_headless_browser_shows_the_healthy_count_why_a_backend_is_down_and_a_failed_reload()
+ {
+    let backends = TestBackend::start_many(2).await;
+    let mut members = pool(&backends);
+    members.push(("server-dead", dead_address().await));
+    let proxy = start_proxy(&config_text(&format!("{ADMIN}{FAST_CHECKS}"), &members)).await;
+    until_healthy_count(proxy.pool(), 2).await;
+    // Requests in the last minute: each healthy backend's row counts them.
+    let mut client = Client::connect(proxy.local_addr()).await;
+    for i in 0..20 {
+        assert_eq!(client.get(&format!("/p/{i}"), &[]).await.status, 200);
+    }
+    let files = TempDir::new("page-reload");
+    let bad = files.write(
+        "bad.toml",
+        "[listener]\naddress = \"127.0.0.1:0\"\nbogus = 1\n",
+    );
+    let error = proxy.reload_file(&bad).await.unwrap_err().to_string();
+
+    let Some(dom) = rendered_page(
+        proxy.admin_addr().unwrap(),
+        "the_status_page_in_a_headless_browser_shows_the_healthy_count_why_a_backend_is_down_and_a_failed_reload",
+    )
+    .await
+    else {
+        return;
+    };
+    assert!(
+        dom.contains("<p id=\"healthy\" class=\"some\">2 of 3 healthy</p>"),
+        "{dom}"
+    );
+    let down = row(&dom, "<tr class=\"backend down\">");
+    assert!(down.contains("server-dead"), "{down}");
+    assert!(
+        down.contains("<div class=\"reason\">last check failed: "),
+        "the reason is in the row, not only in a tooltip:\n{down}"
+    );
+    assert!(down.contains(" UTC)</div>"), "{down}");
+    let up = row(&dom, "<tr class=\"backend up\">");
+    assert!(!up.contains("class=\"reason"), "{up}");
+    assert!(up.contains("<td class=\"num p99\">"), "{up}");
+    assert!(!up.contains("<td class=\"num p99\">–</td>"), "{up}");
+    let reload = dom
+        .split("<p id=\"reload\" class=\"failed\">")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no failed reload:\n{dom}"));
+    let reload = &reload[..reload.find("</p>").unwrap()];
+    assert!(reload.contains("FAILED"), "{reload}");
+    assert!(
+        reload.contains(&format!(
+            "<pre class=\"reload-error\">{}</pre>",
+            escaped(&error)
+        )),
+        "{error}\n{reload}"
+    );
 }
 
 // ---------------------------------------------------------------------------

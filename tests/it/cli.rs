@@ -773,6 +773,64 @@ fn a_reload_logs_every_error_of_an_invalid_file_and_the_warnings_of_a_valid_one(
     assert_eq!(terminate(&mut child).code(), Some(0));
 }
 
+/// The value of the unlabelled or labelled sample `sample` (its name and
+/// labels as written) in a Prometheus text exposition.
+fn sample_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sighup_reload_shows_in_the_admin_metrics_and_status_until_a_good_file_loads() {
+    let backends = TestBackend::start_many(2).await;
+    let admin_port = free_ports(1)[0];
+    let sections = format!(
+        "[admin]\naddress = \"127.0.0.1:{admin_port}\"\n\
+         [health_check]\ninterval = \"1h\"\ntimeout = \"1s\"\n"
+    );
+    let good = config_text(&sections, &pool(&backends));
+    let file = TempFile::new("reload-metrics.toml", &good);
+    let (mut child, log, _address) = start_affinity(&file, &[]);
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let scrape = || async move {
+        let reply = Client::connect(admin).await.get("/metrics", &[]).await;
+        assert_eq!(reply.status, 200);
+        let text = reply.text().to_owned();
+        let get = |sample: &str| {
+            sample_value(&text, sample).unwrap_or_else(|| panic!("no {sample}:\n{text}"))
+        };
+        (
+            get("affinity_config_reloads_total{result=\"success\"}"),
+            get("affinity_config_reloads_total{result=\"failure\"}"),
+            get("affinity_config_last_reload_successful"),
+        )
+    };
+    assert_eq!(scrape().await, (0.0, 0.0, 1.0));
+
+    std::fs::write(&file.0, good.replacen("[admin]", "[admn]", 1)).unwrap();
+    signal(&child, "HUP");
+    let line = wait_for_line(&log, &["config reloaded", "keeping the running one"]);
+    assert!(line.contains("invalid config"), "{line}");
+    assert_eq!(scrape().await, (0.0, 1.0, 0.0));
+    let status: serde_json::Value =
+        serde_json::from_slice(&Client::connect(admin).await.get("/status", &[]).await.body)
+            .unwrap();
+    let error = status["last_reload"]["error"].as_str().unwrap();
+    assert!(
+        error.contains(file.path()) && error.contains("admn"),
+        "{error}"
+    );
+
+    std::fs::write(&file.0, &good).unwrap();
+    signal(&child, "HUP");
+    let line = wait_for_line(&log, &["config reloaded", "keeping the running one"]);
+    assert!(line.contains("config reloaded"), "{line}");
+    assert_eq!(scrape().await, (1.0, 1.0, 1.0));
+    drop(log);
+    assert_eq!(terminate(&mut child).code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_slow_request_finish_refuses_new_connections_and_exits_0() {
     let backends = TestBackend::start_many(2).await;

@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -440,6 +440,37 @@ impl Fnv {
     /// The hash so far.
     pub fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Files
+// ---------------------------------------------------------------------------
+
+/// A directory of its own in the system temp dir, removed with what it
+/// holds on drop: for config files a test writes and reloads.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh directory named after the process and `name`.
+    pub fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("affinity-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    /// Writes `text` to the file `name` in it (replacing it); its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
