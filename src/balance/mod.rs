@@ -15,6 +15,7 @@
 //! * [`policy`]: the classic policies (round robin, least connections, ...);
 //! * [`algorithm`]: the algorithms as the config names them;
 //! * [`key`]: which bytes of a request are hashed;
+//! * [`route`]: which route a request takes, by host and path;
 //! * [`churn`]: the disruption arithmetic behind `affinity --churn`.
 //!
 //! (Not named `core`, which would shadow Rust's own `core` crate.)
@@ -27,4 +28,5 @@ pub mod maglev;
 pub mod member;
 pub mod policy;
 pub mod ring;
+pub mod route;
 pub mod selector;
