@@ -13,7 +13,7 @@
 //!   answered and the status the client got. A `502` or `504` the proxy
 //!   answered because a backend failed counts against that backend; a
 //!   request that no backend is to blame for (`503` no healthy backend, `405`
-//!   for `CONNECT`, `400`) has the backend label `""` ([`NO_BACKEND`], which
+//!   for `CONNECT`, `400`) has the backend label `""` ([`NO_BACKEND`](crate::pool::stats::NO_BACKEND), which
 //!   no configured backend can have: names are never empty);
 //! * `affinity_request_duration_seconds{backend}`: from the request's arrival
 //!   to the end of its response body, labelled as above;

@@ -46,7 +46,8 @@ pub enum ConfigErrorKind {
 }
 
 impl ConfigError {
-    /// The config file, as given to [`Config::load`] or [`Config::from_toml`].
+    /// The config file, as given to [`Config::load`](crate::config::Config::load) or
+    /// [`Config::from_toml`](crate::config::Config::from_toml).
     pub fn file(&self) -> &Path {
         &self.file
     }

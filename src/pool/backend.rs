@@ -101,7 +101,7 @@ impl BackendState {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// The latency EWMA at `now_ns` (on [`Pool::now_ns`]'s clock); `None`
+    /// The latency EWMA at `now_ns` (on [`Pool::now_ns`](crate::pool::Pool::now_ns)'s clock); `None`
     /// before the first response.
     pub fn latency_ewma_ns(&self, now_ns: u64) -> Option<u64> {
         self.latency.value_ns(now_ns)

@@ -346,7 +346,7 @@ impl Snapshot {
     }
 
     /// The next backend to try (pool index) that is not in `tried`, reading
-    /// live load at `now_ns` (on [`Pool::now_ns`]'s clock).
+    /// live load at `now_ns` (on [`Pool::now_ns`](crate::pool::Pool::now_ns)'s clock).
     pub fn next_backend(&self, key_hash: u64, tried: &[usize], now_ns: u64) -> Option<usize> {
         let load = LiveLoad {
             backends: &self.backends,

@@ -1,6 +1,6 @@
 //! Sending one request to backends until one answers or a failure ends it,
-//! in named steps: [pick the next backend](next_backend),
-//! [attempt](attempt), [classify the failure](Failure::of) and
+//! in named steps: pick the next backend (`next_backend`), attempt
+//! (`attempt`), [classify the failure](Failure::of) and
 //! [decide](RetryState::after_failure) whether to retry elsewhere, send once
 //! more to the same backend, or stop.
 

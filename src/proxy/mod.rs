@@ -27,7 +27,7 @@
 //! routed, retried and timed out like any other request. Then:
 //! * the backend answers `101 Switching Protocols` (with an `Upgrade`
 //!   header): the client gets the `101` with `Upgrade` and `Connection:
-//!   upgrade` kept, and the two connections become a [tunnel](crate::proxy::tunnel) that copies
+//!   upgrade` kept, and the two connections become a [tunnel] that copies
 //!   bytes both ways until either side closes. The backend counts the tunnel
 //!   as a request in flight until it ends, and the access-log line is written
 //!   then;
