@@ -8,7 +8,7 @@ use clap_complete::Shell;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use affinity::balance::churn::churn;
-use affinity::config::{Config, ConfigErrors};
+use affinity::config::{Config, ConfigErrors, ConfigWarning};
 use affinity::entry::logging::{self, LogFormat};
 use affinity::listener::{Addresses, Drain, ProxyHandle, ReloadFailed};
 
@@ -103,7 +103,7 @@ fn main() -> ExitCode {
         print!("{}", config.summary());
         return ExitCode::SUCCESS;
     }
-    log_warnings(&config);
+    log_warnings(config.warnings());
     if cli.churn {
         return run_churn(&config, cli.json);
     }
@@ -165,8 +165,8 @@ fn print_errors(path: &Path, errors: &ConfigErrors) {
 }
 
 /// A valid config's warnings, once each, at start and on every reload.
-fn log_warnings(config: &Config) {
-    for warning in config.warnings() {
+fn log_warnings(warnings: &[ConfigWarning]) {
+    for warning in warnings {
         tracing::warn!(%warning, "config warning");
     }
 }
@@ -242,9 +242,7 @@ async fn reload(proxy: &ProxyHandle, path: &Path) {
     tracing::info!(config = %path.display(), "SIGHUP received; reloading");
     match proxy.reload_file(path).await {
         Ok(reloaded) => {
-            for warning in &reloaded.warnings {
-                tracing::warn!(%warning, "config warning");
-            }
+            log_warnings(&reloaded.warnings);
             if reloaded.needs_restart.is_empty() {
                 tracing::info!("config reloaded");
             } else {

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::listener::drain::{Drain, DrainSignal, drained};
 use crate::listener::http::{H2_PREFACE, connection_builder, http1_builder};
-use crate::listener::workers::{Accepted, Admitted, Handed, Workers, rehome};
+use crate::listener::workers::{Accepted, Admitted, Handed, OpenConnection, Workers, rehome};
 use crate::proxy::Proxy;
 use crate::proxy::framing::{AmbiguousRequest, Watched};
 use crate::proxy::tunnel::Tunnels;
@@ -100,7 +100,7 @@ pub(super) async fn serve(
     };
     let mut connections = JoinSet::new();
     loop {
-        let ((stream, peer, counted), load) = tokio::select! {
+        let connection = tokio::select! {
             // A send or a dropped handle: either way, stop.
             _ = &mut stopped => break,
             accepted = listener.accept() => match accepted {
@@ -126,41 +126,53 @@ pub(super) async fn serve(
                     continue;
                 }
             },
-            Some(((stream, peer, counted), load)) = handed.recv() => match rehome(stream) {
-                Ok(stream) => ((stream, peer, counted), load),
-                Err(error) => {
-                    tracing::debug!(%peer, %error, "cannot take over a handed connection");
-                    continue;
-                }
+            Some(handed) = handed.recv() => match take_over(handed) {
+                Some(connection) => connection,
+                None => continue,
             },
             // Reap finished connections so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         shared.refresh();
-        let connection = serve_connection(stream, peer, shared.clone());
-        connections.spawn(async move {
-            let _counted = (counted, load);
-            connection.await;
-        });
+        spawn_connection(&mut connections, connection, &shared);
     }
     drop(listener);
     // Connections other workers handed to this one: accepted already, so
     // served rather than dropped (which would reset them). A worker that
     // hands one over from now on keeps it.
     handed.close();
-    while let Ok(((stream, peer, counted), load)) = handed.try_recv() {
-        match rehome(stream) {
-            Ok(stream) => {
-                let connection = serve_connection(stream, peer, shared.clone());
-                connections.spawn(async move {
-                    let _counted = (counted, load);
-                    connection.await;
-                });
-            }
-            Err(error) => tracing::debug!(%peer, %error, "cannot take over a handed connection"),
+    while let Ok(handed) = handed.try_recv() {
+        if let Some(connection) = take_over(handed) {
+            spawn_connection(&mut connections, connection, &shared);
         }
     }
     drain(connections, &shared).await
+}
+
+/// A connection as this worker serves it: what it accepted (or was handed),
+/// and its place in the worker's count.
+type Counted = (Accepted, OpenConnection);
+
+/// A connection another worker accepted, moved onto this thread's runtime
+/// (see [`rehome`]); `None`, logged, when it cannot be.
+fn take_over(((stream, peer, admitted), load): Counted) -> Option<Counted> {
+    match rehome(stream) {
+        Ok(stream) => Some(((stream, peer, admitted), load)),
+        Err(error) => {
+            tracing::debug!(%peer, %error, "cannot take over a handed connection");
+            None
+        }
+    }
+}
+
+/// Serves `connection` as a task of `connections`, counted until it ends.
+fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: &Shared) {
+    let ((stream, peer, admitted), load) = connection;
+    let served = serve_connection(stream, peer, shared.clone());
+    connections.spawn(async move {
+        let _counted = (admitted, load);
+        served.await;
+    });
 }
 
 /// Serves one client connection to its end: HTTP/1.1, or HTTP/2 with prior
