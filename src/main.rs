@@ -8,7 +8,7 @@ use clap_complete::Shell;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use affinity::balance::churn::churn;
-use affinity::config::{Config, ConfigErrors, ConfigWarning};
+use affinity::config::{Config, ConfigErrors, ConfigWarning, PoolConfig};
 use affinity::entry::logging::{self, LogFormat};
 use affinity::listener::{Addresses, Drain, ProxyHandle, ReloadFailed};
 
@@ -38,6 +38,10 @@ struct Cli {
     /// With --churn: print one JSON object instead of a table.
     #[arg(long, requires = "churn")]
     json: bool,
+
+    /// With --churn: only this pool (default: every hash pool in turn).
+    #[arg(long, requires = "churn", value_name = "NAME")]
+    pool: Option<String>,
 
     /// Also serve built-in demo backends on every loopback backend address
     /// of the config, each answering with its own name.
@@ -105,7 +109,7 @@ fn main() -> ExitCode {
     }
     log_warnings(config.warnings());
     if cli.churn {
-        return run_churn(&config, cli.json);
+        return run_churn(&config, cli.pool.as_deref(), cli.json);
     }
     // The proxy runs one single-threaded runtime per core (see
     // `server::start_workers`); this one hosts the first worker, the signal
@@ -302,27 +306,67 @@ impl StopSignals {
     }
 }
 
-fn run_churn(config: &Config, json: bool) -> ExitCode {
-    let Some(algorithm) = config.balancer.hash_algorithm() else {
-        eprintln!(
-            "affinity: --churn measures consistent hashing; balancer.algorithm is {}, \
-             which keeps no key mapping (use maglev or ring_hash)",
-            config.balancer.algorithm
-        );
-        return ExitCode::FAILURE;
+/// `--churn`: the report of pool `only`, or of every pool in turn (the
+/// hash pools; a classic one is named and skipped unless asked for).
+fn run_churn(config: &Config, only: Option<&str>, json: bool) -> ExitCode {
+    let pools: Vec<&PoolConfig> = match only {
+        Some(name) => match config.pool(name) {
+            Some(pool) => vec![pool],
+            None => {
+                let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+                eprintln!(
+                    "affinity: no pool {name:?}; the pools are {}",
+                    names.join(", ")
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        None => config.pools.iter().map(|p| &**p).collect(),
     };
-    match churn(algorithm, &config.members()) {
-        Ok(report) if json => {
-            println!("{}", report.to_json());
-            ExitCode::SUCCESS
-        }
-        Ok(report) => {
-            print!("{}", report.render());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("affinity: {e}");
-            ExitCode::FAILURE
+    let several = pools.len() > 1;
+    let mut reports = Vec::new();
+    for pool in pools {
+        let Some(algorithm) = pool.balancer.hash_algorithm() else {
+            let message = format!(
+                "--churn measures consistent hashing; pool {:?} uses {}, which keeps no key mapping (use maglev or ring_hash)",
+                pool.name, pool.balancer.algorithm
+            );
+            if several {
+                if !json {
+                    println!("pool {}: skipped: {message}\n", pool.name);
+                }
+                continue;
+            }
+            eprintln!("affinity: {message}");
+            return ExitCode::FAILURE;
+        };
+        match churn(algorithm, &pool.members()) {
+            Ok(report) => reports.push((pool.name.as_str(), report)),
+            Err(e) => {
+                eprintln!("affinity: pool {:?}: {e}", pool.name);
+                return ExitCode::FAILURE;
+            }
         }
     }
+    match (json, several) {
+        (true, false) => reports
+            .iter()
+            .for_each(|(_, r)| println!("{}", r.to_json())),
+        (true, true) => {
+            let by_pool: Vec<String> = reports
+                .iter()
+                .map(|(name, report)| format!("{}:{}", serde_json::json!(name), report.to_json()))
+                .collect();
+            println!("{{{}}}", by_pool.join(","));
+        }
+        (false, false) => reports.iter().for_each(|(_, r)| print!("{}", r.render())),
+        (false, true) => {
+            for (name, report) in &reports {
+                println!("pool {name}");
+                print!("{}", report.render());
+                println!();
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }

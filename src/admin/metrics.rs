@@ -8,9 +8,13 @@
 //! [`Snapshot`] at each scrape.
 //!
 //! Families recorded as things happen:
-//! * `affinity_requests_total{backend,code}`: requests finished (counted when
-//!   the response body has been sent or abandoned), by the backend that
-//!   answered and the status the client got. A `502` or `504` the proxy
+//! Every family about a backend or a pool has a `pool` label, the pool's
+//! name (backends are named within their pool).
+//!
+//! * `affinity_requests_total{pool,backend,code}`: requests finished (counted when
+//!   the response body has been sent or abandoned), by the pool the request
+//!   was routed to (`""` when no route took it: a `404`, or a request refused
+//!   before routing), the backend that answered and the status the client got. A `502` or `504` the proxy
 //!   answered because a backend failed counts against that backend; a
 //!   request that no backend is to blame for (`503` no healthy backend, `405`
 //!   for `CONNECT`, `400`) has the backend label `""` ([`NO_BACKEND`](crate::pool::stats::NO_BACKEND), which
@@ -22,7 +26,7 @@
 //!   `connect_error` or `upstream_error`;
 //! * `affinity_health_transitions_total{backend,to}`: health changes, `to`
 //!   being `healthy` or `unhealthy`;
-//! * `affinity_table_rebuilds_total`: snapshots published after a health
+//! * `affinity_table_rebuilds_total{pool}`: snapshots published after a health
 //!   change or a reload;
 //! * `affinity_table_rebuild_duration_seconds`: how long building each took;
 //! * `affinity_table_moved_ratio`: the share of the key space whose backend
@@ -110,12 +114,12 @@ impl Metrics {
         let mut registry = Registry::default();
         registry.register(
             "affinity_requests",
-            "Requests finished, by the backend that answered (\"\" when none is to blame) and the status the client got",
+            "Requests finished, by pool (\"\" when no route took them), the backend that answered (\"\" when none is to blame) and the status the client got",
             stats.requests().clone(),
         );
         registry.register(
             "affinity_request_duration_seconds",
-            "Time from a request's arrival to the end of its response body, by backend",
+            "Time from a request's arrival to the end of its response body, by pool and backend",
             stats.request_duration().clone(),
         );
         registry.register(
@@ -130,7 +134,7 @@ impl Metrics {
         );
         registry.register(
             "affinity_table_rebuilds",
-            "Pool snapshots published after a health change or a reload",
+            "Pool snapshots published after a health change or a reload, by pool",
             stats.table_rebuild_counter().clone(),
         );
         registry.register(
@@ -140,7 +144,7 @@ impl Metrics {
         );
         registry.register(
             "affinity_table_moved_ratio",
-            "Share of the key space whose backend the last rebuild changed",
+            "Share of the pool's key space whose backend its last rebuild changed",
             stats.table_moved_ratio().clone(),
         );
         registry.register(
@@ -182,10 +186,10 @@ impl Metrics {
     }
 
     /// The exposition of every family in `format`: those recorded as things
-    /// happen, and the gauges read from `snapshot` now.
-    pub fn encode_with(&self, snapshot: Arc<Snapshot>, format: Format) -> String {
+    /// happen, and the gauges read from `snapshots` (one per pool) now.
+    pub fn encode_with(&self, snapshots: Vec<Arc<Snapshot>>, format: Format) -> String {
         let mut live = Registry::default();
-        live.register_collector(Box::new(SnapshotGauges(snapshot)));
+        live.register_collector(Box::new(SnapshotGauges(snapshots)));
         let mut text = String::new();
         // Writing to a String cannot fail, and neither can the collector.
         match format {
@@ -205,27 +209,33 @@ impl Metrics {
     }
 }
 
-/// The gauges read from a snapshot at scrape time.
+/// The gauges read from each pool's snapshot at scrape time.
 #[derive(Debug)]
-struct SnapshotGauges(Arc<Snapshot>);
+struct SnapshotGauges(Vec<Arc<Snapshot>>);
 
 impl SnapshotGauges {
+    /// One gauge family over every backend of every pool: `value(pool,
+    /// backend)` by places.
     fn family<N>(
         &self,
         encoder: &mut DescriptorEncoder,
         name: &str,
         help: &str,
-        value: impl Fn(usize) -> ConstGauge<N>,
+        value: impl Fn(usize, usize) -> ConstGauge<N>,
     ) -> fmt::Result
     where
         ConstGauge<N>: EncodeMetric,
     {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (i, backend) in self.0.backends().iter().enumerate() {
-            let labels = BackendLabels {
-                backend: backend.name().clone(),
-            };
-            value(i).encode(family.encode_family(&labels)?)?;
+        for (p, snapshot) in self.0.iter().enumerate() {
+            let pool: Arc<str> = Arc::from(snapshot.config().name.as_str());
+            for (i, backend) in snapshot.backends().iter().enumerate() {
+                let labels = BackendLabels {
+                    pool: pool.clone(),
+                    backend: backend.name().clone(),
+                };
+                value(p, i).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }
@@ -233,25 +243,25 @@ impl SnapshotGauges {
 
 impl Collector for SnapshotGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let backends = self.0.backends();
+        let pools = &self.0;
         self.family(
             &mut encoder,
             "affinity_backend_healthy",
             "Whether the backend is in the pool now (1) or out of it (0).",
-            |i| ConstGauge::new(i64::from(backends[i].is_healthy())),
+            |p, i| ConstGauge::new(i64::from(pools[p].backends()[i].is_healthy())),
         )?;
         self.family(
             &mut encoder,
             "affinity_backend_in_flight",
             "Requests sent to the backend whose response has not finished.",
-            |i| ConstGauge::new(backends[i].state().in_flight()),
+            |p, i| ConstGauge::new(pools[p].backends()[i].state().in_flight()),
         )?;
-        let shares = self.0.shares();
+        let shares: Vec<Vec<f64>> = pools.iter().map(|s| s.shares()).collect();
         self.family(
             &mut encoder,
             "affinity_table_share",
             "The backend's share of the key space now (hash algorithms) or of the healthy weight (classic policies).",
-            |i| ConstGauge::new(shares.get(i).copied().unwrap_or(0.0)),
+            |p, i| ConstGauge::new(shares[p].get(i).copied().unwrap_or(0.0)),
         )
     }
 }
@@ -271,22 +281,24 @@ mod tests {
 
     fn snapshot(text: &str) -> Arc<Snapshot> {
         let config = Config::from_toml(text, Path::new("t.toml")).unwrap();
-        Arc::new(Snapshot::all_healthy(Arc::new(config)).unwrap())
+        Arc::new(Snapshot::all_healthy(config.pools[0].clone()).unwrap())
     }
 
     const TWO: &str = "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n\
                        [[backends]]\nname = \"b\"\nurl = \"http://127.0.0.1:2\"\nweight = 3\n";
 
     #[test]
-    fn a_fresh_registry_exposes_the_unlabelled_families_at_zero() {
-        let text = Metrics::new(&Stats::new()).encode_with(snapshot(TWO), Format::OpenMetrics);
+    fn a_new_pool_exposes_its_rebuild_families_at_zero() {
+        let stats = Stats::new();
+        stats.pool_added(&Arc::from("default"));
+        let text = Metrics::new(&stats).encode_with(vec![snapshot(TWO)], Format::OpenMetrics);
         assert_eq!(
-            line(&text, "affinity_table_rebuilds_total "),
-            Some("affinity_table_rebuilds_total 0")
+            line(&text, "affinity_table_rebuilds_total{pool=\"default\"} "),
+            Some("affinity_table_rebuilds_total{pool=\"default\"} 0")
         );
         assert_eq!(
-            line(&text, "affinity_table_moved_ratio "),
-            Some("affinity_table_moved_ratio 0.0")
+            line(&text, "affinity_table_moved_ratio{pool=\"default\"} "),
+            Some("affinity_table_moved_ratio{pool=\"default\"} 0.0")
         );
         // A labelled family appears with its first sample.
         assert!(!text.contains("affinity_requests"), "{text}");
@@ -297,11 +309,13 @@ mod tests {
     fn every_family_has_help_text_once_it_has_a_sample() {
         let stats = Stats::new();
         let metrics = Metrics::new(&stats);
+        let p: Arc<str> = Arc::from("default");
         let a: Arc<str> = Arc::from("a");
-        stats.request_finished(Some(&a), 200, Duration::from_millis(1));
-        stats.upstream_retry(&a, "connect_error");
-        stats.health_transition("a", Transition::Down);
-        let text = metrics.encode_with(snapshot(TWO), Format::OpenMetrics);
+        stats.request_finished(Some(&p), Some(&a), 200, Duration::from_millis(1));
+        stats.upstream_retry(&p, &a, "connect_error");
+        stats.health_transition(&p, "a", Transition::Down);
+        stats.pool_added(&p);
+        let text = metrics.encode_with(vec![snapshot(TWO)], Format::OpenMetrics);
         for family in [
             "affinity_requests",
             "affinity_request_duration_seconds",
@@ -332,36 +346,44 @@ mod tests {
     fn transitions_and_rebuilds_count_with_their_labels() {
         let stats = Stats::new();
         let metrics = Metrics::new(&stats);
-        stats.health_transition("server-1", Transition::Down);
-        stats.health_transition("server-1", Transition::Down);
-        stats.health_transition("server-1", Transition::Up);
-        stats.table_rebuilt(Duration::from_micros(120), 0.25);
+        let p: Arc<str> = Arc::from("default");
+        stats.health_transition(&p, "server-1", Transition::Down);
+        stats.health_transition(&p, "server-1", Transition::Down);
+        stats.health_transition(&p, "server-1", Transition::Up);
+        stats.table_rebuilt(&p, Duration::from_micros(120), 0.25);
         let text = metrics.encode();
         assert_eq!(
             line(
                 &text,
-                "affinity_health_transitions_total{backend=\"server-1\",to=\"unhealthy\"}"
+                "affinity_health_transitions_total{pool=\"default\",backend=\"server-1\",to=\"unhealthy\"}"
             ),
-            Some("affinity_health_transitions_total{backend=\"server-1\",to=\"unhealthy\"} 2")
+            Some(
+                "affinity_health_transitions_total{pool=\"default\",backend=\"server-1\",to=\"unhealthy\"} 2"
+            )
         );
         assert_eq!(
             line(
                 &text,
-                "affinity_health_transitions_total{backend=\"server-1\",to=\"healthy\"}"
+                "affinity_health_transitions_total{pool=\"default\",backend=\"server-1\",to=\"healthy\"}"
             ),
-            Some("affinity_health_transitions_total{backend=\"server-1\",to=\"healthy\"} 1")
+            Some(
+                "affinity_health_transitions_total{pool=\"default\",backend=\"server-1\",to=\"healthy\"} 1"
+            )
         );
         assert_eq!(
-            line(&text, "affinity_table_rebuilds_total "),
-            Some("affinity_table_rebuilds_total 1")
+            line(&text, "affinity_table_rebuilds_total{pool=\"default\"} "),
+            Some("affinity_table_rebuilds_total{pool=\"default\"} 1")
         );
         assert_eq!(
-            line(&text, "affinity_table_moved_ratio "),
-            Some("affinity_table_moved_ratio 0.25")
+            line(&text, "affinity_table_moved_ratio{pool=\"default\"} "),
+            Some("affinity_table_moved_ratio{pool=\"default\"} 0.25")
         );
         assert_eq!(
-            line(&text, "affinity_table_rebuild_duration_seconds_count "),
-            Some("affinity_table_rebuild_duration_seconds_count 1")
+            line(
+                &text,
+                "affinity_table_rebuild_duration_seconds_count{pool=\"default\"} "
+            ),
+            Some("affinity_table_rebuild_duration_seconds_count{pool=\"default\"} 1")
         );
     }
 
@@ -369,40 +391,51 @@ mod tests {
     fn requests_count_by_backend_and_code_and_local_answers_have_an_empty_backend() {
         let stats = Stats::new();
         let metrics = Metrics::new(&stats);
+        let p: Arc<str> = Arc::from("default");
         let a: Arc<str> = Arc::from("a");
-        stats.request_finished(Some(&a), 200, Duration::from_millis(3));
-        stats.request_finished(Some(&a), 200, Duration::from_millis(40));
-        stats.request_finished(None, 503, Duration::from_micros(10));
-        stats.upstream_retry(&a, "connect_error");
+        stats.request_finished(Some(&p), Some(&a), 200, Duration::from_millis(3));
+        stats.request_finished(Some(&p), Some(&a), 200, Duration::from_millis(40));
+        stats.request_finished(None, None, 503, Duration::from_micros(10));
+        stats.upstream_retry(&p, &a, "connect_error");
         let text = metrics.encode();
         assert_eq!(
-            line(&text, "affinity_requests_total{backend=\"a\",code=\"200\"}"),
-            Some("affinity_requests_total{backend=\"a\",code=\"200\"} 2")
-        );
-        assert_eq!(
-            line(&text, "affinity_requests_total{backend=\"\",code=\"503\"}"),
-            Some("affinity_requests_total{backend=\"\",code=\"503\"} 1")
+            line(
+                &text,
+                "affinity_requests_total{pool=\"default\",backend=\"a\",code=\"200\"}"
+            ),
+            Some("affinity_requests_total{pool=\"default\",backend=\"a\",code=\"200\"} 2")
         );
         assert_eq!(
             line(
                 &text,
-                "affinity_request_duration_seconds_count{backend=\"a\"}"
+                "affinity_requests_total{pool=\"\",backend=\"\",code=\"503\"}"
             ),
-            Some("affinity_request_duration_seconds_count{backend=\"a\"} 2")
+            Some("affinity_requests_total{pool=\"\",backend=\"\",code=\"503\"} 1")
         );
         assert_eq!(
             line(
                 &text,
-                "affinity_request_duration_seconds_bucket{le=\"0.005\",backend=\"a\"}"
+                "affinity_request_duration_seconds_count{pool=\"default\",backend=\"a\"}"
             ),
-            Some("affinity_request_duration_seconds_bucket{le=\"0.005\",backend=\"a\"} 1")
+            Some("affinity_request_duration_seconds_count{pool=\"default\",backend=\"a\"} 2")
         );
         assert_eq!(
             line(
                 &text,
-                "affinity_upstream_retries_total{backend=\"a\",reason=\"connect_error\"}"
+                "affinity_request_duration_seconds_bucket{le=\"0.005\",pool=\"default\",backend=\"a\"}"
             ),
-            Some("affinity_upstream_retries_total{backend=\"a\",reason=\"connect_error\"} 1")
+            Some(
+                "affinity_request_duration_seconds_bucket{le=\"0.005\",pool=\"default\",backend=\"a\"} 1"
+            )
+        );
+        assert_eq!(
+            line(
+                &text,
+                "affinity_upstream_retries_total{pool=\"default\",backend=\"a\",reason=\"connect_error\"}"
+            ),
+            Some(
+                "affinity_upstream_retries_total{pool=\"default\",backend=\"a\",reason=\"connect_error\"} 1"
+            )
         );
     }
 
@@ -412,23 +445,38 @@ mod tests {
         let metrics = Metrics::new(&stats);
         let two = snapshot(TWO);
         let _busy = two.backends()[1].state().begin();
-        let text = metrics.encode_with(two.clone(), Format::OpenMetrics);
+        let text = metrics.encode_with(vec![two.clone()], Format::OpenMetrics);
         assert_eq!(
-            line(&text, "affinity_backend_healthy{backend=\"b\"}"),
-            Some("affinity_backend_healthy{backend=\"b\"} 1")
+            line(
+                &text,
+                "affinity_backend_healthy{pool=\"default\",backend=\"b\"}"
+            ),
+            Some("affinity_backend_healthy{pool=\"default\",backend=\"b\"} 1")
         );
         assert_eq!(
-            line(&text, "affinity_backend_in_flight{backend=\"b\"}"),
-            Some("affinity_backend_in_flight{backend=\"b\"} 1")
+            line(
+                &text,
+                "affinity_backend_in_flight{pool=\"default\",backend=\"b\"}"
+            ),
+            Some("affinity_backend_in_flight{pool=\"default\",backend=\"b\"} 1")
         );
-        assert!(line(&text, "affinity_table_share{backend=\"a\"}").is_some());
+        assert!(
+            line(
+                &text,
+                "affinity_table_share{pool=\"default\",backend=\"a\"}"
+            )
+            .is_some()
+        );
         // A pool without `b`: its gauges are gone.
         let one = snapshot("[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n");
-        let text = metrics.encode_with(one, Format::OpenMetrics);
+        let text = metrics.encode_with(vec![one], Format::OpenMetrics);
         assert!(!text.contains("backend=\"b\""), "{text}");
         assert_eq!(
-            line(&text, "affinity_table_share{backend=\"a\"}"),
-            Some("affinity_table_share{backend=\"a\"} 1.0")
+            line(
+                &text,
+                "affinity_table_share{pool=\"default\",backend=\"a\"}"
+            ),
+            Some("affinity_table_share{pool=\"default\",backend=\"a\"} 1.0")
         );
     }
 
@@ -481,7 +529,7 @@ mod tests {
     fn the_process_metrics_are_there_in_both_formats_with_their_types() {
         let stats = Stats::new();
         let metrics = Metrics::new(&stats);
-        let open = metrics.encode_with(snapshot(TWO), Format::OpenMetrics);
+        let open = metrics.encode_with(vec![snapshot(TWO)], Format::OpenMetrics);
         assert!(
             open.contains("# TYPE process_cpu_seconds counter\n"),
             "{open}"
@@ -490,7 +538,7 @@ mod tests {
             line(&open, "process_cpu_seconds_total ").is_some(),
             "{open}"
         );
-        let plain = metrics.encode_with(snapshot(TWO), Format::Prometheus);
+        let plain = metrics.encode_with(vec![snapshot(TWO)], Format::Prometheus);
         assert!(
             plain.contains("# TYPE process_cpu_seconds_total counter\n"),
             "{plain}"
@@ -517,15 +565,16 @@ mod tests {
     fn the_prometheus_format_has_no_eof_and_types_counters_by_their_sample_name() {
         let stats = Stats::new();
         let metrics = Metrics::new(&stats);
-        stats.table_rebuilt(Duration::from_millis(1), 0.5);
-        let text = metrics.encode_with(snapshot(TWO), Format::Prometheus);
+        let p: Arc<str> = Arc::from("default");
+        stats.table_rebuilt(&p, Duration::from_millis(1), 0.5);
+        let text = metrics.encode_with(vec![snapshot(TWO)], Format::Prometheus);
         assert!(!text.contains("# EOF"), "{text}");
         assert!(
             text.contains("# TYPE affinity_table_rebuilds_total counter\n"),
             "{text}"
         );
         assert!(
-            text.contains("\naffinity_table_rebuilds_total 1\n"),
+            text.contains("\naffinity_table_rebuilds_total{pool=\"default\"} 1\n"),
             "{text}"
         );
         assert!(

@@ -46,6 +46,7 @@ use crate::admin::metrics::{Format, Metrics};
 use crate::balance::key;
 use crate::balance::selector::HashTable;
 use crate::config::KeySource;
+use crate::pool::routing::{Pools, Routed, Routing};
 use crate::pool::{Pool, Selector, Snapshot};
 
 /// The status page, served as is.
@@ -85,13 +86,13 @@ impl Drop for AdminServer {
 /// runtime. `draining` turns `/healthz` to `503` once set.
 pub fn start(
     listener: TcpListener,
-    pool: Arc<Pool>,
+    pools: Arc<Pools>,
     draining: Arc<AtomicBool>,
 ) -> io::Result<AdminServer> {
     let local_addr = listener.local_addr()?;
     let admin = Arc::new(Admin {
-        metrics: Metrics::new(pool.stats()),
-        pool,
+        metrics: Metrics::new(pools.stats()),
+        pools,
         draining,
         started: Instant::now(),
     });
@@ -138,7 +139,7 @@ async fn accept_loop(listener: TcpListener, admin: Arc<Admin>) {
 
 /// What the admin endpoint answers from.
 struct Admin {
-    pool: Arc<Pool>,
+    pools: Arc<Pools>,
     /// The pool's counters, registered under their Prometheus names.
     metrics: Metrics,
     draining: Arc<AtomicBool>,
@@ -174,84 +175,146 @@ impl Admin {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/status" => json(StatusCode::OK, &self.status(&self.pool.snapshot())),
-            "/lookup" => match lookup(&self.pool.snapshot(), uri.query().unwrap_or("")) {
-                Ok(found) => json(StatusCode::OK, &found),
-                Err((status, error)) => json(status, &ErrorBody { error }),
-            },
+            "/status" => {
+                let routing = self.pools.routing_full();
+                let snapshots: Vec<(&Routed, Arc<Snapshot>)> = routing
+                    .pools()
+                    .iter()
+                    .map(|p| (p, p.pool.snapshot()))
+                    .collect();
+                json(StatusCode::OK, &self.status(&routing, &snapshots))
+            }
+            "/lookup" => {
+                let routing = self.pools.routing_full();
+                let query = uri.query().unwrap_or("");
+                let answer = lookup_pool(&routing, query).and_then(|snapshot| {
+                    lookup(&snapshot, query).map(|l| json(StatusCode::OK, &l))
+                });
+                answer.unwrap_or_else(|(status, error)| json(status, &ErrorBody { error }))
+            }
             _ => {
                 let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
                 let format = Format::from_accept(accept);
-                let text = self.metrics.encode_with(self.pool.snapshot(), format);
+                let snapshots = self
+                    .pools
+                    .routing()
+                    .pools()
+                    .iter()
+                    .map(|p| p.pool.snapshot())
+                    .collect();
+                let text = self.metrics.encode_with(snapshots, format);
                 with_type(StatusCode::OK, format.content_type(), text)
             }
         }
     }
 
-    fn status<'a>(&self, snapshot: &'a Snapshot) -> Status<'a> {
-        let config = snapshot.config();
-        let (table_size, ring_points) = match snapshot.selector() {
-            Selector::Hash { selector, .. } => match selector.table() {
-                table @ HashTable::Maglev(_) => (Some(table.size()), None),
-                table @ HashTable::Ring(_) => (None, Some(table.size())),
-            },
-            Selector::Policy(_) => (None, None),
-        };
-        let shares = snapshot.shares();
-        let now_ns = self.pool.now_ns();
-        let backends = snapshot
-            .backends()
+    fn status<'a>(
+        &'a self,
+        routing: &'a Routing,
+        snapshots: &'a [(&'a Routed, Arc<Snapshot>)],
+    ) -> Status<'a> {
+        let config = routing.config();
+        let pools: Vec<PoolStatus<'a>> = snapshots
             .iter()
-            .zip(shares)
-            .map(|(b, share)| {
-                let health = b.state().health();
-                let minute = b.state().last_minute(now_ns);
-                BackendStatus {
-                    name: b.name(),
-                    url: b.url().to_string(),
-                    weight: b.weight(),
-                    healthy: b.is_healthy(),
-                    since: timestamp(health.since),
-                    last_probe: health.last_probe.map(|p| ProbeStatus {
-                        at: timestamp(p.at),
-                        ok: p.ok,
-                        detail: p.detail,
-                    }),
-                    in_flight: b.state().in_flight(),
-                    requests_total: b.state().requests(),
-                    last_minute: LastMinuteStatus {
-                        requests: minute.requests,
-                        errors_5xx_share: minute.errors_5xx_share(),
-                        p99_ms: minute.p99.map(|p99| p99.as_secs_f64() * 1e3),
-                    },
-                    share,
-                }
-            })
+            .map(|(routed, snapshot)| pool_status(&routed.pool, snapshot))
             .collect();
         Status {
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             draining: self.draining.load(Ordering::Relaxed),
-            algorithm: config.balancer.algorithm.as_str(),
-            key: snapshot.key_source().to_string(),
-            table_size,
-            ring_points,
-            bounded_load: config.balancer.bounded_load,
-            healthy_backends: snapshot.healthy_count(),
-            panic_mode: snapshot.in_panic(),
-            last_rebuild: snapshot.rebuild().map(|r| RebuildStatus {
-                at: timestamp(r.at),
-                duration_seconds: r.duration.as_secs_f64(),
-                moved: r.moved,
-                cause: r.cause,
-            }),
-            last_reload: self.pool.stats().last_reload().map(|r| ReloadStatus {
+            last_reload: self.pools.stats().last_reload().map(|r| ReloadStatus {
                 at: timestamp(r.at),
                 ok: r.ok,
                 error: r.error,
             }),
-            backends,
+            listeners: self
+                .pools
+                .running()
+                .iter()
+                .map(|l| ListenerStatus {
+                    name: &l.name,
+                    address: l.address.to_string(),
+                    protocol: l.protocol.as_str(),
+                    pool: config.listener(&l.name).and_then(|c| c.pool.as_deref()),
+                })
+                .collect(),
+            routes: config
+                .routes
+                .iter()
+                .map(|r| RouteStatus {
+                    listener: r.listener.as_deref(),
+                    host: r.host.as_ref().map(ToString::to_string),
+                    path_prefix: &r.path_prefix,
+                    strip_prefix: r.strip_prefix,
+                    pool: &r.pool,
+                })
+                .collect(),
+            single: match pools.as_slice() {
+                [only] => Some(only.clone()),
+                _ => None,
+            },
+            pools,
         }
+    }
+}
+
+/// One pool's part of `/status`.
+fn pool_status<'a>(pool: &Pool, snapshot: &'a Snapshot) -> PoolStatus<'a> {
+    let config = snapshot.config();
+    let (table_size, ring_points) = match snapshot.selector() {
+        Selector::Hash { selector, .. } => match selector.table() {
+            table @ HashTable::Maglev(_) => (Some(table.size()), None),
+            table @ HashTable::Ring(_) => (None, Some(table.size())),
+        },
+        Selector::Policy(_) => (None, None),
+    };
+    let shares = snapshot.shares();
+    let now_ns = pool.now_ns();
+    let backends = snapshot
+        .backends()
+        .iter()
+        .zip(shares)
+        .map(|(b, share)| {
+            let health = b.state().health();
+            let minute = b.state().last_minute(now_ns);
+            BackendStatus {
+                name: b.name(),
+                url: b.url().to_string(),
+                weight: b.weight(),
+                healthy: b.is_healthy(),
+                since: timestamp(health.since),
+                last_probe: health.last_probe.map(|p| ProbeStatus {
+                    at: timestamp(p.at),
+                    ok: p.ok,
+                    detail: p.detail,
+                }),
+                in_flight: b.state().in_flight(),
+                requests_total: b.state().requests(),
+                last_minute: LastMinuteStatus {
+                    requests: minute.requests,
+                    errors_5xx_share: minute.errors_5xx_share(),
+                    p99_ms: minute.p99.map(|p99| p99.as_secs_f64() * 1e3),
+                },
+                share,
+            }
+        })
+        .collect();
+    PoolStatus {
+        name: &config.name,
+        algorithm: config.balancer.algorithm.as_str(),
+        key: snapshot.key_source().to_string(),
+        table_size,
+        ring_points,
+        bounded_load: config.balancer.bounded_load,
+        healthy_backends: snapshot.healthy_count(),
+        panic_mode: snapshot.in_panic(),
+        last_rebuild: snapshot.rebuild().map(|r| RebuildStatus {
+            at: timestamp(r.at),
+            duration_seconds: r.duration.as_secs_f64(),
+            moved: r.moved,
+            cause: r.cause,
+        }),
+        backends,
     }
 }
 
@@ -261,6 +324,42 @@ struct Status<'a> {
     version: &'static str,
     uptime_seconds: f64,
     draining: bool,
+    /// `null` before the first reload.
+    last_reload: Option<ReloadStatus>,
+    listeners: Vec<ListenerStatus<'a>>,
+    /// In config order (`--check` prints them in match order).
+    routes: Vec<RouteStatus<'a>>,
+    /// With a single pool, its fields at the top level too, as before
+    /// there were several.
+    #[serde(flatten)]
+    single: Option<PoolStatus<'a>>,
+    pools: Vec<PoolStatus<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ListenerStatus<'a> {
+    name: &'a str,
+    address: String,
+    protocol: &'static str,
+    /// Where requests that match no route go; `null`: `404`.
+    pool: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct RouteStatus<'a> {
+    /// `null`: every http listener.
+    listener: Option<&'a str>,
+    /// `null`: any host.
+    host: Option<String>,
+    path_prefix: &'a str,
+    strip_prefix: bool,
+    pool: &'a str,
+}
+
+/// One pool in `/status`.
+#[derive(Debug, Clone, Serialize)]
+struct PoolStatus<'a> {
+    name: &'a str,
     algorithm: &'static str,
     key: String,
     /// Maglev only.
@@ -272,12 +371,10 @@ struct Status<'a> {
     /// Too few healthy backends: the selector routes over all of them.
     panic_mode: bool,
     last_rebuild: Option<RebuildStatus>,
-    /// `null` before the first reload.
-    last_reload: Option<ReloadStatus>,
     backends: Vec<BackendStatus<'a>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct ReloadStatus {
     at: String,
     ok: bool,
@@ -285,7 +382,7 @@ struct ReloadStatus {
     error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct RebuildStatus {
     at: String,
     duration_seconds: f64,
@@ -293,7 +390,7 @@ struct RebuildStatus {
     cause: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct BackendStatus<'a> {
     name: &'a str,
     url: String,
@@ -311,7 +408,7 @@ struct BackendStatus<'a> {
 /// A backend's requests of the last minute (55 to 60 s: see
 /// [`crate::pool::recent`]), counted when they finished, by the backend that
 /// answered or is to blame for the proxy's 502 or 504.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct LastMinuteStatus {
     requests: u64,
     /// `null` without requests.
@@ -322,7 +419,7 @@ struct LastMinuteStatus {
     p99_ms: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct ProbeStatus {
     at: String,
     ok: bool,
@@ -338,6 +435,8 @@ struct Lookup<'a> {
     key_source: String,
     /// How the key bytes were given: `key`, `ip` or `url`.
     given_as: &'static str,
+    /// The pool asked about.
+    pool: &'a str,
     /// The key hash, 16 hex digits, as the access log writes it.
     hash: String,
     /// Where the key goes now; `null` when no backend is healthy.
@@ -364,7 +463,38 @@ fn bad_request(error: impl Into<String>) -> LookupError {
     (StatusCode::BAD_REQUEST, error.into())
 }
 
-/// Answers `/lookup?<query>` from `snapshot`.
+/// The snapshot of the pool `/lookup?<query>` asks about: `pool=P`, which
+/// may be left out when there is one pool.
+fn lookup_pool(routing: &Routing, query: &str) -> Result<Arc<Snapshot>, LookupError> {
+    let named = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("pool="))
+        .next_back()
+        .map(|name| String::from_utf8_lossy(&form_decode(name)).into_owned());
+    let names = || {
+        let names: Vec<&str> = routing.pools().iter().map(|p| &**p.pool.name()).collect();
+        names.join(", ")
+    };
+    match (named, routing.pools()) {
+        (Some(name), _) => routing
+            .pool(&name)
+            .map(|p| p.pool.snapshot())
+            .ok_or_else(|| {
+                (
+                    StatusCode::NOT_FOUND,
+                    format!("no pool {name:?}; the pools are {}", names()),
+                )
+            }),
+        (None, [only]) => Ok(only.pool.snapshot()),
+        (None, _) => Err(bad_request(format!(
+            "there are several pools: add pool=NAME (one of {})",
+            names()
+        ))),
+    }
+}
+
+/// Answers `/lookup?<query>` from `snapshot` (a `pool=` parameter is the
+/// caller's).
 fn lookup<'a>(snapshot: &'a Snapshot, query: &str) -> Result<Lookup<'a>, LookupError> {
     let Some(hasher) = snapshot.selector().hasher() else {
         return Err((
@@ -382,6 +512,7 @@ fn lookup<'a>(snapshot: &'a Snapshot, query: &str) -> Result<Lookup<'a>, LookupE
             "key" => "key",
             "ip" => "ip",
             "url" => "url",
+            "pool" => continue,
             other => {
                 return Err(bad_request(format!(
                     "unknown parameter {:?}: use one of key=K, ip=ADDRESS or url=/PATH",
@@ -446,6 +577,7 @@ fn lookup<'a>(snapshot: &'a Snapshot, query: &str) -> Result<Lookup<'a>, LookupE
         key: String::from_utf8_lossy(&bytes).into_owned(),
         key_source: source.to_string(),
         given_as,
+        pool: &snapshot.config().name,
         hash: format!("{hash:016x}"),
         backend: order.first().map(|b| &**b.name()),
         fallback: order.iter().map(|b| &**b.name()).collect(),
@@ -513,13 +645,19 @@ mod tests {
 
     fn admin(text: &str) -> Admin {
         let config = Config::from_toml(text, Path::new("t.toml")).unwrap();
-        let snapshot = Snapshot::all_healthy(Arc::new(config)).unwrap();
-        let pool = Arc::new(Pool::new(snapshot));
+        let pools = Arc::new(Pools::unchecked(Arc::new(config)).unwrap());
         Admin {
-            metrics: Metrics::new(pool.stats()),
-            pool,
+            metrics: Metrics::new(pools.stats()),
+            pools,
             draining: Arc::new(AtomicBool::new(false)),
             started: Instant::now(),
+        }
+    }
+
+    impl Admin {
+        /// The first pool.
+        fn pool(&self) -> Arc<Pool> {
+            self.pools.routing().pools()[0].pool.clone()
         }
     }
 
@@ -629,11 +767,11 @@ mod tests {
         assert!(quiet["errors_5xx_share"].is_null() && quiet["p99_ms"].is_null());
 
         admin
-            .pool
+            .pools
             .stats()
             .reload_failed("t.toml: bad\nt.toml: worse".to_owned());
-        let state = admin.pool.snapshot().backends()[1].state().clone();
-        let now = admin.pool.now_ns();
+        let state = admin.pool().snapshot().backends()[1].state().clone();
+        let now = admin.pool().now_ns();
         state.record_finished(200, Duration::from_millis(4), now);
         state.record_finished(502, Duration::from_millis(4), now);
         let body = get_json(&admin, "/status").await.1;
@@ -646,7 +784,7 @@ mod tests {
         let p99 = busy["p99_ms"].as_f64().unwrap();
         assert!((3.0..=6.0).contains(&p99), "{p99}");
 
-        admin.pool.stats().reload_succeeded();
+        admin.pool().stats().reload_succeeded();
         let body = get_json(&admin, "/status").await.1;
         assert_eq!(body["last_reload"]["ok"], true);
         assert!(body["last_reload"]["error"].is_null());
@@ -667,7 +805,7 @@ mod tests {
     #[tokio::test]
     async fn lookup_hashes_the_given_key_bytes_and_answers_the_selectors_pick() {
         let admin = admin(&pool_text("[balancer]\nkey = \"url\"", 5));
-        let snapshot = admin.pool.snapshot();
+        let snapshot = admin.pool().snapshot();
         for (query, bytes) in [
             ("key=%2Fa%2Fb%3Fx%3D1", "/a/b?x=1"),
             ("url=/a/b%3Fx%3D1", "/a/b?x=1"),

@@ -225,12 +225,31 @@ fn render(file: &Path, location: Option<Location>, field: Option<&str>, message:
 }
 
 /// The text being validated and the file it came from, for error messages.
+#[derive(Clone, Copy)]
 pub(super) struct Source<'a> {
     pub(super) text: &'a str,
     pub(super) file: &'a Path,
+    /// While a `[[pools]]` entry is checked, its place: the fields the
+    /// single-pool form names (`balancer.key`, `backends[0].url`) are then
+    /// named where they are (`pools[2].key`, `pools[2].backends[0].url`).
+    pub(super) pool: Option<usize>,
 }
 
 impl Source<'_> {
+    /// `field` as named in the file being checked.
+    fn field(&self, field: String) -> String {
+        match self.pool {
+            None => field,
+            Some(i) => match field.strip_prefix("balancer.") {
+                Some(rest) => format!("pools[{i}].{rest}"),
+                None => format!(
+                    "pools[{i}].{}",
+                    field.strip_prefix("limits.").unwrap_or(&field)
+                ),
+            },
+        }
+    }
+
     pub(super) fn error(
         &self,
         field: impl Into<String>,
@@ -240,7 +259,7 @@ impl Source<'_> {
         ConfigError {
             file: self.file.to_path_buf(),
             location: span.map(|s| location(self.text, s.start)),
-            field: Some(field.into()),
+            field: Some(self.field(field.into())),
             kind: ConfigErrorKind::Invalid,
             message: message.into(),
         }
@@ -255,7 +274,7 @@ impl Source<'_> {
         ConfigWarning {
             file: self.file.to_path_buf(),
             location: Some(location(self.text, value.span().start)),
-            field: field.into(),
+            field: self.field(field.into()),
             message: message.into(),
         }
     }

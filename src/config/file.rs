@@ -12,15 +12,15 @@ pub(super) struct FileConfig {
     #[serde(default)]
     pub(super) listener: FileListener,
     pub(super) admin: Option<FileAdmin>,
-    #[serde(default)]
-    pub(super) balancer: FileBalancer,
-    #[serde(default)]
-    pub(super) health_check: FileHealthCheck,
-    #[serde(default)]
-    pub(super) upstream: FileUpstream,
+    pub(super) balancer: Option<Spanned<FileBalancer>>,
+    pub(super) health_check: Option<Spanned<FileHealthCheck>>,
+    pub(super) upstream: Option<Spanned<FileUpstream>>,
     #[serde(default)]
     pub(super) limits: FileLimits,
     pub(super) backends: Option<Spanned<Vec<FileBackend>>>,
+    pub(super) listeners: Option<Spanned<Vec<FileListenerEntry>>>,
+    pub(super) pools: Option<Spanned<Vec<FilePool>>>,
+    pub(super) routes: Option<Vec<FileRoute>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -30,13 +30,70 @@ pub(super) struct FileListener {
     pub(super) drain_timeout: Option<Spanned<DurationText>>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[listeners]] table")]
+pub(super) struct FileListenerEntry {
+    pub(super) name: Spanned<String>,
+    pub(super) address: Spanned<String>,
+    pub(super) protocol: Option<Spanned<String>>,
+    pub(super) pool: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[routes]] table")]
+pub(super) struct FileRoute {
+    pub(super) listener: Option<Spanned<String>>,
+    pub(super) host: Option<Spanned<String>>,
+    pub(super) path_prefix: Option<Spanned<String>>,
+    pub(super) strip_prefix: Option<bool>,
+    pub(super) pool: Spanned<String>,
+}
+
+/// A `[[pools]]` entry: the `[balancer]` keys at its top, the other tables
+/// inside it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[pools]] table")]
+pub(super) struct FilePool {
+    pub(super) name: Spanned<String>,
+    pub(super) algorithm: Option<Spanned<String>>,
+    pub(super) key: Option<Spanned<String>>,
+    pub(super) table_size: Option<Spanned<i64>>,
+    pub(super) trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub(super) hash_key: Option<Spanned<String>>,
+    pub(super) bounded_load: Option<Spanned<f64>>,
+    pub(super) panic_threshold: Option<Spanned<f64>>,
+    pub(super) sticky_cookie: Option<FileStickyCookie>,
+    pub(super) max_in_flight_per_backend: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) health_check: FileHealthCheck,
+    #[serde(default)]
+    pub(super) upstream: FileUpstream,
+    pub(super) backends: Option<Spanned<Vec<FileBackend>>>,
+}
+
+impl FilePool {
+    /// Its `[balancer]` keys, as the single-pool form has them.
+    pub(super) fn balancer(&self) -> FileBalancer {
+        FileBalancer {
+            algorithm: self.algorithm.clone(),
+            key: self.key.clone(),
+            table_size: self.table_size.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
+            hash_key: self.hash_key.clone(),
+            bounded_load: self.bounded_load.clone(),
+            panic_threshold: self.panic_threshold.clone(),
+            sticky_cookie: self.sticky_cookie.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "an [admin] table")]
 pub(super) struct FileAdmin {
     pub(super) address: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a [balancer] table")]
 pub(super) struct FileBalancer {
     pub(super) algorithm: Option<Spanned<String>>,
@@ -49,8 +106,8 @@ pub(super) struct FileBalancer {
     pub(super) sticky_cookie: Option<FileStickyCookie>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a [balancer.sticky_cookie] table")]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a sticky_cookie table")]
 pub(super) struct FileStickyCookie {
     pub(super) name: Option<Spanned<String>>,
     pub(super) max_age: Option<Spanned<DurationText>>,
@@ -96,7 +153,7 @@ pub(super) struct FileBackend {
 /// A duration as written (`"500ms"`), parsed in the validation pass. Its own
 /// type only so that `timeout = 5` is reported as "expected a duration string
 /// such as ..." instead of "expected a string".
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct DurationText(pub(super) String);
 
 impl<'de> Deserialize<'de> for DurationText {

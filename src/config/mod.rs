@@ -40,8 +40,10 @@
 //! url = "http://127.0.0.1:9001"
 //! "#;
 //! let config = Config::from_toml(text, Path::new("example.toml")).unwrap();
-//! assert_eq!(config.balancer.algorithm, Algorithm::Maglev);
-//! assert_eq!(config.members()[0].name, "server-1");
+//! let pool = &config.pools[0];
+//! assert_eq!(pool.name, "default");
+//! assert_eq!(pool.balancer.algorithm, Algorithm::Maglev);
+//! assert_eq!(pool.members()[0].name, "server-1");
 //! ```
 
 mod error;
@@ -55,6 +57,7 @@ mod tests;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
@@ -63,6 +66,8 @@ use ipnet::IpNet;
 pub use crate::balance::algorithm::Algorithm;
 pub use crate::balance::key::KeySource;
 use crate::balance::member::Member;
+pub use crate::balance::route::HostPattern;
+use crate::balance::route::RouteSpec;
 use crate::balance::selector::HashAlgorithm;
 use error::Source;
 pub use error::{
@@ -76,47 +81,140 @@ pub use url::connect_address;
 // ---------------------------------------------------------------------------
 
 /// A checked configuration: every value parsed, every default filled in.
+///
+/// The file comes in two forms. The single-pool form of the first version
+/// (`[listener]`, `[balancer]`, `[health_check]`, `[upstream]`,
+/// `[[backends]]`) stays valid and means one listener named `default`, one
+/// pool named `default` and one route that sends everything there. The full
+/// form has `[[listeners]]`, `[[pools]]` and `[[routes]]` (DESIGN.md, "Wave
+/// 2"). Both become this one shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Where the proxy accepts client connections.
-    pub listener: ListenerConfig,
+    /// Where the proxy accepts client connections; never empty, names unique.
+    pub listeners: Vec<ListenerConfig>,
+    /// On SIGTERM, how long in-flight requests may take to finish
+    /// (`listener.drain_timeout`, for every listener).
+    pub drain_timeout: Duration,
     /// The admin endpoint (`/status`, `/metrics`, `/healthz`); `None` turns it off.
     pub admin: Option<AdminConfig>,
-    /// How requests are mapped to backends.
-    pub balancer: BalancerConfig,
-    /// Active health probes.
-    pub health_check: HealthCheckConfig,
-    /// Connections to backends.
-    pub upstream: UpstreamConfig,
     /// What one client, connection or backend may cost the proxy.
     pub limits: LimitsConfig,
-    /// The pool, in config order; never empty.
-    pub backends: Vec<BackendConfig>,
+    /// The pools, in config order; never empty, names unique.
+    pub pools: Vec<Arc<PoolConfig>>,
+    /// The routes, in config order; each names a pool of `pools` (and a
+    /// listener of `listeners`, when it names one).
+    pub routes: Vec<RouteConfig>,
     /// What validation found likely but not certainly wrong.
     warnings: Vec<ConfigWarning>,
 }
 
+/// The name of the listener, the pool and the route of the single-pool form.
+pub const DEFAULT_NAME: &str = "default";
 /// Default `listener.address`.
 pub const DEFAULT_LISTEN_ADDRESS: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 /// Default `listener.drain_timeout`.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The `[listener]` table.
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge), routed by `[[routes]]`.
+    Http,
+    /// Raw TCP to one pool, keyed by client address.
+    Tcp,
+}
+
+impl Protocol {
+    /// The name in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// One `[[listeners]]` entry (or the `[listener]` table).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
+    /// Unique name, for routes, logs and metrics.
+    pub name: String,
     /// Address to accept client connections on; port 0 picks a free port.
     pub address: SocketAddr,
-    /// On SIGTERM, how long in-flight requests may take to finish.
-    pub drain_timeout: Duration,
+    /// What the listener speaks.
+    pub protocol: Protocol,
+    /// Where a request that matches no route goes; `None`: it gets `404`.
+    /// For a `tcp` listener, the pool of every connection.
+    pub pool: Option<String>,
 }
 
 impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
+            name: DEFAULT_NAME.to_owned(),
             address: DEFAULT_LISTEN_ADDRESS,
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            protocol: Protocol::Http,
+            pool: None,
         }
+    }
+}
+
+/// One `[[routes]]` entry: which requests go to which pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// The listener it applies to; `None`: every http listener.
+    pub listener: Option<String>,
+    /// The hosts it is for; `None`: any host.
+    pub host: Option<HostPattern>,
+    /// The path prefix, matched on a segment boundary; `/` for every path.
+    pub path_prefix: String,
+    /// Whether the prefix is removed from the path before the request goes
+    /// to the backend (`/api/x` becomes `/x`, `/api` becomes `/`).
+    pub strip_prefix: bool,
+    /// The pool its requests go to.
+    pub pool: String,
+}
+
+impl RouteConfig {
+    /// What it matches, as logs and `--check` name it:
+    /// `shop.example.com/api`, or `*/api` for any host.
+    pub fn pattern(&self) -> String {
+        let host = self
+            .host
+            .as_ref()
+            .map_or_else(|| "*".to_owned(), ToString::to_string);
+        format!("{host}{}", self.path_prefix)
+    }
+}
+
+/// One pool: its backends and how requests are spread over them, checked
+/// and probed. In the single-pool form, the `[balancer]`, `[health_check]`,
+/// `[upstream]` tables and `[[backends]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// Unique name; with the backend's name, a backend's identity.
+    pub name: String,
+    /// How requests are mapped to backends.
+    pub balancer: BalancerConfig,
+    /// Active health probes.
+    pub health_check: HealthCheckConfig,
+    /// Connections to backends.
+    pub upstream: UpstreamConfig,
+    /// Most requests in flight to one backend (0: no limit), from
+    /// `limits.max_in_flight_per_backend`.
+    pub max_in_flight_per_backend: u32,
+    /// The backends, in config order; never empty.
+    pub backends: Vec<BackendConfig>,
+}
+
+impl PoolConfig {
+    /// The backends as the hashing core sees them: name and weight, in config order.
+    pub fn members(&self) -> Vec<Member> {
+        self.backends
+            .iter()
+            .map(|b| Member::new(b.name.clone(), b.weight))
+            .collect()
     }
 }
 
@@ -370,7 +468,11 @@ impl Config {
     /// A syntax or type error is reported alone (nothing after it can be
     /// trusted); otherwise every rule the file breaks is.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-        let source = Source { text, file: path };
+        let source = Source {
+            text,
+            file: path,
+            pool: None,
+        };
         let file: FileConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
         source.validate(&file)
     }
@@ -381,11 +483,28 @@ impl Config {
         &self.warnings
     }
 
-    /// The backends as the hashing core sees them: name and weight, in config order.
-    pub fn members(&self) -> Vec<Member> {
-        self.backends
+    /// The pool called `name`.
+    pub fn pool(&self, name: &str) -> Option<&Arc<PoolConfig>> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The listener called `name`.
+    pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// The routes of listener `name`, as the route table compiles them:
+    /// each route's place in [`routes`](Self::routes) as its target.
+    pub fn route_specs(&self, listener: &str) -> Vec<RouteSpec<usize>> {
+        self.routes
             .iter()
-            .map(|b| Member::new(b.name.clone(), b.weight))
+            .enumerate()
+            .filter(|(_, r)| r.listener.as_deref().is_none_or(|l| l == listener))
+            .map(|(i, r)| RouteSpec {
+                host: r.host.clone(),
+                path_prefix: r.path_prefix.clone(),
+                target: i,
+            })
             .collect()
     }
 }

@@ -1,21 +1,37 @@
 //! The summary of a checked config that `affinity --check` prints.
 
 use super::url::backend_url_text;
-use super::{Algorithm, Config, DEFAULT_KEY};
+use super::{Algorithm, Config, DEFAULT_KEY, HostPattern, PoolConfig, Protocol, RouteConfig};
 
 impl Config {
-    /// A human summary of the pool for `affinity --check`: one line per
-    /// section, then one line per backend with its share of the total weight.
+    /// A human summary for `affinity --check`: the listeners, each http
+    /// listener's routes in match order, the limits, then each pool with its
+    /// settings and one line per backend with its share of the pool's weight.
     pub fn summary(&self) -> String {
         use std::fmt::Write as _;
 
         let mut out = String::new();
-        let l = &self.listener;
+        for l in &self.listeners {
+            let _ = write!(
+                out,
+                "listener      {} {} ({})",
+                l.name,
+                l.address,
+                l.protocol.as_str()
+            );
+            if let Some(pool) = &l.pool {
+                let what = match l.protocol {
+                    Protocol::Http => "unrouted requests to",
+                    Protocol::Tcp => "every connection to",
+                };
+                let _ = write!(out, ", {what} {pool}");
+            }
+            out.push('\n');
+        }
         let _ = writeln!(
             out,
-            "listener      {} (drain timeout {})",
-            l.address,
-            humantime::format_duration(l.drain_timeout)
+            "drain timeout {}",
+            humantime::format_duration(self.drain_timeout)
         );
         match &self.admin {
             Some(admin) => {
@@ -23,62 +39,10 @@ impl Config {
             }
             None => out.push_str("admin         off\n"),
         }
-
-        let b = &self.balancer;
-        let _ = write!(out, "balancer      {}", b.algorithm);
-        if b.algorithm.is_hash() {
-            let _ = write!(out, " on {}", b.key);
-            if b.algorithm == Algorithm::Maglev {
-                let _ = write!(out, ", table size {}", b.table_size);
-            }
-            if b.bounded_load > 0.0 {
-                let _ = write!(out, ", bounded load {}", b.bounded_load);
-            }
-        } else if b.key != DEFAULT_KEY {
-            let _ = write!(out, " (key {} is ignored by {})", b.key, b.algorithm);
-        }
-        if b.panic_threshold > 0.0 {
-            let _ = write!(out, ", panic below {}% healthy", b.panic_threshold);
-        }
-        out.push('\n');
-        if let Some(sticky) = &b.sticky_cookie {
-            let _ = writeln!(
-                out,
-                "sticky cookie {} (max age {})",
-                sticky.name,
-                humantime::format_duration(sticky.max_age)
-            );
-        }
-        if !b.trusted_proxies.is_empty() {
-            let proxies: Vec<String> = b.trusted_proxies.iter().map(|n| n.to_string()).collect();
-            let _ = writeln!(out, "trusted       {}", proxies.join(", "));
-        }
-        if b.hash_key.is_some() {
-            out.push_str("hash key      custom\n");
-        }
-
-        let h = &self.health_check;
-        let _ = writeln!(
-            out,
-            "health check  GET {} every {}, timeout {}, restore after {}, remove after {}",
-            h.path,
-            humantime::format_duration(h.interval),
-            humantime::format_duration(h.timeout),
-            plural(h.healthy_threshold, "success", "successes"),
-            plural(h.unhealthy_threshold, "failure", "failures"),
-        );
-        let u = &self.upstream;
-        let _ = writeln!(
-            out,
-            "upstream      connect timeout {}, request timeout {}, {}",
-            humantime::format_duration(u.connect_timeout),
-            humantime::format_duration(u.request_timeout),
-            plural(u.retries, "retry", "retries"),
-        );
         let l = &self.limits;
         let _ = writeln!(
             out,
-            "limits        header timeout {}, head {} bytes / {} headers, body {}, {} connections, {} per backend",
+            "limits        header timeout {}, head {} bytes / {} headers, body {}, {} connections",
             humantime::format_duration(l.header_timeout),
             l.max_header_bytes,
             l.max_headers,
@@ -87,43 +51,167 @@ impl Config {
                 n => format!("{n} bytes"),
             },
             l.max_connections,
-            match l.max_in_flight_per_backend {
-                0 => "unlimited in flight".to_owned(),
-                n => format!("{n} in flight"),
-            },
         );
-
-        let total: u64 = self.backends.iter().map(|b| u64::from(b.weight)).sum();
-        let _ = writeln!(
-            out,
-            "backends      {}, total weight {total}",
-            self.backends.len()
-        );
-        let urls: Vec<String> = self
-            .backends
-            .iter()
-            .map(|b| backend_url_text(&b.url))
-            .collect();
-        let name_width = self
-            .backends
-            .iter()
-            .map(|b| b.name.len())
-            .max()
-            .unwrap_or(0);
-        let url_width = urls.iter().map(String::len).max().unwrap_or(0);
-        for (backend, url) in self.backends.iter().zip(&urls) {
-            let share = if total == 0 {
-                0.0
-            } else {
-                100.0 * f64::from(backend.weight) / total as f64
-            };
-            let _ = writeln!(
-                out,
-                "  {:<name_width$}  {:<url_width$}  weight {:>4}  {share:5.1}%",
-                backend.name, url, backend.weight
-            );
+        self.routes_summary(&mut out);
+        for pool in &self.pools {
+            pool_summary(pool, &mut out);
         }
         out
+    }
+
+    /// Each http listener's routes, in the order a request is matched
+    /// against them.
+    fn routes_summary(&self, out: &mut String) {
+        use std::fmt::Write as _;
+
+        for listener in self
+            .listeners
+            .iter()
+            .filter(|l| l.protocol == Protocol::Http)
+        {
+            let _ = writeln!(out, "routes        on {}, in match order:", listener.name);
+            let mut routes: Vec<&RouteConfig> = self
+                .routes
+                .iter()
+                .filter(|r| r.listener.as_deref().is_none_or(|l| l == listener.name))
+                .collect();
+            routes.sort_by_key(|r| match_order(r));
+            let width = routes
+                .iter()
+                .map(|r| r.pattern().len())
+                .max()
+                .unwrap_or(0)
+                .max("(no match)".len());
+            for route in routes {
+                let strip = if route.strip_prefix {
+                    " (prefix stripped)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<width$}  -> {}{strip}",
+                    route.pattern(),
+                    route.pool
+                );
+            }
+            let otherwise = listener
+                .pool
+                .as_deref()
+                .map_or_else(|| "404".to_owned(), ToOwned::to_owned);
+            let _ = writeln!(out, "  {:<width$}  -> {otherwise}", "(no match)");
+        }
+    }
+}
+
+/// Exact hosts first, then wildcards (longest suffix first), then any host;
+/// within each, the longest prefix first.
+fn match_order(
+    route: &RouteConfig,
+) -> (
+    u8,
+    std::cmp::Reverse<usize>,
+    String,
+    std::cmp::Reverse<usize>,
+) {
+    let prefix = std::cmp::Reverse(route.path_prefix.len());
+    match &route.host {
+        Some(HostPattern::Exact(host)) => (0, std::cmp::Reverse(0), host.clone(), prefix),
+        Some(HostPattern::Suffix(suffix)) => {
+            (1, std::cmp::Reverse(suffix.len()), suffix.clone(), prefix)
+        }
+        None => (2, std::cmp::Reverse(0), String::new(), prefix),
+    }
+}
+
+/// One pool: its settings, then its backends.
+fn pool_summary(pool: &PoolConfig, out: &mut String) {
+    use std::fmt::Write as _;
+
+    let _ = writeln!(out, "pool          {}", pool.name);
+    let b = &pool.balancer;
+    let _ = write!(out, "  balancer      {}", b.algorithm);
+    if b.algorithm.is_hash() {
+        let _ = write!(out, " on {}", b.key);
+        if b.algorithm == Algorithm::Maglev {
+            let _ = write!(out, ", table size {}", b.table_size);
+        }
+        if b.bounded_load > 0.0 {
+            let _ = write!(out, ", bounded load {}", b.bounded_load);
+        }
+    } else if b.key != DEFAULT_KEY {
+        let _ = write!(out, " (key {} is ignored by {})", b.key, b.algorithm);
+    }
+    if b.panic_threshold > 0.0 {
+        let _ = write!(out, ", panic below {}% healthy", b.panic_threshold);
+    }
+    out.push('\n');
+    if let Some(sticky) = &b.sticky_cookie {
+        let _ = writeln!(
+            out,
+            "  sticky cookie {} (max age {})",
+            sticky.name,
+            humantime::format_duration(sticky.max_age)
+        );
+    }
+    if !b.trusted_proxies.is_empty() {
+        let proxies: Vec<String> = b.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        let _ = writeln!(out, "  trusted       {}", proxies.join(", "));
+    }
+    if b.hash_key.is_some() {
+        out.push_str("  hash key      custom\n");
+    }
+    let h = &pool.health_check;
+    let _ = writeln!(
+        out,
+        "  health check  GET {} every {}, timeout {}, restore after {}, remove after {}",
+        h.path,
+        humantime::format_duration(h.interval),
+        humantime::format_duration(h.timeout),
+        plural(h.healthy_threshold, "success", "successes"),
+        plural(h.unhealthy_threshold, "failure", "failures"),
+    );
+    let u = &pool.upstream;
+    let _ = writeln!(
+        out,
+        "  upstream      connect timeout {}, request timeout {}, {}, {}",
+        humantime::format_duration(u.connect_timeout),
+        humantime::format_duration(u.request_timeout),
+        plural(u.retries, "retry", "retries"),
+        match pool.max_in_flight_per_backend {
+            0 => "unlimited in flight per backend".to_owned(),
+            n => format!("{n} in flight per backend"),
+        },
+    );
+    let total: u64 = pool.backends.iter().map(|b| u64::from(b.weight)).sum();
+    let _ = writeln!(
+        out,
+        "  backends      {}, total weight {total}",
+        pool.backends.len()
+    );
+    let urls: Vec<String> = pool
+        .backends
+        .iter()
+        .map(|b| backend_url_text(&b.url))
+        .collect();
+    let name_width = pool
+        .backends
+        .iter()
+        .map(|b| b.name.len())
+        .max()
+        .unwrap_or(0);
+    let url_width = urls.iter().map(String::len).max().unwrap_or(0);
+    for (backend, url) in pool.backends.iter().zip(&urls) {
+        let share = if total == 0 {
+            0.0
+        } else {
+            100.0 * f64::from(backend.weight) / total as f64
+        };
+        let _ = writeln!(
+            out,
+            "    {:<name_width$}  {:<url_width$}  weight {:>4}  {share:5.1}%",
+            backend.name, url, backend.weight
+        );
     }
 }
 

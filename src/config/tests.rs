@@ -66,33 +66,48 @@ fn backends(list: &[(&str, &str, &str)]) -> String {
 #[test]
 fn a_file_with_one_backend_gets_every_default() {
     let config = parse(ONE_BACKEND).unwrap();
-    assert_eq!(config.listener, ListenerConfig::default());
-    assert_eq!(config.listener.address.to_string(), "127.0.0.1:8080");
-    assert_eq!(config.listener.drain_timeout, Duration::from_secs(30));
+    assert_eq!(config.listeners, [ListenerConfig::default()]);
+    assert_eq!(config.listeners[0].name, "default");
+    assert_eq!(config.listeners[0].address.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.drain_timeout, Duration::from_secs(30));
+    assert_eq!(config.pools.len(), 1);
+    assert_eq!(config.pools[0].name, "default");
+    assert_eq!(config.routes.len(), 1);
+    assert_eq!(config.routes[0].pattern(), "*/");
+    assert_eq!(config.routes[0].pool, "default");
     assert_eq!(config.admin, None);
-    assert_eq!(config.balancer, BalancerConfig::default());
-    assert_eq!(config.balancer.algorithm, Algorithm::Maglev);
-    assert_eq!(config.balancer.key, KeySource::ClientIp);
+    assert_eq!(config.pools[0].balancer, BalancerConfig::default());
+    assert_eq!(config.pools[0].balancer.algorithm, Algorithm::Maglev);
+    assert_eq!(config.pools[0].balancer.key, KeySource::ClientIp);
     assert_eq!(
-        config.balancer.table_size,
+        config.pools[0].balancer.table_size,
         crate::balance::maglev::DEFAULT_TABLE_SIZE
     );
-    assert!(config.balancer.trusted_proxies.is_empty());
-    assert_eq!(config.balancer.hash_key, None);
-    assert_eq!(config.balancer.bounded_load, 0.0);
-    assert_eq!(config.balancer.sticky_cookie, None);
-    assert_eq!(config.health_check, HealthCheckConfig::default());
-    assert_eq!(config.health_check.path, "/health");
-    assert_eq!(config.health_check.interval, Duration::from_secs(5));
-    assert_eq!(config.health_check.timeout, Duration::from_secs(2));
-    assert_eq!(config.health_check.healthy_threshold, 2);
-    assert_eq!(config.health_check.unhealthy_threshold, 2);
-    assert_eq!(config.upstream, UpstreamConfig::default());
-    assert_eq!(config.upstream.connect_timeout, Duration::from_secs(1));
-    assert_eq!(config.upstream.request_timeout, Duration::from_secs(30));
-    assert_eq!(config.upstream.retries, 1);
+    assert!(config.pools[0].balancer.trusted_proxies.is_empty());
+    assert_eq!(config.pools[0].balancer.hash_key, None);
+    assert_eq!(config.pools[0].balancer.bounded_load, 0.0);
+    assert_eq!(config.pools[0].balancer.sticky_cookie, None);
+    assert_eq!(config.pools[0].health_check, HealthCheckConfig::default());
+    assert_eq!(config.pools[0].health_check.path, "/health");
     assert_eq!(
-        config.backends,
+        config.pools[0].health_check.interval,
+        Duration::from_secs(5)
+    );
+    assert_eq!(config.pools[0].health_check.timeout, Duration::from_secs(2));
+    assert_eq!(config.pools[0].health_check.healthy_threshold, 2);
+    assert_eq!(config.pools[0].health_check.unhealthy_threshold, 2);
+    assert_eq!(config.pools[0].upstream, UpstreamConfig::default());
+    assert_eq!(
+        config.pools[0].upstream.connect_timeout,
+        Duration::from_secs(1)
+    );
+    assert_eq!(
+        config.pools[0].upstream.request_timeout,
+        Duration::from_secs(30)
+    );
+    assert_eq!(config.pools[0].upstream.retries, 1);
+    assert_eq!(
+        config.pools[0].backends,
         vec![BackendConfig {
             name: "server-1".into(),
             url: Uri::from_static("http://127.0.0.1:9001"),
@@ -155,12 +170,13 @@ fn a_file_that_sets_every_key_gets_every_value() {
         "#;
     let config = parse(text).unwrap();
     assert_eq!(
-        config.listener,
-        ListenerConfig {
+        config.listeners,
+        [ListenerConfig {
             address: "0.0.0.0:80".parse().unwrap(),
-            drain_timeout: Duration::from_secs(10),
-        }
+            ..ListenerConfig::default()
+        }]
     );
+    assert_eq!(config.drain_timeout, Duration::from_secs(10));
     assert_eq!(
         config.admin,
         Some(AdminConfig {
@@ -168,7 +184,7 @@ fn a_file_that_sets_every_key_gets_every_value() {
         })
     );
     assert_eq!(
-        config.balancer,
+        config.pools[0].balancer,
         BalancerConfig {
             algorithm: Algorithm::RingHash,
             key: KeySource::Header(HeaderName::from_static("x-session")),
@@ -188,7 +204,7 @@ fn a_file_that_sets_every_key_gets_every_value() {
         }
     );
     assert_eq!(
-        config.health_check,
+        config.pools[0].health_check,
         HealthCheckConfig {
             path: "/ready?full=1".into(),
             interval: Duration::from_secs(10),
@@ -198,7 +214,7 @@ fn a_file_that_sets_every_key_gets_every_value() {
         }
     );
     assert_eq!(
-        config.upstream,
+        config.pools[0].upstream,
         UpstreamConfig {
             connect_timeout: Duration::from_millis(250),
             request_timeout: Duration::from_secs(60),
@@ -217,10 +233,13 @@ fn a_file_that_sets_every_key_gets_every_value() {
         }
     );
     assert_eq!(
-        config.members(),
+        config.pools[0].members(),
         vec![Member::new("a", 3), Member::new("b", 1)]
     );
-    assert_eq!(config.backends[1].url.host(), Some("backend.internal"));
+    assert_eq!(
+        config.pools[0].backends[1].url.host(),
+        Some("backend.internal")
+    );
 }
 
 #[test]
@@ -233,7 +252,7 @@ fn an_empty_admin_section_uses_the_default_admin_address() {
 #[test]
 fn an_empty_sticky_cookie_section_uses_the_default_name_and_max_age() {
     let config = parse(&with_backend("[balancer.sticky_cookie]")).unwrap();
-    let sticky = config.balancer.sticky_cookie.unwrap();
+    let sticky = config.pools[0].balancer.sticky_cookie.clone().unwrap();
     assert_eq!(sticky, StickyCookieConfig::default());
     assert_eq!(sticky.name, "affinity");
     assert_eq!(sticky.max_age, Duration::from_secs(3600));
@@ -242,7 +261,7 @@ fn an_empty_sticky_cookie_section_uses_the_default_name_and_max_age() {
 #[test]
 fn a_missing_weight_defaults_to_one() {
     assert_eq!(
-        parse(ONE_BACKEND).unwrap().backends[0].weight,
+        parse(ONE_BACKEND).unwrap().pools[0].backends[0].weight,
         DEFAULT_WEIGHT
     );
 }
@@ -378,7 +397,7 @@ fn a_file_without_backends_is_rejected() {
     assert_eq!(e.location(), None);
     assert_eq!(
         e.to_string(),
-        "config.toml: backends: no backends: add at least one [[backends]] table with a name and a url"
+        "config.toml: backends: no backends: add at least one backend with a name and a url"
     );
 }
 
@@ -462,8 +481,8 @@ fn backend_names_with_inner_spaces_and_any_printable_characters_are_accepted() {
         ("\"sérveur-ü/2:α\"", "\"http://127.0.0.1:2\"", ""),
     ]);
     let config = parse(&text).unwrap();
-    assert_eq!(config.backends[0].name, "eu west 1");
-    assert_eq!(config.backends[1].name, "sérveur-ü/2:α");
+    assert_eq!(config.pools[0].backends[0].name, "eu west 1");
+    assert_eq!(config.pools[0].backends[1].name, "sérveur-ü/2:α");
 }
 
 #[test]
@@ -522,7 +541,10 @@ fn a_weight_above_the_maximum_is_rejected() {
         "\"http://127.0.0.1:1\"",
         &format!("weight = {MAX_WEIGHT}"),
     )]);
-    assert_eq!(parse(&text).unwrap().backends[0].weight, MAX_WEIGHT);
+    assert_eq!(
+        parse(&text).unwrap().pools[0].backends[0].weight,
+        MAX_WEIGHT
+    );
 }
 
 #[test]
@@ -642,7 +664,7 @@ fn members_are_the_backends_names_and_weights_in_config_order() {
         ("\"a\"", "\"http://127.0.0.1:2\"", ""),
     ]);
     assert_eq!(
-        parse(&text).unwrap().members(),
+        parse(&text).unwrap().pools[0].members(),
         vec![Member::new("z", 5), Member::new("a", 1)]
     );
 }
@@ -656,7 +678,7 @@ fn every_algorithm_spelling_round_trips() {
             "[balancer]\nalgorithm = \"{algorithm}\""
         )))
         .unwrap();
-        assert_eq!(config.balancer.algorithm, algorithm);
+        assert_eq!(config.pools[0].balancer.algorithm, algorithm);
         assert_eq!(algorithm.to_string(), algorithm.as_str());
     }
     let spellings: Vec<&str> = Algorithm::ALL.iter().map(Algorithm::as_str).collect();
@@ -703,7 +725,7 @@ fn every_key_spelling_round_trips_through_display() {
         "cookie:session",
     ] {
         let config = parse(&with_backend(&format!("[balancer]\nkey = \"{key}\""))).unwrap();
-        assert_eq!(config.balancer.key.to_string(), key);
+        assert_eq!(config.pools[0].balancer.key.to_string(), key);
     }
 }
 
@@ -711,10 +733,13 @@ fn every_key_spelling_round_trips_through_display() {
 fn a_header_key_is_stored_lowercased() {
     let config = parse(&with_backend("[balancer]\nkey = \"header:X-Tenant-ID\"")).unwrap();
     assert_eq!(
-        config.balancer.key,
+        config.pools[0].balancer.key,
         KeySource::Header(HeaderName::from_static("x-tenant-id"))
     );
-    assert_eq!(config.balancer.key.to_string(), "header:x-tenant-id");
+    assert_eq!(
+        config.pools[0].balancer.key.to_string(),
+        "header:x-tenant-id"
+    );
 }
 
 #[test]
@@ -749,7 +774,7 @@ fn a_non_default_key_with_a_non_hash_algorithm_is_accepted_and_ignored() {
         "[balancer]\nalgorithm = \"round_robin\"\nkey = \"url\"",
     ))
     .unwrap();
-    assert_eq!(config.balancer.key, KeySource::Url);
+    assert_eq!(config.pools[0].balancer.key, KeySource::Url);
     assert!(
         config
             .summary()
@@ -794,7 +819,7 @@ fn a_negative_table_size_is_rejected() {
 #[test]
 fn table_size_is_only_checked_for_maglev() {
     let text = with_backend("[balancer]\nalgorithm = \"ring_hash\"\ntable_size = 100");
-    assert_eq!(parse(&text).unwrap().balancer.table_size, 100);
+    assert_eq!(parse(&text).unwrap().pools[0].balancer.table_size, 100);
 }
 
 #[test]
@@ -802,8 +827,7 @@ fn trusted_proxies_accept_cidrs_and_bare_addresses() {
     let text = with_backend(
         "[balancer]\ntrusted_proxies = [\"10.1.2.3/8\", \"192.0.2.7\", \"::1\", \"fd00::/8\"]",
     );
-    let nets: Vec<String> = parse(&text)
-        .unwrap()
+    let nets: Vec<String> = parse(&text).unwrap().pools[0]
         .balancer
         .trusted_proxies
         .iter()
@@ -825,7 +849,7 @@ fn a_bad_cidr_is_rejected_with_its_index_and_line() {
 #[test]
 fn an_empty_hash_key_means_none() {
     let config = parse(&with_backend("[balancer]\nhash_key = \"\"")).unwrap();
-    assert_eq!(config.balancer.hash_key, None);
+    assert_eq!(config.pools[0].balancer.hash_key, None);
 }
 
 #[test]
@@ -835,7 +859,7 @@ fn a_hash_key_of_32_hex_characters_becomes_16_bytes() {
     ))
     .unwrap();
     assert_eq!(
-        config.balancer.hash_key,
+        config.pools[0].balancer.hash_key,
         Some([
             0xff, 0xee, 0xdd, 0xcc, 0xbb, 0xaa, 0x99, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22,
             0x11, 0x00
@@ -862,7 +886,7 @@ fn a_hash_key_of_the_wrong_length_or_with_non_hex_characters_is_rejected() {
 fn bounded_load_accepts_zero_and_factors_above_one() {
     for (text, c) in [("0", 0.0), ("0.0", 0.0), ("1.01", 1.01), ("2", 2.0)] {
         let config = parse(&with_backend(&format!("[balancer]\nbounded_load = {text}"))).unwrap();
-        assert_eq!(config.balancer.bounded_load, c);
+        assert_eq!(config.pools[0].balancer.bounded_load, c);
     }
 }
 
@@ -895,13 +919,13 @@ fn limits_have_defaults_and_reject_out_of_range_values() {
 #[test]
 fn panic_threshold_is_a_percentage_off_by_default() {
     let config = parse(&with_backend("")).unwrap();
-    assert_eq!(config.balancer.panic_threshold, 0.0);
+    assert_eq!(config.pools[0].balancer.panic_threshold, 0.0);
     for (text, percent) in [("0", 0.0), ("50", 50.0), ("33.3", 33.3), ("100", 100.0)] {
         let config = parse(&with_backend(&format!(
             "[balancer]\npanic_threshold = {text}"
         )))
         .unwrap();
-        assert_eq!(config.balancer.panic_threshold, percent);
+        assert_eq!(config.pools[0].balancer.panic_threshold, percent);
         assert_eq!(
             config
                 .summary()
@@ -1043,7 +1067,7 @@ fn zero_intervals_and_timeouts_are_rejected() {
 #[test]
 fn a_zero_drain_timeout_is_allowed() {
     let config = parse(&with_backend("[listener]\ndrain_timeout = \"0s\"")).unwrap();
-    assert_eq!(config.listener.drain_timeout, Duration::ZERO);
+    assert_eq!(config.drain_timeout, Duration::ZERO);
 }
 
 #[test]
@@ -1080,6 +1104,7 @@ fn negative_retries_are_rejected_and_zero_retries_are_allowed() {
     assert_eq!(
         parse(&with_backend("[upstream]\nretries = 0"))
             .unwrap()
+            .pools[0]
             .upstream
             .retries,
         0
@@ -1109,7 +1134,12 @@ fn admin_and_listener_on_the_same_address_are_rejected() {
     let text = with_backend(
         "[listener]\naddress = \"127.0.0.1:8080\"\n[admin]\naddress = \"127.0.0.1:8080\"",
     );
-    assert_rejected(&text, "admin.address", 4, "also the listener address");
+    assert_rejected(
+        &text,
+        "admin.address",
+        4,
+        "is also the address of listener \"default\"",
+    );
     let both_port_zero =
         with_backend("[listener]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"");
     assert!(parse(&both_port_zero).is_ok());
@@ -1159,15 +1189,20 @@ fn the_summary_lists_the_pool_with_each_backends_share() {
     );
     let summary = parse(&text).unwrap().summary();
     let expected = "\
-listener      127.0.0.1:8080 (drain timeout 30s)
+listener      default 127.0.0.1:8080 (http)
+drain timeout 30s
 admin         127.0.0.1:9900
-balancer      maglev on client_ip, table size 65537
-health check  GET /health every 5s, timeout 2s, restore after 2 successes, remove after 2 failures
-upstream      connect timeout 1s, request timeout 30s, 1 retry
-limits        header timeout 10s, head 65536 bytes / 100 headers, body unlimited, 10000 connections, unlimited in flight per backend
-backends      2, total weight 4
-  server-1   http://127.0.0.1:9001  weight    1   25.0%
-  server-22  http://127.0.0.1:9002  weight    3   75.0%
+limits        header timeout 10s, head 65536 bytes / 100 headers, body unlimited, 10000 connections
+routes        on default, in match order:
+  */          -> default
+  (no match)  -> 404
+pool          default
+  balancer      maglev on client_ip, table size 65537
+  health check  GET /health every 5s, timeout 2s, restore after 2 successes, remove after 2 failures
+  upstream      connect timeout 1s, request timeout 30s, 1 retry, unlimited in flight per backend
+  backends      2, total weight 4
+    server-1   http://127.0.0.1:9001  weight    1   25.0%
+    server-22  http://127.0.0.1:9002  weight    3   75.0%
 ";
     assert_eq!(summary, expected);
 }
@@ -1384,7 +1419,7 @@ fn two_backends_on_one_url_are_a_warning_naming_both_not_an_error() {
         ("\"server-3\"", "\"http://127.0.0.1:9001\"", ""),
     ]);
     let config = parse(&text).unwrap();
-    assert_eq!(config.backends.len(), 3);
+    assert_eq!(config.pools[0].backends.len(), 3);
     let warnings = config.warnings();
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
     let w = &warnings[0];

@@ -41,6 +41,15 @@ impl Source<'_> {
 /// the rules that depend on it (which then do not run: a mistake is reported
 /// once, never again as a consequence), and its default in the `Config`
 /// being built, which is thrown away.
+/// The tables of one pool, in either form of the file.
+struct PoolTables<'f> {
+    balancer: &'f FileBalancer,
+    health_check: &'f FileHealthCheck,
+    upstream: &'f FileUpstream,
+    backends: Option<&'f Spanned<Vec<FileBackend>>>,
+    max_in_flight_per_backend: Option<&'f Spanned<i64>>,
+}
+
 struct Check<'s, 'a> {
     source: &'s Source<'a>,
     errors: Vec<ConfigError>,
@@ -58,38 +67,285 @@ impl Check<'_, '_> {
     }
 
     fn config(&mut self, file: &FileConfig) -> Config {
-        let listener_address = self.socket_addr(
-            &file.listener.address,
-            "listener.address",
-            DEFAULT_LISTEN_ADDRESS,
-        );
-        let listener = ListenerConfig {
-            address: listener_address.unwrap_or(DEFAULT_LISTEN_ADDRESS),
-            drain_timeout: self
-                .duration(
-                    &file.listener.drain_timeout,
-                    "listener.drain_timeout",
-                    DEFAULT_DRAIN_TIMEOUT,
-                    true,
-                )
-                .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
-        };
+        let drain_timeout = self
+            .duration(
+                &file.listener.drain_timeout,
+                "listener.drain_timeout",
+                DEFAULT_DRAIN_TIMEOUT,
+                true,
+            )
+            .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+        let limits = self.limits(&file.limits);
+        let listeners = self.listeners(file);
         let admin = file
             .admin
             .as_ref()
-            .map(|admin| self.admin(admin, listener_address));
-        let algorithm = self.algorithm(&file.balancer);
-        let table_size = self.table_size(&file.balancer);
-        let balancer = self.balancer(&file.balancer, algorithm, table_size);
-        let health_check = self.health_check(&file.health_check);
-        let upstream = self.upstream(&file.upstream);
-        let limits = self.limits(&file.limits);
-        let backends = self.backends(file.backends.as_ref());
+            .map(|admin| self.admin(admin, &listeners));
+        let pools = self.pools(file, &limits);
+        let routes = self.routes(file, &listeners, &pools);
+        Config {
+            listeners: listeners.into_iter().map(|(l, _)| l).collect(),
+            drain_timeout,
+            admin,
+            limits,
+            pools,
+            routes,
+            warnings: std::mem::take(&mut self.warnings),
+        }
+    }
+
+    /// The listeners, each with whether its address is valid: the
+    /// `[[listeners]]` entries, or the `[listener]` table's one.
+    fn listeners(&mut self, file: &FileConfig) -> Vec<(ListenerConfig, bool)> {
+        let Some(entries) = &file.listeners else {
+            let address = self.socket_addr(
+                &file.listener.address,
+                "listener.address",
+                DEFAULT_LISTEN_ADDRESS,
+            );
+            let listener = ListenerConfig {
+                address: address.unwrap_or(DEFAULT_LISTEN_ADDRESS),
+                ..ListenerConfig::default()
+            };
+            return vec![(listener, address.is_some())];
+        };
+        if let Some(address) = &file.listener.address {
+            let error = self.source.error_at(
+                "listener.address",
+                address,
+                "with [[listeners]], each listener has its own address; [listener] keeps only drain_timeout",
+            );
+            self.report(error);
+        }
+        if entries.get_ref().is_empty() {
+            let error = self.source.error(
+                "listeners",
+                Some(entries.span()),
+                "no listeners: add a [[listeners]] table with a name and an address",
+            );
+            self.report(error);
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut addresses: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut listeners = Vec::new();
+        for (i, entry) in entries.get_ref().iter().enumerate() {
+            self.unique_name("listeners", &entry.name, &mut names, i, |j| {
+                entries.get_ref()[j].name.span()
+            });
+            let address = self.socket_addr(
+                &Some(entry.address.clone()),
+                &format!("listeners[{i}].address"),
+                DEFAULT_LISTEN_ADDRESS,
+            );
+            if let Some(address) = address
+                && address.port() != 0
+            {
+                if let Some(&first) = addresses.get(&address) {
+                    let error = self.source.error_at(
+                        format!("listeners[{i}].address"),
+                        &entry.address,
+                        format!(
+                            "{address} is also the address of listeners[{first}] (line {}); each listener needs its own",
+                            self.source.line_of(entries.get_ref()[first].address.span())
+                        ),
+                    );
+                    self.report(error);
+                } else {
+                    addresses.insert(address, i);
+                }
+            }
+            let protocol = match &entry.protocol {
+                None => Some(Protocol::Http),
+                Some(text) => match text.get_ref().as_str() {
+                    "http" => Some(Protocol::Http),
+                    "tcp" => {
+                        let error = self.source.error_at(
+                            format!("listeners[{i}].protocol"),
+                            text,
+                            "tcp listeners are not supported by this version of affinity; use \"http\"",
+                        );
+                        self.report(error);
+                        Some(Protocol::Tcp)
+                    }
+                    other => {
+                        let error = self.source.error_at(
+                            format!("listeners[{i}].protocol"),
+                            text,
+                            format!("unknown protocol {other:?}; expected \"http\" or \"tcp\""),
+                        );
+                        self.report(error);
+                        None
+                    }
+                },
+            };
+            if protocol == Some(Protocol::Tcp) && entry.pool.is_none() {
+                let error = self.source.error_at(
+                    format!("listeners[{i}].protocol"),
+                    entry.protocol.as_ref().unwrap_or(&entry.name),
+                    "a tcp listener sends every connection to one pool: add pool = \"NAME\"",
+                );
+                self.report(error);
+            }
+            listeners.push((
+                ListenerConfig {
+                    name: entry.name.get_ref().clone(),
+                    address: address.unwrap_or(DEFAULT_LISTEN_ADDRESS),
+                    protocol: protocol.unwrap_or(Protocol::Http),
+                    pool: entry.pool.as_ref().map(|p| p.get_ref().clone()),
+                },
+                address.is_some(),
+            ));
+        }
+        listeners
+    }
+
+    /// Records `name` (of entry `i` of the list `what`) in `names` when it
+    /// is allowed and not already used; reports it otherwise. `span_of(j)`
+    /// is where entry `j`'s name is.
+    fn unique_name<'e>(
+        &mut self,
+        what: &str,
+        name: &'e Spanned<String>,
+        names: &mut HashMap<&'e str, usize>,
+        i: usize,
+        span_of: impl Fn(usize) -> std::ops::Range<usize>,
+    ) -> bool {
+        let field = format!("{what}[{i}].name");
+        if let Some(problem) = name_problem(name.get_ref()) {
+            let error = self.source.error_at(field, name, problem);
+            self.report(error);
+            return false;
+        }
+        if let Some(&first) = names.get(name.get_ref().as_str()) {
+            let error = self.source.error_at(
+                field,
+                name,
+                format!(
+                    "name {:?} is already used by {what}[{first}] (line {}); names must be unique",
+                    name.get_ref(),
+                    self.source.line_of(span_of(first))
+                ),
+            );
+            self.report(error);
+            return false;
+        }
+        names.insert(name.get_ref(), i);
+        true
+    }
+
+    /// The pools: the `[[pools]]` entries, or the single-pool form's one,
+    /// named `default`.
+    fn pools(&mut self, file: &FileConfig, limits: &LimitsConfig) -> Vec<Arc<PoolConfig>> {
+        let default_balancer = FileBalancer::default();
+        let default_health = FileHealthCheck::default();
+        let default_upstream = FileUpstream::default();
+        let Some(entries) = &file.pools else {
+            let pool = self.pool(
+                DEFAULT_NAME,
+                PoolTables {
+                    balancer: file
+                        .balancer
+                        .as_ref()
+                        .map_or(&default_balancer, |b| b.get_ref()),
+                    health_check: file
+                        .health_check
+                        .as_ref()
+                        .map_or(&default_health, |h| h.get_ref()),
+                    upstream: file
+                        .upstream
+                        .as_ref()
+                        .map_or(&default_upstream, |u| u.get_ref()),
+                    backends: file.backends.as_ref(),
+                    max_in_flight_per_backend: None,
+                },
+                limits,
+            );
+            return vec![Arc::new(pool)];
+        };
+        let single_pool_tables = [
+            ("balancer", file.balancer.as_ref().map(Spanned::span)),
+            (
+                "health_check",
+                file.health_check.as_ref().map(Spanned::span),
+            ),
+            ("upstream", file.upstream.as_ref().map(Spanned::span)),
+            ("backends", file.backends.as_ref().map(Spanned::span)),
+        ];
+        for (table, span) in single_pool_tables {
+            if let Some(span) = span {
+                let error = self.source.error(
+                    table,
+                    Some(span),
+                    format!(
+                        "with [[pools]], {table} belongs in each [[pools]] entry (its [balancer] keys at the entry's top level)"
+                    ),
+                );
+                self.report(error);
+            }
+        }
+        if entries.get_ref().is_empty() {
+            let error = self.source.error(
+                "pools",
+                Some(entries.span()),
+                "no pools: add a [[pools]] table with a name and backends",
+            );
+            self.report(error);
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut pools = Vec::new();
+        for (i, entry) in entries.get_ref().iter().enumerate() {
+            self.unique_name("pools", &entry.name, &mut names, i, |j| {
+                entries.get_ref()[j].name.span()
+            });
+            let source = Source {
+                pool: Some(i),
+                ..*self.source
+            };
+            let mut check = Check {
+                source: &source,
+                errors: Vec::new(),
+                warnings: Vec::new(),
+            };
+            let balancer = entry.balancer();
+            let pool = check.pool(
+                entry.name.get_ref(),
+                PoolTables {
+                    balancer: &balancer,
+                    health_check: &entry.health_check,
+                    upstream: &entry.upstream,
+                    backends: entry.backends.as_ref(),
+                    max_in_flight_per_backend: entry.max_in_flight_per_backend.as_ref(),
+                },
+                limits,
+            );
+            self.errors.append(&mut check.errors);
+            self.warnings.append(&mut check.warnings);
+            pools.push(Arc::new(pool));
+        }
+        pools
+    }
+
+    /// One pool from its tables.
+    fn pool(&mut self, name: &str, tables: PoolTables<'_>, limits: &LimitsConfig) -> PoolConfig {
+        let algorithm = self.algorithm(tables.balancer);
+        let table_size = self.table_size(tables.balancer);
+        let balancer = self.balancer(tables.balancer, algorithm, table_size);
+        let health_check = self.health_check(tables.health_check);
+        let upstream = self.upstream(tables.upstream);
+        let max_in_flight_per_backend = self
+            .count(
+                &tables.max_in_flight_per_backend.cloned(),
+                "max_in_flight_per_backend",
+                limits.max_in_flight_per_backend,
+                0,
+            )
+            .unwrap_or(limits.max_in_flight_per_backend);
+        let backends = self.backends(tables.backends);
 
         if algorithm == Some(Algorithm::Maglev)
             && let Some(size) = table_size
         {
-            self.table_size_fits(size, backends.as_deref(), &file.balancer);
+            self.table_size_fits(size, backends.as_deref(), tables.balancer);
         }
         if algorithm == Some(Algorithm::RingHash)
             && let Some(backends) = &backends
@@ -98,35 +354,254 @@ impl Check<'_, '_> {
                 crate::balance::ring::DEFAULT_POINTS_PER_WEIGHT,
             )
         {
-            let span = file.balancer.algorithm.as_ref().map(Spanned::span);
+            let span = tables.balancer.algorithm.as_ref().map(Spanned::span);
             let error = self.source.error("balancer.algorithm", span, e.to_string());
             self.report(error);
         }
-
-        Config {
-            listener,
-            admin,
+        PoolConfig {
+            name: name.to_owned(),
             balancer,
             health_check,
             upstream,
-            limits,
+            max_in_flight_per_backend,
             backends: backends.unwrap_or_default(),
-            warnings: std::mem::take(&mut self.warnings),
         }
     }
 
-    fn admin(&mut self, file: &FileAdmin, listener: Option<SocketAddr>) -> AdminConfig {
+    /// The routes: the `[[routes]]` entries, or, without any, one that
+    /// sends everything to the only pool.
+    fn routes(
+        &mut self,
+        file: &FileConfig,
+        listeners: &[(ListenerConfig, bool)],
+        pools: &[Arc<PoolConfig>],
+    ) -> Vec<RouteConfig> {
+        let mut pool_names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        pool_names.dedup();
+        let known_pool = |name: &str| pool_names.contains(&name);
+        for (i, (listener, _)) in listeners.iter().enumerate() {
+            if let Some(pool) = &listener.pool
+                && !known_pool(pool)
+                && let Some(entry) = file.listeners.as_ref().and_then(|l| l.get_ref().get(i))
+                && let Some(spanned) = &entry.pool
+            {
+                let error = self.source.error_at(
+                    format!("listeners[{i}].pool"),
+                    spanned,
+                    format!(
+                        "unknown pool {pool:?}; the pools are {}",
+                        pool_names.join(", ")
+                    ),
+                );
+                self.report(error);
+            }
+        }
+        let Some(entries) = &file.routes else {
+            return self.implicit_routes(file, listeners, pools);
+        };
+        let mut routes = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            if let Some(route) = self.route(i, entry, listeners, &pool_names) {
+                routes.push((i, route));
+            }
+        }
+        self.shadowed(entries, &routes);
+        let used: Vec<&str> = routes
+            .iter()
+            .map(|(_, r)| r.pool.as_str())
+            .chain(listeners.iter().filter_map(|(l, _)| l.pool.as_deref()))
+            .collect();
+        if let Some(pools_file) = &file.pools {
+            for (i, entry) in pools_file.get_ref().iter().enumerate() {
+                if !used.contains(&entry.name.get_ref().as_str()) {
+                    let warning = self.source.warning(
+                        format!("pools[{i}].name"),
+                        &entry.name,
+                        format!(
+                            "no route or listener sends requests to pool {:?}",
+                            entry.name.get_ref()
+                        ),
+                    );
+                    self.warnings.push(warning);
+                }
+            }
+        }
+        routes.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Without `[[routes]]`: everything to the only pool; with several
+    /// pools, every http listener needs a `pool` of its own.
+    fn implicit_routes(
+        &mut self,
+        file: &FileConfig,
+        listeners: &[(ListenerConfig, bool)],
+        pools: &[Arc<PoolConfig>],
+    ) -> Vec<RouteConfig> {
+        if let [pool] = pools {
+            return vec![RouteConfig {
+                listener: None,
+                host: None,
+                path_prefix: "/".to_owned(),
+                strip_prefix: false,
+                pool: pool.name.clone(),
+            }];
+        }
+        let unrouted = listeners
+            .iter()
+            .any(|(l, _)| l.protocol == Protocol::Http && l.pool.is_none());
+        if unrouted && let Some(entries) = &file.pools {
+            let error = self.source.error(
+                "routes",
+                Some(entries.span()),
+                "with more than one pool, add [[routes]] (or give each listener a pool) to say which requests go where",
+            );
+            self.report(error);
+        }
+        Vec::new()
+    }
+
+    /// Route `i`; `None` when it is invalid (reported).
+    fn route(
+        &mut self,
+        i: usize,
+        entry: &FileRoute,
+        listeners: &[(ListenerConfig, bool)],
+        pool_names: &[&str],
+    ) -> Option<RouteConfig> {
+        let mut valid = true;
+        if !pool_names.contains(&entry.pool.get_ref().as_str()) {
+            let error = self.source.error_at(
+                format!("routes[{i}].pool"),
+                &entry.pool,
+                format!(
+                    "unknown pool {:?}; the pools are {}",
+                    entry.pool.get_ref(),
+                    pool_names.join(", ")
+                ),
+            );
+            self.report(error);
+            valid = false;
+        }
+        if let Some(name) = &entry.listener {
+            match listeners.iter().find(|(l, _)| l.name == *name.get_ref()) {
+                None => {
+                    let mut names: Vec<&str> =
+                        listeners.iter().map(|(l, _)| l.name.as_str()).collect();
+                    names.dedup();
+                    let error = self.source.error_at(
+                        format!("routes[{i}].listener"),
+                        name,
+                        format!(
+                            "unknown listener {:?}; the listeners are {}",
+                            name.get_ref(),
+                            names.join(", ")
+                        ),
+                    );
+                    self.report(error);
+                    valid = false;
+                }
+                Some((listener, _)) if listener.protocol == Protocol::Tcp => {
+                    let error = self.source.error_at(
+                        format!("routes[{i}].listener"),
+                        name,
+                        format!(
+                            "listener {:?} is a tcp listener: it has no routes (its connections all go to its pool)",
+                            name.get_ref()
+                        ),
+                    );
+                    self.report(error);
+                    valid = false;
+                }
+                Some(_) => {}
+            }
+        }
+        let host = match &entry.host {
+            None => None,
+            Some(text) => {
+                let s = self.source;
+                let parsed = self.ok(HostPattern::parse(text.get_ref())
+                    .map_err(|m| s.error_at(format!("routes[{i}].host"), text, m)));
+                valid &= parsed.is_some();
+                parsed
+            }
+        };
+        let path_prefix = match &entry.path_prefix {
+            None => "/".to_owned(),
+            Some(prefix) => {
+                let text = prefix.get_ref();
+                if !text.starts_with('/')
+                    || text.contains(['?', '#'])
+                    || text.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    let error = self.source.error_at(
+                        format!("routes[{i}].path_prefix"),
+                        prefix,
+                        format!(
+                            "{text:?} is not a path prefix: it starts with \"/\" and has no query, fragment or spaces (\"/api\" matches /api and /api/x, not /apix)"
+                        ),
+                    );
+                    self.report(error);
+                    valid = false;
+                }
+                text.clone()
+            }
+        };
+        valid.then(|| RouteConfig {
+            listener: entry.listener.as_ref().map(|l| l.get_ref().clone()),
+            host,
+            path_prefix,
+            strip_prefix: entry.strip_prefix.unwrap_or(false),
+            pool: entry.pool.get_ref().clone(),
+        })
+    }
+
+    /// Reports every route that an earlier one shadows: the same hosts and
+    /// prefix on a listener both apply to, so the later could never be taken.
+    fn shadowed(&mut self, entries: &[FileRoute], routes: &[(usize, RouteConfig)]) {
+        for (n, (j, later)) in routes.iter().enumerate() {
+            let by = routes[..n].iter().find(|(_, earlier)| {
+                earlier.host == later.host
+                    && earlier.path_prefix == later.path_prefix
+                    && match (&earlier.listener, &later.listener) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => true,
+                    }
+            });
+            if let Some((i, earlier)) = by {
+                let entry = &entries[*j];
+                let span = entry
+                    .path_prefix
+                    .as_ref()
+                    .or(entry.host.as_ref())
+                    .map_or_else(|| entry.pool.span(), Spanned::span);
+                let error = self.source.error(
+                    format!("routes[{j}]"),
+                    Some(span),
+                    format!(
+                        "shadowed by routes[{i}] (line {}): both are for {} and path_prefix {:?} on the same listener, so this one is never taken",
+                        self.source.line_of(entries[*i].pool.span()),
+                        earlier.host.as_ref().map_or_else(|| "any host".to_owned(), |h| format!("host {h}")),
+                        later.path_prefix,
+                    ),
+                );
+                self.report(error);
+            }
+        }
+    }
+
+    fn admin(&mut self, file: &FileAdmin, listeners: &[(ListenerConfig, bool)]) -> AdminConfig {
         let address = self.socket_addr(&file.address, "admin.address", DEFAULT_ADMIN_ADDRESS);
-        if let (Some(address), Some(listener)) = (address, listener)
-            && address == listener
-            && address.port() != 0
-        {
+        let taken = listeners
+            .iter()
+            .find(|(l, valid)| *valid && Some(l.address) == address && l.address.port() != 0);
+        if let (Some(address), Some((listener, _))) = (address, taken) {
             let span = file.address.as_ref().map(Spanned::span);
             let error = self.source.error(
                 "admin.address",
                 span,
                 format!(
-                    "{address} is also the listener address; the admin endpoint needs its own port"
+                    "{address} is also the address of listener {:?}; the admin endpoint needs its own port",
+                    listener.name
                 ),
             );
             self.report(error);
@@ -516,7 +991,7 @@ impl Check<'_, '_> {
             let error = self.source.error(
                 "backends",
                 list_span.clone(),
-                "no backends: add at least one [[backends]] table with a name and a url",
+                "no backends: add at least one backend with a name and a url",
             );
             self.report(error);
             valid = false;

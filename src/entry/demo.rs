@@ -57,11 +57,12 @@ impl DemoBackends {
     }
 }
 
-/// Starts a demo backend for every loopback backend of `config`.
+/// Starts a demo backend for every loopback backend of every pool of
+/// `config` (one for an address that several pools share).
 pub async fn start(config: &Config) -> Result<DemoBackends, DemoError> {
     let mut tasks = JoinSet::new();
-    let mut addresses = Vec::new();
-    for backend in &config.backends {
+    let mut addresses: Vec<(String, SocketAddr)> = Vec::new();
+    for backend in config.pools.iter().flat_map(|p| &p.backends) {
         let Some(address) = loopback_address(&backend.url) else {
             tracing::info!(
                 backend = %backend.name,
@@ -70,6 +71,9 @@ pub async fn start(config: &Config) -> Result<DemoBackends, DemoError> {
             );
             continue;
         };
+        if addresses.iter().any(|(_, taken)| *taken == address) {
+            continue;
+        }
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| DemoError::Bind {

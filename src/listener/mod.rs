@@ -59,8 +59,9 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminServer};
 use crate::config::{Config, ConfigErrors, ConfigWarning};
-use crate::pool::checks::{self, HealthChecks, ReloadError};
-use crate::pool::{Pool, PoolError, Snapshot};
+use crate::pool::checks::ReloadError;
+use crate::pool::routing::Pools;
+use crate::pool::{Pool, PoolError};
 use crate::proxy::Proxy;
 pub use drain::Drain;
 use serve::{Worker, serve};
@@ -135,16 +136,14 @@ pub struct Reloaded {
 /// does, without waiting for the drain.
 #[derive(Debug)]
 pub struct ProxyHandle {
-    local_addr: SocketAddr,
-    pool: Arc<Pool>,
+    /// Each running listener's name and bound address, in config order.
+    local_addrs: Vec<(String, SocketAddr)>,
+    pools: Arc<Pools>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Drain>,
     /// The other workers, each on its own thread and runtime: how to stop
     /// it, and how its drain ended.
     workers: Vec<(oneshot::Sender<()>, oneshot::Receiver<Drain>)>,
-    /// The health probes and the task that publishes health changes;
-    /// dropping them (with the handle) stops them.
-    health: HealthChecks,
     /// The admin endpoint, when configured; dropping it stops it.
     admin: Option<AdminServer>,
     /// Set when a shutdown begins: the admin `/healthz` then answers `503`.
@@ -152,10 +151,23 @@ pub struct ProxyHandle {
 }
 
 impl ProxyHandle {
-    /// The address the listener is bound to (the actual port when the
+    /// The address the first listener is bound to (the actual port when the
     /// config said 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.local_addrs[0].1
+    }
+
+    /// Every listener's name and bound address, in config order.
+    pub fn local_addrs(&self) -> &[(String, SocketAddr)] {
+        &self.local_addrs
+    }
+
+    /// The bound address of the listener called `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.local_addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, address)| address)
     }
 
     /// The address the admin endpoint is bound to, when `[admin]` is
@@ -164,17 +176,29 @@ impl ProxyHandle {
         self.admin.as_ref().map(AdminServer::local_addr)
     }
 
-    /// The pool the proxy routes with; publish a new snapshot to change it.
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
+    /// Every pool and the routing over them.
+    pub fn pools(&self) -> &Arc<Pools> {
+        &self.pools
     }
 
-    /// Replaces the running config with `config` (a SIGHUP reload): the
-    /// pool, its selector, keys, health settings and upstream settings take
+    /// The first pool of the running config (the only one of a single-pool
+    /// config); publish a new snapshot to change it.
+    pub fn pool(&self) -> Arc<Pool> {
+        self.pools.routing().pools()[0].pool.clone()
+    }
+
+    /// The pool called `name` in the running config.
+    pub fn pool_named(&self, name: &str) -> Option<Arc<Pool>> {
+        self.pools.routing().pool(name).map(|p| p.pool.clone())
+    }
+
+    /// Replaces the running config with `config` (a SIGHUP reload): pools,
+    /// routes, selectors, keys, health and upstream settings and limits take
     /// effect for requests that start afterwards, with no connection
-    /// dropped; backends keep their health by name, and a new one starts
-    /// healthy. The listener and admin addresses cannot change while
-    /// running: a change of either is reported as needing a restart, and
+    /// dropped; an unchanged pool is kept as it is, backends keep their
+    /// health by name, and a new one starts healthy (see
+    /// [`Pools::reload`](crate::pool::routing::Pools::reload)). The listeners and the admin address cannot
+    /// change while running: a change is reported as needing a restart, and
     /// everything else is applied. On error the running config stays.
     ///
     /// The outcome is recorded in the pool's stats (the
@@ -182,8 +206,8 @@ impl ProxyHandle {
     pub async fn reload(&self, config: Config) -> Result<Reloaded, ReloadError> {
         let outcome = self.apply(config).await;
         match &outcome {
-            Ok(_) => self.pool.stats().reload_succeeded(),
-            Err(error) => self.pool.stats().reload_failed(error.to_string()),
+            Ok(_) => self.pools.stats().reload_succeeded(),
+            Err(error) => self.pools.stats().reload_failed(error.to_string()),
         }
         outcome
     }
@@ -203,7 +227,7 @@ impl ProxyHandle {
                 })
             }
             Err(error) => {
-                self.pool.stats().reload_failed(error.to_string());
+                self.pools.stats().reload_failed(error.to_string());
                 Err(error.into())
             }
         }
@@ -211,21 +235,34 @@ impl ProxyHandle {
 
     /// Applies `config`, without recording the outcome.
     async fn apply(&self, config: Config) -> Result<Reloaded, ReloadError> {
-        let current = self.pool.snapshot().config().clone();
+        let current = self.pools.routing().config().clone();
         let mut needs_restart = Vec::new();
-        if config.listener.address != current.listener.address {
+        let running = self.pools.running();
+        let same_names = running.len() == config.listeners.len()
+            && running
+                .iter()
+                .zip(&config.listeners)
+                .all(|(a, b)| a.name == b.name && a.protocol == b.protocol);
+        if !same_names {
+            needs_restart.push("listeners");
+        }
+        let moved = running.iter().any(|r| {
+            config
+                .listener(&r.name)
+                .is_some_and(|l| l.address != r.address)
+        });
+        if moved {
             needs_restart.push("listener.address");
         }
         if config.admin != current.admin {
             needs_restart.push("admin");
         }
         let mut config = config;
-        config.listener.address = current.listener.address;
         config.admin = current.admin.clone();
         for field in &needs_restart {
             tracing::warn!(field, "{field} changed: it takes effect on restart");
         }
-        self.health.reload(Arc::new(config)).await?;
+        self.pools.reload(Arc::new(config)).await?;
         Ok(Reloaded {
             needs_restart,
             warnings: Vec::new(),
@@ -238,7 +275,7 @@ impl ProxyHandle {
         // Before anything stops, so that a load balancer in front sees the
         // draining at once and the admin endpoint reports it to the end.
         self.draining.store(true, Ordering::Relaxed);
-        self.health.stop();
+        self.pools.stop();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -287,19 +324,26 @@ pub async fn start_with(
 ) -> Result<ProxyHandle, StartError> {
     let workers = workers.max(1);
     let config = Arc::new(config);
-    let pool = Arc::new(Pool::new(Snapshot::all_healthy(config.clone())?));
-    let address = config.listener.address;
-    let bind_error = |source| StartError::bind(address, source);
-    let listener = bind(address, addresses)
-        .and_then(|socket| socket.listen(LISTEN_BACKLOG))
-        .map_err(bind_error)?;
-    let local_addr = listener.local_addr().map_err(bind_error)?;
-    // Bound here, so that a bind error is reported before anything runs;
-    // each becomes a listener on its own thread's runtime.
-    let mut sockets = Vec::with_capacity(workers - 1);
-    for _ in 1..workers {
-        sockets.push(bind(local_addr, Addresses::Shared).map_err(bind_error)?);
+    // Every listener bound before anything runs, so that a bind error is
+    // reported first; each worker but this one listens on sockets of its own
+    // (SO_REUSEPORT), made listeners on its thread's runtime.
+    let mut listeners = Vec::with_capacity(config.listeners.len());
+    let mut local_addrs = Vec::with_capacity(config.listeners.len());
+    let mut sockets: Vec<Vec<tokio::net::TcpSocket>> = (1..workers).map(|_| Vec::new()).collect();
+    for listener_config in &config.listeners {
+        let address = listener_config.address;
+        let bind_error = |source| StartError::bind(address, source);
+        let listener = bind(address, addresses)
+            .and_then(|socket| socket.listen(LISTEN_BACKLOG))
+            .map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        for worker_sockets in &mut sockets {
+            worker_sockets.push(bind(local_addr, Addresses::Shared).map_err(bind_error)?);
+        }
+        listeners.push(listener);
+        local_addrs.push((listener_config.name.clone(), local_addr));
     }
+    let pools = Arc::new(Pools::start(config.clone())?);
     let draining = Arc::new(AtomicBool::new(false));
     let admin = match &config.admin {
         Some(settings) => {
@@ -307,7 +351,7 @@ pub async fn start_with(
             let listener = bind(address, addresses)
                 .and_then(|socket| socket.listen(LISTEN_BACKLOG))
                 .map_err(|source| StartError::bind(address, source))?;
-            let server = admin::start(listener, pool.clone(), draining.clone())
+            let server = admin::start(listener, pools.clone(), draining.clone())
                 .map_err(|source| StartError::bind(address, source))?;
             Some(server)
         }
@@ -321,73 +365,87 @@ pub async fn start_with(
     }
     // Client connections open over every worker, for `limits.max_connections`
     // and the admin endpoint.
-    let open = pool.stats().client_connections().clone();
-    let health = checks::spawn(pool.clone());
+    let open = pools.stats().client_connections().clone();
+    let proxies: Arc<[Arc<Proxy>]> = (0..config.listeners.len())
+        .map(|listener| Arc::new(Proxy::new(pools.clone(), listener)))
+        .collect();
     let (spread, mut handed) = Workers::new(workers);
     let mut handed_to_others = handed.split_off(1).into_iter();
     let mut others = Vec::with_capacity(sockets.len());
-    for (n, socket) in sockets.into_iter().enumerate() {
-        let spread = spread.clone();
+    for (n, worker_sockets) in sockets.into_iter().enumerate() {
         let Some(handed) = handed_to_others.next() else {
             break;
         };
-        let (stop, stopped) = oneshot::channel();
-        let (drained, drain) = oneshot::channel();
-        let proxy = Arc::new(Proxy::with_health(pool.clone(), health.reporter()));
-        let worker_open = open.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StartError::Runtime(e.to_string()))?;
-        std::thread::Builder::new()
-            .name(format!("affinity-worker-{}", n + 1))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let outcome = match socket.listen(LISTEN_BACKLOG) {
-                        Ok(listener) => {
-                            let worker = Worker {
-                                proxy,
-                                open: worker_open,
-                                workers: spread,
-                                me: n + 1,
-                                handed,
-                            };
-                            serve(listener, worker, stopped).await
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, "worker cannot listen");
-                            Drain::Complete
-                        }
-                    };
-                    let _ = drained.send(outcome);
-                });
-            })
-            .map_err(|e| StartError::Runtime(e.to_string()))?;
-        others.push((stop, drain));
+        let worker = Worker {
+            proxies: proxies.clone(),
+            pools: pools.clone(),
+            open: open.clone(),
+            workers: spread.clone(),
+            me: n + 1,
+            handed,
+        };
+        others.push(spawn_worker(n + 1, worker_sockets, worker)?);
     }
-    tracing::info!(address = %local_addr, workers, "listening on {local_addr}");
+    for (name, address) in &local_addrs {
+        tracing::info!(listener = %name, address = %address, workers, "listening on {address}");
+    }
 
     let (stop, stopped) = oneshot::channel();
-    let proxy = Arc::new(Proxy::with_health(pool.clone(), health.reporter()));
     let handed = handed
         .pop()
         .ok_or_else(|| StartError::Runtime("no worker".into()))?;
     let worker = Worker {
-        proxy,
+        proxies,
+        pools: pools.clone(),
         open,
         workers: spread,
         me: 0,
         handed,
     };
-    let task = tokio::spawn(serve(listener, worker, stopped));
+    let task = tokio::spawn(serve(listeners, worker, stopped));
     Ok(ProxyHandle {
-        local_addr,
-        pool,
+        local_addrs,
+        pools,
         stop: Some(stop),
         task,
         workers: others,
-        health,
         admin,
         draining,
     })
+}
+
+/// Starts worker `n` on a thread of its own with a single-threaded runtime,
+/// listening on `sockets`; how to stop it, and how its drain ended.
+#[allow(clippy::type_complexity)]
+fn spawn_worker(
+    n: usize,
+    sockets: Vec<tokio::net::TcpSocket>,
+    worker: Worker,
+) -> Result<(oneshot::Sender<()>, oneshot::Receiver<Drain>), StartError> {
+    let (stop, stopped) = oneshot::channel();
+    let (drained, drain) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
+    std::thread::Builder::new()
+        .name(format!("affinity-worker-{n}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listening: io::Result<Vec<_>> = sockets
+                    .into_iter()
+                    .map(|socket| socket.listen(LISTEN_BACKLOG))
+                    .collect();
+                let outcome = match listening {
+                    Ok(listeners) => serve(listeners, worker, stopped).await,
+                    Err(error) => {
+                        tracing::error!(%error, "worker cannot listen");
+                        Drain::Complete
+                    }
+                };
+                let _ = drained.send(outcome);
+            });
+        })
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
+    Ok((stop, drain))
 }

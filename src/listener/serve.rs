@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::Request;
@@ -21,6 +22,7 @@ use crate::config::Config;
 use crate::listener::drain::{Drain, DrainSignal, drained};
 use crate::listener::http::{H2_PREFACE, connection_builder, http1_builder};
 use crate::listener::workers::{Accepted, Admitted, Handed, OpenConnection, Workers, rehome};
+use crate::pool::routing::Pools;
 use crate::proxy::Proxy;
 use crate::proxy::framing::{AmbiguousRequest, Watched};
 use crate::proxy::tunnel::Tunnels;
@@ -31,8 +33,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What one worker serves with.
 pub(super) struct Worker {
-    /// The request handler.
-    pub(super) proxy: Arc<Proxy>,
+    /// The request handler of each listener, in the order of the listeners.
+    pub(super) proxies: Arc<[Arc<Proxy>]>,
+    /// The pools every handler routes to.
+    pub(super) pools: Arc<Pools>,
     /// Client connections open over every worker, for
     /// `limits.max_connections` (the pool's stats gauge, which the admin
     /// endpoint shows).
@@ -49,7 +53,8 @@ pub(super) struct Worker {
 /// the drain, and hyper's settings for the running config's `[limits]`.
 #[derive(Clone)]
 struct Shared {
-    proxy: Arc<Proxy>,
+    proxies: Arc<[Arc<Proxy>]>,
+    pools: Arc<Pools>,
     tunnels: Tunnels,
     /// Raised when the drain starts: every connection then finishes its
     /// current request and closes.
@@ -63,7 +68,7 @@ impl Shared {
     /// A reload that changed the limits builds the connection settings
     /// again, for the connections that follow.
     fn refresh(&mut self) {
-        let current = self.proxy.pool().snapshot().config().clone();
+        let current = self.pools.routing().config().clone();
         if !Arc::ptr_eq(&current, &self.config) {
             if current.limits != self.config.limits {
                 self.builder = Arc::new(connection_builder(&current.limits));
@@ -78,23 +83,25 @@ impl Shared {
 /// while another serves fewer goes to that one, so that long keep-alive
 /// connections spread evenly whatever `SO_REUSEPORT`'s hash did.
 pub(super) async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     worker: Worker,
     mut stopped: oneshot::Receiver<()>,
 ) -> Drain {
     let Worker {
-        proxy,
+        proxies,
+        pools,
         open,
         workers,
         me,
         mut handed,
     } = worker;
-    let config = proxy.pool().snapshot().config().clone();
+    let config = pools.routing().config().clone();
     let mut shared = Shared {
         builder: Arc::new(connection_builder(&config.limits)),
         http1: Arc::new(http1_builder(&config.limits)),
         config,
-        proxy,
+        proxies,
+        pools,
         tunnels: Tunnels::new(),
         draining: Arc::new(DrainSignal::default()),
     };
@@ -103,11 +110,10 @@ pub(super) async fn serve(
         let connection = tokio::select! {
             // A send or a dropped handle: either way, stop.
             _ = &mut stopped => break,
-            accepted = listener.accept() => match accepted {
+            (listener, accepted) = accept_any(&listeners) => match accepted {
                 Ok((stream, peer)) => {
-                    let pool = shared.proxy.pool();
-                    pool.stats().client_connections_accepted().inc();
-                    let max = pool.snapshot().config().limits.max_connections;
+                    shared.pools.stats().client_connections_accepted().inc();
+                    let max = shared.pools.routing().config().limits.max_connections;
                     let Some(counted) = Admitted::try_admit(&open, max) else {
                         // Over the limit: closed at once, without a word,
                         // so the accept loop never waits on it.
@@ -115,7 +121,7 @@ pub(super) async fn serve(
                         drop(stream);
                         continue;
                     };
-                    match workers.hand_over(me, (stream, peer, counted)) {
+                    match workers.hand_over(me, (stream, peer, counted, listener)) {
                         None => continue,
                         Some(kept) => kept,
                     }
@@ -136,7 +142,7 @@ pub(super) async fn serve(
         shared.refresh();
         spawn_connection(&mut connections, connection, &shared);
     }
-    drop(listener);
+    drop(listeners);
     // Connections other workers handed to this one: accepted already, so
     // served rather than dropped (which would reset them). A worker that
     // hands one over from now on keeps it.
@@ -155,9 +161,9 @@ type Counted = (Accepted, OpenConnection);
 
 /// A connection another worker accepted, moved onto this thread's runtime
 /// (see [`rehome`]); `None`, logged, when it cannot be.
-fn take_over(((stream, peer, admitted), load): Counted) -> Option<Counted> {
+fn take_over(((stream, peer, admitted, listener), load): Counted) -> Option<Counted> {
     match rehome(stream) {
-        Ok(stream) => Some(((stream, peer, admitted), load)),
+        Ok(stream) => Some(((stream, peer, admitted, listener), load)),
         Err(error) => {
             tracing::debug!(%peer, %error, "cannot take over a handed connection");
             None
@@ -167,8 +173,11 @@ fn take_over(((stream, peer, admitted), load): Counted) -> Option<Counted> {
 
 /// Serves `connection` as a task of `connections`, counted until it ends.
 fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: &Shared) {
-    let ((stream, peer, admitted), load) = connection;
-    let served = serve_connection(stream, peer, shared.clone());
+    let ((stream, peer, admitted, listener), load) = connection;
+    let Some(proxy) = shared.proxies.get(listener).cloned() else {
+        return;
+    };
+    let served = serve_connection(stream, peer, proxy, shared.clone());
     connections.spawn(async move {
         let _counted = (admitted, load);
         served.await;
@@ -180,6 +189,7 @@ fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: 
 fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    proxy: Arc<Proxy>,
     shared: Shared,
 ) -> impl Future<Output = ()> + Send + 'static {
     if let Err(error) = stream.set_nodelay(true) {
@@ -196,7 +206,6 @@ fn serve_connection(
     // Content-Length and Transfer-Encoding.
     let head_bytes = usize::try_from(shared.config.limits.max_header_bytes).unwrap_or(usize::MAX);
     let (stream, ambiguity) = Watched::new(stream, head_bytes);
-    let proxy = shared.proxy.clone();
     let tunnels = shared.tunnels.clone();
     let service = service_fn(move |mut request: Request<Incoming>| {
         let index = requests.fetch_add(1, Ordering::Relaxed);
@@ -284,19 +293,28 @@ fn serve_connection(
     }
 }
 
+/// The next connection any of `listeners` accepts, with the listener's
+/// place.
+fn accept_any(
+    listeners: &[TcpListener],
+) -> impl Future<Output = (usize, std::io::Result<(TcpStream, SocketAddr)>)> + '_ {
+    std::future::poll_fn(move |cx| {
+        for (i, listener) in listeners.iter().enumerate() {
+            if let Poll::Ready(accepted) = listener.poll_accept(cx) {
+                return Poll::Ready((i, accepted));
+            }
+        }
+        Poll::Pending
+    })
+}
+
 /// The drain, once the worker stopped accepting: every connection finishes
 /// its current request and closes, and the tunnels close, within the running
 /// config's drain timeout; what is left then is cut off.
 async fn drain(mut connections: JoinSet<()>, shared: &Shared) -> Drain {
     let tunnels = &shared.tunnels;
     // The drain timeout of the running config (a reload may have changed it).
-    let drain_timeout = shared
-        .proxy
-        .pool()
-        .snapshot()
-        .config()
-        .listener
-        .drain_timeout;
+    let drain_timeout = shared.pools.routing().config().drain_timeout;
     tracing::info!(
         connections = connections.len(),
         tunnels = tunnels.open(),

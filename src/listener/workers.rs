@@ -46,8 +46,9 @@ impl Drop for OpenConnection {
 }
 
 /// A client connection as a worker accepted it: the stream, the client's
-/// address and its place in `limits.max_connections`.
-pub(super) type Accepted = (TcpStream, SocketAddr, Admitted);
+/// address, its place in `limits.max_connections` and the listener (its
+/// place among the running listeners) that accepted it.
+pub(super) type Accepted = (TcpStream, SocketAddr, Admitted, usize);
 
 /// The receiving end of a worker's handoff channel: connections, each
 /// counted for that worker.

@@ -32,7 +32,7 @@ use hyper::http::uri::Authority;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::config::{Config, HealthCheckConfig};
+use crate::config::{HealthCheckConfig, PoolConfig};
 use crate::pool::Pool;
 use crate::pool::health::{HealthState, Observation, Thresholds, Transition};
 use crate::pool::probe::probe;
@@ -56,7 +56,7 @@ enum Command {
     /// Count an observation made by a request.
     Observe(HealthEvent),
     /// Adopt a new config; answer whether it was published.
-    Reload(Arc<Config>, oneshot::Sender<Result<(), PoolError>>),
+    Reload(Arc<PoolConfig>, oneshot::Sender<Result<(), PoolError>>),
 }
 
 /// How the request path reports connect failures: a cheap, non-blocking
@@ -75,6 +75,22 @@ impl HealthReporter {
     /// failed probe.
     pub fn request_failed(&self, backend: &Arc<str>, authority: &Authority, what: &'static str) {
         self.observe(backend, authority, Observation::RequestFailed(what));
+    }
+
+    /// Replaces the pool's config: backends keep their health by name (a
+    /// new one starts healthy), probes restart only for backends whose
+    /// address or probe settings changed, and the new snapshot is built off
+    /// the request path and published. On error the running config stays.
+    pub async fn reload(&self, config: Arc<PoolConfig>) -> Result<(), ReloadError> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(Command::Reload(config, reply))
+            .map_err(|_| ReloadError::Stopped)?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(ReloadError::Pool(error)),
+            Err(_) => Err(ReloadError::Stopped),
+        }
     }
 
     fn observe(&self, backend: &Arc<str>, authority: &Authority, observation: Observation) {
@@ -100,21 +116,9 @@ impl HealthChecks {
         self.reporter.clone()
     }
 
-    /// Replaces the config: backends keep their health by name (a new one
-    /// starts healthy), probes restart only for backends whose address or
-    /// probe settings changed, and the new snapshot is built off the request
-    /// path and published. On error the running config stays.
-    pub async fn reload(&self, config: Arc<Config>) -> Result<(), ReloadError> {
-        let (reply, answer) = oneshot::channel();
-        self.reporter
-            .0
-            .send(Command::Reload(config, reply))
-            .map_err(|_| ReloadError::Stopped)?;
-        match answer.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(ReloadError::Pool(error)),
-            Err(_) => Err(ReloadError::Stopped),
-        }
+    /// Replaces the pool's config, as [`HealthReporter::reload`] does.
+    pub async fn reload(&self, config: Arc<PoolConfig>) -> Result<(), ReloadError> {
+        self.reporter.reload(config).await
     }
 
     /// Stops the controller and every probe now.
@@ -192,7 +196,7 @@ struct Probe {
 /// observation, adopts reloads, and publishes the snapshots.
 struct Controller {
     pool: Arc<Pool>,
-    config: Arc<Config>,
+    config: Arc<PoolConfig>,
     states: HashMap<Arc<str>, HealthState>,
     probes: HashMap<Arc<str>, Probe>,
     /// The probe tasks; dropped (so aborted) with the controller.
@@ -343,6 +347,7 @@ impl Controller {
         };
         match transition {
             Transition::Down => tracing::warn!(
+                pool = %self.pool.name(),
                 backend = %event.backend,
                 from = "healthy",
                 to = "unhealthy",
@@ -350,6 +355,7 @@ impl Controller {
                 "backend marked down"
             ),
             Transition::Up => tracing::info!(
+                pool = %self.pool.name(),
                 backend = %event.backend,
                 from = "unhealthy",
                 to = "healthy",
@@ -359,13 +365,13 @@ impl Controller {
         }
         self.pool
             .stats()
-            .health_transition(&event.backend, transition);
+            .health_transition(self.pool.name(), &event.backend, transition);
         true
     }
 
     /// Adopts `config` if its snapshot builds: a backend whose name is
     /// unchanged keeps its health, a new one starts healthy.
-    async fn reload(&mut self, config: Arc<Config>) -> Result<(), PoolError> {
+    async fn reload(&mut self, config: Arc<PoolConfig>) -> Result<(), PoolError> {
         let states: HashMap<Arc<str>, HealthState> = config
             .backends
             .iter()
@@ -386,7 +392,7 @@ impl Controller {
 
 /// The health flag of each of `config`'s backends (config order) in
 /// `states`; a backend without a state is healthy, as every backend starts.
-fn healthy_flags(config: &Config, states: &HashMap<Arc<str>, HealthState>) -> Vec<bool> {
+fn healthy_flags(config: &PoolConfig, states: &HashMap<Arc<str>, HealthState>) -> Vec<bool> {
     config
         .backends
         .iter()
@@ -400,7 +406,7 @@ fn healthy_flags(config: &Config, states: &HashMap<Arc<str>, HealthState>) -> Ve
 /// records how it went, and publishes it.
 async fn publish(
     pool: &Arc<Pool>,
-    config: Arc<Config>,
+    config: Arc<PoolConfig>,
     healthy: Vec<bool>,
     cause: &'static str,
 ) -> Result<(), PoolError> {
@@ -431,8 +437,10 @@ async fn publish(
         }
     };
     if let Some(rebuild) = next.rebuild() {
-        pool.stats().table_rebuilt(rebuild.duration, rebuild.moved);
+        pool.stats()
+            .table_rebuilt(pool.name(), rebuild.duration, rebuild.moved);
         tracing::info!(
+            pool = %pool.name(),
             healthy = next.healthy_count(),
             backends = next.backends().len(),
             cause,
@@ -472,7 +480,9 @@ mod tests {
         }
         let config =
             crate::config::Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap();
-        Arc::new(Pool::new(Snapshot::all_healthy(Arc::new(config)).unwrap()))
+        Arc::new(Pool::new(
+            Snapshot::all_healthy(config.pools[0].clone()).unwrap(),
+        ))
     }
 
     fn healthy_flags(pool: &Pool) -> Vec<(String, bool)> {
@@ -496,9 +506,10 @@ mod tests {
     }
 
     fn reload(text: &str) -> (Command, oneshot::Receiver<Result<(), PoolError>>) {
-        let config = Config::from_toml(text, std::path::Path::new("t.toml")).unwrap();
+        let config =
+            crate::config::Config::from_toml(text, std::path::Path::new("t.toml")).unwrap();
         let (reply, answer) = oneshot::channel();
-        (Command::Reload(Arc::new(config), reply), answer)
+        (Command::Reload(config.pools[0].clone(), reply), answer)
     }
 
     #[tokio::test]
@@ -521,8 +532,12 @@ mod tests {
             .expect("a rebuild record");
         assert_eq!(rebuild.cause, "health");
         assert!((0.45..0.55).contains(&rebuild.moved), "{rebuild:?}");
-        assert_eq!(pool.stats().table_rebuilds(), 1);
-        assert_eq!(pool.stats().health_transitions("b1", Transition::Down), 1);
+        assert_eq!(pool.stats().table_rebuilds("default"), 1);
+        assert_eq!(
+            pool.stats()
+                .health_transitions("default", "b1", Transition::Down),
+            1
+        );
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@
 //!
 //! | file | holds |
 //! |---|---|
+//! | [`routing`] | [`Pools`]: every pool and its health checks; [`Routing`]: which pool a request goes to, published whole on reload |
 //! | [`snapshot`] | [`Snapshot`]: backends, health, selector; how one is built from a config |
 //! | [`backend`] | [`Backend`] and the live [`BackendState`] shared across snapshots |
 //! | [`health`] | the pure health state machine: thresholds and transitions |
@@ -27,6 +28,7 @@ pub mod checks;
 pub mod health;
 pub mod probe;
 pub mod recent;
+pub mod routing;
 pub mod snapshot;
 pub mod stats;
 
@@ -39,26 +41,42 @@ pub use backend::{Backend, BackendState, HealthRecord, InFlight, ProbeRecord};
 pub use snapshot::{Detour, PoolError, RANDOM_SEED, Rebuild, Selector, Snapshot};
 use stats::Stats;
 
-/// The current snapshot, swapped atomically, and the pool's monotonic clock.
+/// One pool: its current snapshot, swapped atomically, its name, the
+/// counters it records into and its monotonic clock.
 #[derive(Debug)]
 pub struct Pool {
+    name: Arc<str>,
     current: ArcSwap<Snapshot>,
     epoch: Instant,
-    stats: Stats,
+    stats: Arc<Stats>,
 }
 
 impl Pool {
-    /// A pool that starts with `snapshot`.
+    /// A pool that starts with `snapshot`, with counters of its own.
     pub fn new(snapshot: Snapshot) -> Pool {
+        Pool::with_stats(snapshot, Arc::new(Stats::new()))
+    }
+
+    /// A pool that starts with `snapshot` and records into `stats` (shared
+    /// by every pool of a proxy, each with its name as the `pool` label).
+    pub fn with_stats(snapshot: Snapshot, stats: Arc<Stats>) -> Pool {
+        let name: Arc<str> = Arc::from(snapshot.config().name.as_str());
+        stats.pool_added(&name);
         Pool {
+            name,
             current: ArcSwap::from_pointee(snapshot),
             epoch: Instant::now(),
-            stats: Stats::new(),
+            stats,
         }
     }
 
-    /// The pool's counters, which outlive its snapshots.
-    pub fn stats(&self) -> &Stats {
+    /// The pool's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The counters, which outlive snapshots.
+    pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
 
@@ -95,15 +113,17 @@ mod tests {
 
     #[test]
     fn the_pool_publishes_a_new_snapshot_and_old_loads_keep_theirs() {
-        let first = Snapshot::all_healthy(Arc::new(
+        let first = Snapshot::all_healthy(
             Config::from_toml(
                 "[balancer]\nalgorithm = \"round_robin\"\n\
                  [[backends]]\nname = \"b0\"\nurl = \"http://127.0.0.1:9000\"\n\
                  [[backends]]\nname = \"b1\"\nurl = \"http://127.0.0.1:9001\"\n",
                 Path::new("test.toml"),
             )
-            .unwrap(),
-        ))
+            .unwrap()
+            .pools[0]
+                .clone(),
+        )
         .unwrap();
         let config = first.config().clone();
         let pool = Pool::new(first);

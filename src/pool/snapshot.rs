@@ -15,7 +15,7 @@ use crate::balance::policy::{
     LeastConnections, LeastResponseTime, Load, Policy, Random, RoundRobin, WeightedRoundRobin,
 };
 use crate::balance::selector::{BuildError, HashSelector, HashTable};
-use crate::config::{Algorithm, Config, KeySource};
+use crate::config::{Algorithm, KeySource, PoolConfig};
 use crate::pool::backend::{Backend, BackendState};
 
 /// The seed of the `random` policy: the ASCII bytes of `affinity` read as a
@@ -37,6 +37,17 @@ pub enum PoolError {
         /// Its URL.
         url: Uri,
     },
+    /// A route names a pool the config does not have (the config module
+    /// rejects these).
+    #[error("a route names pool {name:?}, which is not configured")]
+    UnknownPool {
+        /// The pool's name.
+        name: String,
+    },
+    /// A listener's routes cannot be compiled (the config module rejects
+    /// these).
+    #[error(transparent)]
+    Route(#[from] crate::balance::route::RouteError),
     /// Building the snapshot failed unexpectedly (a panic in the build).
     #[error("building the pool failed: {0}")]
     BuildFailed(String),
@@ -133,7 +144,7 @@ fn next_bounded(
 /// Everything a request needs, immutable once built.
 #[derive(Debug)]
 pub struct Snapshot {
-    config: Arc<Config>,
+    config: Arc<PoolConfig>,
     key_source: KeySource,
     backends: Vec<Backend>,
     healthy_count: usize,
@@ -168,7 +179,7 @@ impl Snapshot {
     /// Idle backend connections outlive snapshots too: they belong to the
     /// worker threads, by backend address ([`crate::proxy::upstream`]).
     pub fn build(
-        config: Arc<Config>,
+        config: Arc<PoolConfig>,
         healthy: &[bool],
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, PoolError> {
@@ -266,13 +277,13 @@ impl Snapshot {
     }
 
     /// A snapshot in which every backend is healthy, as at startup.
-    pub fn all_healthy(config: Arc<Config>) -> Result<Snapshot, PoolError> {
+    pub fn all_healthy(config: Arc<PoolConfig>) -> Result<Snapshot, PoolError> {
         let healthy = vec![true; config.backends.len()];
         Snapshot::build(config, &healthy, None)
     }
 
     /// The configuration this snapshot was built from.
-    pub fn config(&self) -> &Arc<Config> {
+    pub fn config(&self) -> &Arc<PoolConfig> {
         &self.config
     }
 
@@ -441,7 +452,7 @@ fn in_panic(threshold: f64, healthy: usize, total: usize) -> bool {
 }
 
 fn build_selector(
-    config: &Config,
+    config: &PoolConfig,
     healthy: &[bool],
     previous: Option<&Snapshot>,
 ) -> Result<Selector, BuildError> {
@@ -505,7 +516,7 @@ fn classic_policy(algorithm: Algorithm, weighted: Vec<(usize, u32)>) -> Policy {
 
 /// Whether two configs give the same hash table: same algorithm, parameters
 /// and members in the same order.
-fn same_table(a: &Config, b: &Config) -> bool {
+fn same_table(a: &PoolConfig, b: &PoolConfig) -> bool {
     a.balancer.hash_algorithm() == b.balancer.hash_algorithm() && a.members() == b.members()
 }
 
@@ -534,18 +545,22 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::config::Config;
 
-    fn config(text: &str) -> Arc<Config> {
-        Arc::new(Config::from_toml(text, Path::new("test.toml")).unwrap())
+    fn config(text: &str) -> Arc<PoolConfig> {
+        Config::from_toml(text, Path::new("test.toml"))
+            .unwrap()
+            .pools[0]
+            .clone()
     }
 
-    fn pool_of(algorithm: &str, weights: &[u32]) -> Arc<Config> {
+    fn pool_of(algorithm: &str, weights: &[u32]) -> Arc<PoolConfig> {
         pool_with(&format!("algorithm = \"{algorithm}\""), weights)
     }
 
     /// A pool `b0`, `b1`, ... of `weights`, with `balancer` lines in its
     /// `[balancer]` table.
-    fn pool_with(balancer: &str, weights: &[u32]) -> Arc<Config> {
+    fn pool_with(balancer: &str, weights: &[u32]) -> Arc<PoolConfig> {
         let mut text = format!("[balancer]\n{balancer}\n");
         for (i, w) in weights.iter().enumerate() {
             text.push_str(&format!(

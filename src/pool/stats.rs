@@ -3,8 +3,10 @@
 //! health transitions, table rebuilds, config reloads and client
 //! connections.
 //!
-//! One [`Stats`] belongs to a [`crate::pool::Pool`] and lives as long as it:
-//! counters keep counting across snapshots and reloads. Recording is a few
+//! One [`Stats`] belongs to the [`crate::pool::Pools`] and lives as long as
+//! the proxy: every pool records into it with its name as the `pool` label,
+//! and counters keep counting across snapshots and reloads (a removed pool's
+//! counters stay, as Prometheus expects of counters). Recording is a few
 //! atomic operations (plus a read-locked label lookup in a family) and never
 //! blocks a request. The families are `prometheus-client`'s metric types,
 //! plain atomic numbers; this module does not name, describe or render them:
@@ -25,6 +27,9 @@ use crate::pool::health::Transition;
 
 /// The `backend` label of requests no backend is to blame for.
 pub const NO_BACKEND: &str = "";
+/// The `pool` label of requests no route took to a pool (`404`, or
+/// refused before routing).
+pub const NO_POOL: &str = "";
 
 /// Upper bounds of the request duration buckets, in seconds: 1 ms to 30 s.
 const REQUEST_DURATION_BUCKETS: [f64; 14] = [
@@ -34,6 +39,8 @@ const REQUEST_DURATION_BUCKETS: [f64; 14] = [
 /// Labels of `affinity_health_transitions_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TransitionLabels {
+    /// The backend's pool.
+    pub pool: Arc<str>,
     /// The backend's name.
     pub backend: String,
     /// `healthy` or `unhealthy`.
@@ -43,6 +50,8 @@ pub struct TransitionLabels {
 /// Labels of `affinity_requests_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// The pool the request was routed to, or [`NO_POOL`].
+    pub pool: Arc<str>,
     /// The backend's name, or [`NO_BACKEND`].
     pub backend: Arc<str>,
     /// The status the client got.
@@ -52,6 +61,8 @@ pub struct RequestLabels {
 /// Labels of the per-backend families.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct BackendLabels {
+    /// The backend's pool, or [`NO_POOL`].
+    pub pool: Arc<str>,
     /// The backend's name, or [`NO_BACKEND`].
     pub backend: Arc<str>,
 }
@@ -59,10 +70,19 @@ pub struct BackendLabels {
 /// Labels of `affinity_upstream_retries_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RetryLabels {
+    /// The backend's pool.
+    pub pool: Arc<str>,
     /// The backend that failed.
     pub backend: Arc<str>,
     /// `connect_error` or `upstream_error`.
     pub reason: &'static str,
+}
+
+/// Labels of the per-pool families.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// The pool's name.
+    pub pool: Arc<str>,
 }
 
 /// Labels of `affinity_config_reloads_total`.
@@ -91,6 +111,14 @@ fn request_duration_histogram() -> Histogram {
     Histogram::new(REQUEST_DURATION_BUCKETS)
 }
 
+/// The family of snapshot build durations: one histogram per pool.
+pub type RebuildDurationFamily = Family<PoolLabels, Histogram, fn() -> Histogram>;
+
+fn rebuild_duration_histogram() -> Histogram {
+    // 50 µs .. ~3.3 s.
+    Histogram::new(exponential_buckets(50e-6, 4.0, 9))
+}
+
 /// What the pool and the proxy count, as things happen.
 #[derive(Debug)]
 pub struct Stats {
@@ -98,9 +126,9 @@ pub struct Stats {
     request_duration: DurationFamily,
     upstream_retries: Family<RetryLabels, Counter>,
     health_transitions: Family<TransitionLabels, Counter>,
-    table_rebuilds: Counter,
-    table_rebuild_duration: Histogram,
-    table_moved_ratio: Gauge<f64, AtomicU64>,
+    table_rebuilds: Family<PoolLabels, Counter>,
+    table_rebuild_duration: RebuildDurationFamily,
+    table_moved_ratio: Family<PoolLabels, Gauge<f64, AtomicU64>>,
     config_reloads: Family<ReloadLabels, Counter>,
     last_reload_successful: Gauge,
     last_reload_success_time: Gauge<f64, AtomicU64>,
@@ -108,7 +136,7 @@ pub struct Stats {
     last_reload: Mutex<Option<ReloadRecord>>,
     client_connections: Gauge,
     client_connections_accepted: Counter,
-    /// The [`NO_BACKEND`] label, allocated once.
+    /// The [`NO_BACKEND`] label, allocated once (also [`NO_POOL`]).
     no_backend: Arc<str>,
 }
 
@@ -139,10 +167,11 @@ impl Stats {
             ),
             upstream_retries: Family::default(),
             health_transitions: Family::default(),
-            table_rebuilds: Counter::default(),
-            // 50 µs .. ~3.3 s.
-            table_rebuild_duration: Histogram::new(exponential_buckets(50e-6, 4.0, 9)),
-            table_moved_ratio: Gauge::default(),
+            table_rebuilds: Family::default(),
+            table_rebuild_duration: RebuildDurationFamily::new_with_constructor(
+                rebuild_duration_histogram as fn() -> Histogram,
+            ),
+            table_moved_ratio: Family::default(),
             config_reloads,
             last_reload_successful,
             last_reload_success_time,
@@ -153,51 +182,75 @@ impl Stats {
         }
     }
 
-    /// Counts a finished request: answered by `backend` (`None`: no backend
-    /// is to blame) with `status`, `elapsed` after it arrived.
-    pub fn request_finished(&self, backend: Option<&Arc<str>>, status: u16, elapsed: Duration) {
+    /// Starts the per-pool families of `pool` at zero, so that a scrape
+    /// shows its rebuild count before the first rebuild.
+    pub fn pool_added(&self, pool: &Arc<str>) {
+        let labels = PoolLabels { pool: pool.clone() };
+        drop(self.table_rebuilds.get_or_create(&labels));
+        drop(self.table_rebuild_duration.get_or_create(&labels));
+        drop(self.table_moved_ratio.get_or_create(&labels));
+    }
+
+    /// Counts a finished request: routed to `pool` and answered by
+    /// `backend` (`None`: no pool or no backend is to blame) with `status`,
+    /// `elapsed` after it arrived.
+    pub fn request_finished(
+        &self,
+        pool: Option<&Arc<str>>,
+        backend: Option<&Arc<str>>,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let pool = pool.unwrap_or(&self.no_backend);
         let backend = backend.unwrap_or(&self.no_backend);
         self.requests
             .get_or_create(&RequestLabels {
+                pool: pool.clone(),
                 backend: backend.clone(),
                 code: status,
             })
             .inc();
         self.request_duration
             .get_or_create(&BackendLabels {
+                pool: pool.clone(),
                 backend: backend.clone(),
             })
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Counts a request sent on to its next backend after `backend` failed
-    /// for `reason` (`connect_error` or `upstream_error`).
-    pub fn upstream_retry(&self, backend: &Arc<str>, reason: &'static str) {
+    /// Counts a request sent on to its next backend after `backend` of
+    /// `pool` failed for `reason` (`connect_error` or `upstream_error`).
+    pub fn upstream_retry(&self, pool: &Arc<str>, backend: &Arc<str>, reason: &'static str) {
         self.upstream_retries
             .get_or_create(&RetryLabels {
+                pool: pool.clone(),
                 backend: backend.clone(),
                 reason,
             })
             .inc();
     }
 
-    /// Counts a health change of `backend`.
-    pub fn health_transition(&self, backend: &str, transition: Transition) {
+    /// Counts a health change of `backend` of `pool`.
+    pub fn health_transition(&self, pool: &Arc<str>, backend: &str, transition: Transition) {
         let to = transition_label(transition);
         self.health_transitions
             .get_or_create(&TransitionLabels {
+                pool: pool.clone(),
                 backend: backend.to_owned(),
                 to,
             })
             .inc();
     }
 
-    /// Counts a published rebuild that took `duration` and moved `moved`
-    /// (0..=1) of the key space.
-    pub fn table_rebuilt(&self, duration: Duration, moved: f64) {
-        self.table_rebuilds.inc();
-        self.table_rebuild_duration.observe(duration.as_secs_f64());
-        self.table_moved_ratio.set(moved);
+    /// Counts a published rebuild of `pool` that took `duration` and moved
+    /// `moved` (0..=1) of the key space.
+    pub fn table_rebuilt(&self, pool: &Arc<str>, duration: Duration, moved: f64) {
+        let labels = PoolLabels { pool: pool.clone() };
+        self.table_rebuilds.get_or_create(&labels).inc();
+        self.table_rebuild_duration
+            .get_or_create(&labels)
+            .observe(duration.as_secs_f64());
+        self.table_moved_ratio.get_or_create(&labels).set(moved);
     }
 
     /// Counts a reload that replaced the running config.
@@ -243,18 +296,23 @@ impl Stats {
         self.last_reload.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Health changes of `backend` counted so far that were `transition`.
-    pub fn health_transitions(&self, backend: &str, transition: Transition) -> u64 {
+    /// Health changes of `backend` of `pool` counted so far that were
+    /// `transition`.
+    pub fn health_transitions(&self, pool: &str, backend: &str, transition: Transition) -> u64 {
         let labels = TransitionLabels {
+            pool: Arc::from(pool),
             backend: backend.to_owned(),
             to: transition_label(transition),
         };
         self.health_transitions.get(&labels).map_or(0, |c| c.get())
     }
 
-    /// Snapshots published after a health change or a reload so far.
-    pub fn table_rebuilds(&self) -> u64 {
-        self.table_rebuilds.get()
+    /// Snapshots of `pool` published after a health change or a reload so far.
+    pub fn table_rebuilds(&self, pool: &str) -> u64 {
+        let labels = PoolLabels {
+            pool: Arc::from(pool),
+        };
+        self.table_rebuilds.get(&labels).map_or(0, |c| c.get())
     }
 
     /// Requests finished, by the backend that answered and the status the
@@ -279,18 +337,18 @@ impl Stats {
         &self.health_transitions
     }
 
-    /// Snapshots published after a health change or a reload.
-    pub fn table_rebuild_counter(&self) -> &Counter {
+    /// Snapshots published after a health change or a reload, by pool.
+    pub fn table_rebuild_counter(&self) -> &Family<PoolLabels, Counter> {
         &self.table_rebuilds
     }
 
-    /// How long building each published snapshot took.
-    pub fn table_rebuild_duration(&self) -> &Histogram {
+    /// How long building each published snapshot took, by pool.
+    pub fn table_rebuild_duration(&self) -> &RebuildDurationFamily {
         &self.table_rebuild_duration
     }
 
-    /// The share of the key space the last rebuild moved.
-    pub fn table_moved_ratio(&self) -> &Gauge<f64, AtomicU64> {
+    /// The share of the key space the last rebuild of each pool moved.
+    pub fn table_moved_ratio(&self) -> &Family<PoolLabels, Gauge<f64, AtomicU64>> {
         &self.table_moved_ratio
     }
 

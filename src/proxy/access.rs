@@ -7,7 +7,10 @@
 //! `path`, `key_hash` (hex, hash algorithms only: never the key itself, which
 //! may be a session id), `key_fallback` (the configured header or cookie was
 //! absent, so the client IP was hashed), `new_session` (a sticky-cookie
-//! session id was issued with this response), `backend`, `attempts`,
+//! session id was issued with this response), `pool` and `route` (the pool
+//! the request was routed to and the pattern of the route that took it
+//! there, such as `shop.example.com/api`; no `route` when the listener's
+//! default pool took it, neither for a `404`), `backend`, `attempts`,
 //! `fallback` (why the request did not simply go to its key's first choice,
 //! comma-separated in the order it happened, or `none`: see [`Fallback`]),
 //! `failed` (backends that failed before answering, in the order tried),
@@ -101,6 +104,11 @@ pub struct AccessRecord {
     pub key_fallback: bool,
     /// Whether the client was issued a new sticky-cookie session.
     pub new_session: bool,
+    /// The pool the request was routed to; `None`: no route.
+    pub pool: Option<Arc<str>>,
+    /// The route that took it there (its pattern); `None`: no route
+    /// matched (a `404`, or the listener's default pool).
+    pub route: Option<Arc<str>>,
     /// The backend that answered, if any.
     pub backend: Option<Arc<str>>,
     /// Backends tried.
@@ -118,6 +126,32 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
+    /// The record of a request from `client` that no pool took: what is
+    /// known before routing.
+    pub fn new(
+        client: IpAddr,
+        parts: &hyper::http::request::Parts,
+        started: Instant,
+    ) -> AccessRecord {
+        AccessRecord {
+            client,
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            key_hash: None,
+            key_fallback: false,
+            new_session: false,
+            pool: None,
+            route: None,
+            backend: None,
+            attempts: 0,
+            fallback: Vec::new(),
+            failed: Vec::new(),
+            status: 0,
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            started,
+        }
+    }
+
     /// Writes the line; `bytes_out` response body bytes were sent.
     pub fn log(&self, bytes_out: u64, outcome: &str) {
         tracing::info!(
@@ -128,6 +162,8 @@ impl AccessRecord {
             key_hash = self.key_hash.map(|h| format!("{h:016x}")),
             key_fallback = self.key_fallback,
             new_session = self.new_session,
+            pool = self.pool.as_deref(),
+            route = self.route.as_deref(),
             backend = self.backend.as_deref(),
             attempts = self.attempts,
             fallback = %Fallbacks(&self.fallback),
@@ -224,10 +260,12 @@ impl Finish {
                 "the backend cut off its response",
             );
         }
-        answered
-            .pool
-            .stats()
-            .request_finished(Some(&answered.backend), answered.status, elapsed);
+        answered.pool.stats().request_finished(
+            Some(answered.pool.name()),
+            Some(&answered.backend),
+            answered.status,
+            elapsed,
+        );
         if let Some(record) = record {
             record.log(bytes, outcome);
         }

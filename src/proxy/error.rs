@@ -87,6 +87,10 @@ pub enum ProxyError {
     /// A method a reverse proxy does not forward (`CONNECT`).
     #[error("{0} requests are not supported")]
     UnsupportedMethod(Method),
+    /// No route of the listener matches the request's host and path, and
+    /// the listener has no default pool.
+    #[error("no route for this host and path")]
+    NoRoute,
 }
 
 impl ProxyError {
@@ -100,6 +104,7 @@ impl ProxyError {
                 | ProxyError::BodyTooLarge(_)
                 | ProxyError::TooManyHeaders { .. }
                 | ProxyError::UnsupportedMethod(_)
+                | ProxyError::NoRoute
         )
     }
 
@@ -118,7 +123,8 @@ impl ProxyError {
             | ProxyError::TooManyHeaders { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::UnsupportedTransferCoding(_)
-            | ProxyError::UnsupportedMethod(_) => None,
+            | ProxyError::UnsupportedMethod(_)
+            | ProxyError::NoRoute => None,
         }
     }
 }
@@ -134,6 +140,7 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
         | ProxyError::Upstream { .. }
         | ProxyError::UnexpectedSwitch { .. } => (StatusCode::BAD_GATEWAY, "bad gateway\n"),
         ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n"),
+        ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no route for this host and path\n"),
         ProxyError::AllBackendsFull { .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             "every backend is at its request limit\n",

@@ -58,6 +58,8 @@ pub struct Forwarding<'a> {
     pub health: Option<&'a HealthReporter>,
     /// The snapshot the request routes with.
     pub snapshot: &'a Snapshot,
+    /// The proxy's limits.
+    pub limits: &'a LimitsConfig,
     /// The request's key hash (0 for the classic policies).
     pub key_hash: u64,
     /// What happened so far.
@@ -85,11 +87,8 @@ pub async fn forward(
     parts: Parts,
     mut body: ClientBody,
 ) -> Result<Answer, ProxyError> {
-    if parts.method == Method::CONNECT {
-        return Err(ProxyError::UnsupportedMethod(parts.method));
-    }
     let config = ctx.snapshot.config();
-    check_declared_length(&body, &config.limits)?;
+    check_declared_length(&body, ctx.limits)?;
     let deadline = Instant::now() + config.upstream.request_timeout;
     let mut head = Head {
         path_and_query: parts
@@ -137,7 +136,7 @@ fn next_backend<'s>(
     state: &mut RetryState,
 ) -> Result<(usize, &'s Backend), ProxyError> {
     let snapshot = ctx.snapshot;
-    let per_backend = u64::from(snapshot.config().limits.max_in_flight_per_backend);
+    let per_backend = u64::from(snapshot.config().max_in_flight_per_backend);
     loop {
         let next =
             state.next(|tried| snapshot.next_backend(ctx.key_hash, tried, ctx.pool.now_ns()));
@@ -184,7 +183,7 @@ async fn attempt(
         headers.insert(HOST, backend.host_header().clone());
     }
     let (body, recovery) = RecoverableBody::new(body);
-    let limits = &ctx.snapshot.config().limits;
+    let limits = ctx.limits;
     let body = body
         .counting(ctx.attempts.bytes_in.clone())
         .limited(limits.max_body_bytes);
@@ -258,7 +257,7 @@ fn after_failure(
             ctx.attempts.fallback.push(reason);
             ctx.pool
                 .stats()
-                .upstream_retry(backend.name(), reason.as_str());
+                .upstream_retry(ctx.pool.name(), backend.name(), reason.as_str());
             Ok(body)
         }
         Step::GiveUp => {

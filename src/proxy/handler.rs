@@ -7,13 +7,15 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, SET_COOKIE, UPGRADE};
+use hyper::header::{HOST, HeaderValue, SET_COOKIE, UPGRADE};
 use hyper::http::request::Parts;
+use hyper::http::uri::PathAndQuery;
 use hyper::upgrade::OnUpgrade;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode, Uri};
 
 use crate::balance::key;
-use crate::pool::checks::HealthReporter;
+use crate::pool::routing::{Pools, Routed};
+use crate::pool::stats::Stats;
 use crate::pool::{Pool, Snapshot};
 use crate::proxy::access::{self, AccessRecord, Answered, Finish};
 use crate::proxy::error::{ProxyError, error_response};
@@ -26,11 +28,12 @@ use crate::proxy::response_body::{ProxyBody, UpstreamBody};
 use crate::proxy::session::{Keyed, set_cookie};
 use crate::proxy::tunnel::Tunnels;
 
-/// The request handler shared by every client connection.
+/// The request handler of one listener, shared by its client connections.
 #[derive(Debug)]
 pub struct Proxy {
-    pool: Arc<Pool>,
-    health: Option<HealthReporter>,
+    pools: Arc<Pools>,
+    /// The listener's place among the running listeners: whose routes apply.
+    listener: usize,
 }
 
 /// What the end of a request reports, gathered while it runs.
@@ -44,23 +47,15 @@ struct Ending {
 }
 
 impl Proxy {
-    /// A proxy over `pool`.
-    pub fn new(pool: Arc<Pool>) -> Proxy {
-        Proxy { pool, health: None }
+    /// The handler of listener `listener` (its place among the running
+    /// listeners) over `pools`.
+    pub fn new(pools: Arc<Pools>, listener: usize) -> Proxy {
+        Proxy { pools, listener }
     }
 
-    /// A proxy over `pool` that reports connect failures to the health
-    /// checks through `health`.
-    pub fn with_health(pool: Arc<Pool>, health: HealthReporter) -> Proxy {
-        Proxy {
-            pool,
-            health: Some(health),
-        }
-    }
-
-    /// The pool requests are routed with.
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
+    /// The pools requests are routed to.
+    pub fn pools(&self) -> &Arc<Pools> {
+        &self.pools
     }
 
     /// Forwards one client request from `peer`; never fails: errors become
@@ -77,16 +72,33 @@ impl Proxy {
         // the client's connection once the `101` has been written.
         let client_upgrade = headers::is_upgrade_request(request.version(), request.headers())
             .then(|| hyper::upgrade::on(&mut request));
-        let snapshot = self.pool.snapshot();
+        let routing = self.pools.routing_full();
         let (mut parts, body) = request.into_parts();
         let peer = peer.ip().to_canonical();
-        let limits = &snapshot.config().limits;
+        let limits = &routing.config().limits;
         let body = ClientBody::new(body, parts.version, limits);
         // Checked before the hop-by-hop headers go.
         let rejection = check_request(&parts, limits);
         prepare(&mut parts, client_upgrade.is_some());
+        let host = parts.headers.get(HOST).and_then(|h| h.to_str().ok());
+        let Some(destination) = routing.select(self.listener, host, parts.uri.path()) else {
+            let error = rejection.unwrap_or(ProxyError::NoRoute);
+            return self.unrouted(&error, &parts, peer, started);
+        };
+        if let Some(route) = destination.route
+            && route.strip_prefix
+        {
+            strip_prefix(&mut parts, &route.path_prefix);
+        }
+        let routed = destination.pool;
+        let snapshot = routed.pool.snapshot();
         let keyed = Keyed::new(&snapshot, &parts, peer);
-        let record = access_record(&snapshot, &parts, peer, &keyed, started);
+        let record =
+            access_record(&snapshot, &parts, peer, &keyed, started).map(|record| AccessRecord {
+                pool: Some(routed.pool.name().clone()),
+                route: destination.route_name.cloned(),
+                ..record
+            });
         headers::set_forwarded(&mut parts.headers, peer, snapshot.is_trusted(peer));
 
         let mut attempts = Attempts {
@@ -97,9 +109,10 @@ impl Proxy {
             Some(rejection) => Err(rejection),
             None => {
                 let mut forwarding = Forwarding {
-                    pool: &self.pool,
-                    health: self.health.as_ref(),
+                    pool: &routed.pool,
+                    health: routed.health.as_ref(),
                     snapshot: &snapshot,
+                    limits,
                     key_hash: keyed.hash.unwrap_or(0),
                     attempts: &mut attempts,
                 };
@@ -121,104 +134,156 @@ impl Proxy {
         match result {
             Ok(answer) => {
                 let cookie = session_cookie(&snapshot, &keyed);
-                self.respond(answer, client_upgrade, cookie, ending, tunnels)
+                respond(routed, answer, client_upgrade, cookie, ending, tunnels)
             }
-            Err(error) => self.answer_error(&error, peer, ending),
+            Err(error) => {
+                answer_error(self.pools.stats(), Some(&routed.pool), &error, peer, ending)
+            }
         }
     }
+}
 
-    /// The client's response from a backend's `answer`: its body streaming
-    /// through, or, after a `101` to a request that asked to upgrade
-    /// (`client_upgrade`), a tunnel between the two connections.
-    fn respond(
-        &self,
-        answer: Answer,
-        client_upgrade: Option<OnUpgrade>,
-        cookie: Option<HeaderValue>,
-        mut ending: Ending,
-        tunnels: &Tunnels,
-    ) -> Response<ProxyBody> {
-        let Answer {
-            mut response,
-            connection,
-            in_flight,
-            backend,
-        } = answer;
-        // `checked_switch` let a `101` through only for an upgrade request.
-        let upgrades = match client_upgrade {
-            Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                Some((client, hyper::upgrade::on(&mut response)))
-            }
-            _ => None,
-        };
-        let (mut head, incoming) = response.into_parts();
-        if upgrades.is_some() {
-            headers::strip_hop_by_hop_keeping_upgrade(&mut head.headers);
-        } else {
-            headers::strip_hop_by_hop(&mut head.headers);
-        }
-        if let Some(cookie) = cookie {
-            head.headers.append(SET_COOKIE, cookie);
-        }
-        if let Some(record) = ending.record.as_mut() {
-            record.backend = Some(backend.clone());
-            record.status = head.status.as_u16();
-        }
-        let answered = Answered {
-            pool: self.pool.clone(),
-            backend,
-            status: head.status.as_u16(),
-            started: ending.started,
-            health: self.health.clone(),
-        };
-        let finish = Finish::new(in_flight, answered, ending.record);
-        match upgrades {
-            Some((client, backend)) => {
-                // The backend connection becomes the tunnel's.
-                drop(connection);
-                tunnels.spawn(client, backend, finish, ending.bytes_in);
-                Response::from_parts(head, ProxyBody::empty())
-            }
-            None => Response::from_parts(
-                head,
-                ProxyBody::Upstream(UpstreamBody::new(incoming, connection, finish)),
-            ),
-        }
-    }
-
-    /// The proxy's own answer for `error`, counted and logged.
-    fn answer_error(
+impl Proxy {
+    /// The answer to a request that no route took to a pool: `error`.
+    fn unrouted(
         &self,
         error: &ProxyError,
+        parts: &Parts,
         peer: IpAddr,
-        ending: Ending,
+        started: Instant,
     ) -> Response<ProxyBody> {
-        if error.is_clients_fault() {
-            tracing::debug!(client = %peer, error = %Chain(error), "bad request");
-        } else {
-            tracing::warn!(client = %peer, error = %Chain(error), "request failed");
+        let record = access::enabled().then(|| AccessRecord::new(peer, parts, started));
+        let ending = Ending {
+            started,
+            record,
+            bytes_in: None,
+        };
+        answer_error(self.pools.stats(), None, error, peer, ending)
+    }
+}
+
+/// The client's response from a backend of `routed`'s `answer`: its body
+/// streaming through, or, after a `101` to a request that asked to upgrade
+/// (`client_upgrade`), a tunnel between the two connections.
+fn respond(
+    routed: &Routed,
+    answer: Answer,
+    client_upgrade: Option<OnUpgrade>,
+    cookie: Option<HeaderValue>,
+    mut ending: Ending,
+    tunnels: &Tunnels,
+) -> Response<ProxyBody> {
+    let Answer {
+        mut response,
+        connection,
+        in_flight,
+        backend,
+    } = answer;
+    // `checked_switch` let a `101` through only for an upgrade request.
+    let upgrades = match client_upgrade {
+        Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Some((client, hyper::upgrade::on(&mut response)))
         }
-        let response = error_response(error);
-        let status = response.status().as_u16();
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(ending.started);
-        if let Some(name) = error.backend()
-            && let Some(backend) = self.pool.snapshot().backend(name)
-        {
-            // The backend to blame for a 502 or 504: its last minute counts
-            // it (a lookup by name, on the error path only).
-            backend
-                .state()
-                .record_finished(status, elapsed, self.pool.ns_at(now));
+        _ => None,
+    };
+    let (mut head, incoming) = response.into_parts();
+    if upgrades.is_some() {
+        headers::strip_hop_by_hop_keeping_upgrade(&mut head.headers);
+    } else {
+        headers::strip_hop_by_hop(&mut head.headers);
+    }
+    if let Some(cookie) = cookie {
+        head.headers.append(SET_COOKIE, cookie);
+    }
+    if let Some(record) = ending.record.as_mut() {
+        record.backend = Some(backend.clone());
+        record.status = head.status.as_u16();
+    }
+    let answered = Answered {
+        pool: routed.pool.clone(),
+        backend,
+        status: head.status.as_u16(),
+        started: ending.started,
+        health: routed.health.clone(),
+    };
+    let finish = Finish::new(in_flight, answered, ending.record);
+    match upgrades {
+        Some((client, backend)) => {
+            // The backend connection becomes the tunnel's.
+            drop(connection);
+            tunnels.spawn(client, backend, finish, ending.bytes_in);
+            Response::from_parts(head, ProxyBody::empty())
         }
-        self.pool
-            .stats()
-            .request_finished(error.backend(), status, elapsed);
-        if let Some(mut record) = ending.record {
-            record.status = status;
-            record.log(0, "local");
+        None => Response::from_parts(
+            head,
+            ProxyBody::Upstream(UpstreamBody::new(incoming, connection, finish)),
+        ),
+    }
+}
+
+/// The proxy's own answer for `error`, counted in `stats` and logged; the
+/// request was routed to `pool` (`None`: to none).
+fn answer_error(
+    stats: &Stats,
+    pool: Option<&Arc<Pool>>,
+    error: &ProxyError,
+    peer: IpAddr,
+    ending: Ending,
+) -> Response<ProxyBody> {
+    if error.is_clients_fault() {
+        tracing::debug!(client = %peer, error = %Chain(error), "bad request");
+    } else {
+        tracing::warn!(client = %peer, error = %Chain(error), "request failed");
+    }
+    let response = error_response(error);
+    let status = response.status().as_u16();
+    let now = Instant::now();
+    let elapsed = now.saturating_duration_since(ending.started);
+    if let Some(pool) = pool
+        && let Some(name) = error.backend()
+        && let Some(backend) = pool.snapshot().backend(name)
+    {
+        // The backend to blame for a 502 or 504: its last minute counts
+        // it (a lookup by name, on the error path only).
+        backend
+            .state()
+            .record_finished(status, elapsed, pool.ns_at(now));
+    }
+    stats.request_finished(pool.map(|p| p.name()), error.backend(), status, elapsed);
+    if let Some(mut record) = ending.record {
+        record.status = status;
+        record.log(0, "local");
+    }
+    response
+}
+
+/// `parts`' path without `prefix` (which it matched on a segment boundary):
+/// `/api/x?q` becomes `/x?q`, `/api` becomes `/`.
+fn strip_prefix(parts: &mut Parts, prefix: &str) {
+    let Some(path_and_query) = parts.uri.path_and_query() else {
+        return;
+    };
+    let stripped = stripped_path(path_and_query.as_str(), prefix);
+    if let Ok(path_and_query) = PathAndQuery::try_from(stripped) {
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = Some(path_and_query);
+        if let Ok(uri) = Uri::from_parts(uri) {
+            parts.uri = uri;
         }
-        response
+    }
+}
+
+/// `path_and_query` without `prefix` (a prefix of its path on a segment
+/// boundary; `/api` and `/api/` strip the same), always starting with `/`.
+fn stripped_path(path_and_query: &str, prefix: &str) -> String {
+    let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
+    let rest = path_and_query
+        .strip_prefix(prefix)
+        .unwrap_or(path_and_query);
+    if rest.starts_with('/') {
+        rest.to_owned()
+    } else {
+        format!("/{rest}")
     }
 }
 
@@ -241,6 +306,8 @@ fn access_record(
         key_hash: keyed.hash,
         key_fallback: keyed.fell_back,
         new_session: keyed.new_session.is_some(),
+        pool: None,
+        route: None,
         backend: None,
         attempts: 0,
         fallback: Vec::new(),
@@ -279,4 +346,19 @@ fn checked_switch(answer: Answer, asked: bool) -> Result<Answer, ProxyError> {
         backend: answer.backend,
         why,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stripped_path;
+
+    #[test]
+    fn a_stripped_prefix_leaves_the_rest_of_the_path_and_the_query() {
+        assert_eq!(stripped_path("/api/x?q=1", "/api"), "/x?q=1");
+        assert_eq!(stripped_path("/api/x", "/api/"), "/x");
+        assert_eq!(stripped_path("/api", "/api"), "/");
+        assert_eq!(stripped_path("/api?q", "/api"), "/?q");
+        assert_eq!(stripped_path("/api/", "/api"), "/");
+        assert_eq!(stripped_path("/x/y", "/"), "/x/y");
+    }
 }

@@ -39,6 +39,10 @@ pub fn check_request(parts: &Parts, limits: &LimitsConfig) -> Option<ProxyError>
     // received, each repeated name and each cookie crumb once, and the
     // pseudo-headers (`:method`, `:path`...) not at all: they are HTTP/1's
     // request line.
+    if parts.method == Method::CONNECT {
+        // A tunnel to anywhere: not what a reverse proxy forwards.
+        return Some(ProxyError::UnsupportedMethod(Method::CONNECT));
+    }
     let fields = parts.headers.len();
     if u32::try_from(fields).map_or(true, |fields| fields > limits.max_headers) {
         return Some(ProxyError::TooManyHeaders {

@@ -617,11 +617,19 @@ async fn metrics_count_exactly_the_requests_sent_by_backend_code_and_retry() {
     assert!(named(&before, "affinity_requests_total").is_empty());
     for name in ["server-1", "server-2", "server-3", "server-dead"] {
         assert_eq!(
-            value(&before, "affinity_backend_healthy", &[("backend", name)]),
+            value(
+                &before,
+                "affinity_backend_healthy",
+                &[("pool", "default"), ("backend", name)]
+            ),
             Some(1.0)
         );
         assert_eq!(
-            value(&before, "affinity_backend_in_flight", &[("backend", name)]),
+            value(
+                &before,
+                "affinity_backend_in_flight",
+                &[("pool", "default"), ("backend", name)]
+            ),
             Some(0.0)
         );
     }
@@ -669,7 +677,11 @@ async fn metrics_count_exactly_the_requests_sent_by_backend_code_and_retry() {
     let requests = named(&after, "affinity_requests_total");
     assert_eq!(requests.len(), answered.len(), "{requests:?}");
     for (name, count) in &answered {
-        let labels = [("backend", name.as_str()), ("code", "200")];
+        let labels = [
+            ("pool", "default"),
+            ("backend", name.as_str()),
+            ("code", "200"),
+        ];
         assert_eq!(
             value(&after, "affinity_requests_total", &labels),
             Some(*count as f64),
@@ -679,7 +691,7 @@ async fn metrics_count_exactly_the_requests_sent_by_backend_code_and_retry() {
             value(
                 &after,
                 "affinity_request_duration_seconds_count",
-                &[("backend", name)]
+                &[("pool", "default"), ("backend", name)]
             ),
             Some(*count as f64),
             "{name}"
@@ -688,7 +700,7 @@ async fn metrics_count_exactly_the_requests_sent_by_backend_code_and_retry() {
             value(
                 &after,
                 "affinity_request_duration_seconds_bucket",
-                &[("backend", name), ("le", "+Inf")]
+                &[("pool", "default"), ("backend", name), ("le", "+Inf")]
             ),
             Some(*count as f64)
         );
@@ -699,7 +711,11 @@ async fn metrics_count_exactly_the_requests_sent_by_backend_code_and_retry() {
         value(
             &after,
             "affinity_upstream_retries_total",
-            &[("backend", "server-dead"), ("reason", "connect_error")]
+            &[
+                ("pool", "default"),
+                ("backend", "server-dead"),
+                ("reason", "connect_error")
+            ]
         ),
         Some(f64::from(retried))
     );
@@ -710,7 +726,7 @@ async fn metrics_count_exactly_the_requests_sent_by_backend_code_and_retry() {
         value(
             &lonely_samples,
             "affinity_requests_total",
-            &[("backend", ""), ("code", "503")]
+            &[("pool", "default"), ("backend", ""), ("code", "503")]
         ),
         Some(3.0)
     );
@@ -719,7 +735,7 @@ async fn metrics_count_exactly_the_requests_sent_by_backend_code_and_retry() {
     let (held_on, _, _) = lookup(admin, "url=/hold").await;
     let mut holder = Client::connect(proxy.local_addr()).await;
     let hold = tokio::spawn(async move { holder.get("/hold", &[]).await });
-    let labels = [("backend", held_on.as_str())];
+    let labels = [("pool", "default"), ("backend", held_on.as_str())];
     bounded(async {
         while value(&scrape(admin).await, "affinity_backend_in_flight", &labels) != Some(1.0) {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -738,7 +754,11 @@ async fn removing_one_of_ten_backends_moves_about_a_tenth_of_keys_in_the_moved_r
     let admin = proxy.admin_addr().unwrap();
     let before = scrape(admin).await;
     assert_eq!(
-        value(&before, "affinity_table_rebuilds_total", &[]),
+        value(
+            &before,
+            "affinity_table_rebuilds_total",
+            &[("pool", "default")]
+        ),
         Some(0.0)
     );
     assert_eq!(named(&before, "affinity_table_share").len(), 10);
@@ -750,14 +770,22 @@ async fn removing_one_of_ten_backends_moves_about_a_tenth_of_keys_in_the_moved_r
     assert!(reloaded.needs_restart.is_empty(), "{reloaded:?}");
     let after = scrape(admin).await;
     assert_eq!(
-        value(&after, "affinity_table_rebuilds_total", &[]),
+        value(
+            &after,
+            "affinity_table_rebuilds_total",
+            &[("pool", "default")]
+        ),
         Some(1.0)
     );
     assert_eq!(
-        value(&after, "affinity_table_rebuild_duration_seconds_count", &[]),
+        value(
+            &after,
+            "affinity_table_rebuild_duration_seconds_count",
+            &[("pool", "default")]
+        ),
         Some(1.0)
     );
-    let moved = value(&after, "affinity_table_moved_ratio", &[]).unwrap();
+    let moved = value(&after, "affinity_table_moved_ratio", &[("pool", "default")]).unwrap();
     assert!((0.09..=0.12).contains(&moved), "moved {moved}");
     // The removed backend is gone from the gauges read from the pool.
     for family in [
@@ -767,7 +795,11 @@ async fn removing_one_of_ten_backends_moves_about_a_tenth_of_keys_in_the_moved_r
     ] {
         assert_eq!(named(&after, family).len(), 9, "{family}");
         assert_eq!(
-            value(&after, family, &[("backend", "server-10")]),
+            value(
+                &after,
+                family,
+                &[("pool", "default"), ("backend", "server-10")]
+            ),
             None,
             "{family}"
         );
@@ -1196,7 +1228,7 @@ async fn the_status_page_in_a_headless_browser_shows_the_healthy_count_why_a_bac
     let mut members = pool(&backends);
     members.push(("server-dead", dead_address().await));
     let proxy = start_proxy(&config_text(&format!("{ADMIN}{FAST_CHECKS}"), &members)).await;
-    until_healthy_count(proxy.pool(), 2).await;
+    until_healthy_count(&proxy.pool(), 2).await;
     // Requests in the last minute: each healthy backend's row counts them.
     let mut client = Client::connect(proxy.local_addr()).await;
     for i in 0..20 {

@@ -634,7 +634,7 @@ async fn a_binary_upgrade_under_load_fails_no_request() {
 /// The backend each `/k/<i>` URL key goes to under `text`, all healthy.
 fn predicted(text: &str, keys: usize) -> Vec<String> {
     let config = parse(text);
-    let orders = fallback_orders(&config);
+    let orders = fallback_orders(&config.pools[0]);
     (0..keys)
         .map(|i| orders(format!("/k/{i}").as_bytes())[0].clone())
         .collect()

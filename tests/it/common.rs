@@ -878,7 +878,9 @@ impl RawConnection {
 /// The fallback order (backend names, first choice first) of each key's
 /// bytes under `config`'s hash algorithm, with every backend healthy and the
 /// default hash key: where the proxy sends that key.
-pub fn fallback_orders(config: &Config) -> impl Fn(&[u8]) -> Vec<String> + '_ {
+pub fn fallback_orders(
+    config: &affinity::config::PoolConfig,
+) -> impl Fn(&[u8]) -> Vec<String> + '_ {
     use affinity::balance::hash::KeyHasher;
     use affinity::balance::selector::{HashSelector, HashTable};
     let table = HashTable::new(

@@ -106,13 +106,16 @@ fn the_full_config_example_sets_every_key_away_from_its_default() {
     let config = Config::load(&manifest_dir().join("tests/configs/good/full.toml")).unwrap();
 
     let listener = ListenerConfig::default();
-    assert_ne!(config.listener.address, listener.address);
-    assert_ne!(config.listener.drain_timeout, listener.drain_timeout);
+    assert_ne!(config.listeners[0].address, listener.address);
+    assert_ne!(
+        config.drain_timeout,
+        affinity::config::DEFAULT_DRAIN_TIMEOUT
+    );
 
     let admin = config.admin.as_ref().expect("[admin] is set");
     assert_ne!(admin.address, AdminConfig::default().address);
 
-    let b = &config.balancer;
+    let b = &config.pools[0].balancer;
     let defaults = BalancerConfig::default();
     // maglev is the default, but it is the only algorithm that reads table_size.
     assert_eq!(b.algorithm, Algorithm::Maglev);
@@ -129,7 +132,7 @@ fn the_full_config_example_sets_every_key_away_from_its_default() {
     assert_ne!(sticky.name, StickyCookieConfig::default().name);
     assert_ne!(sticky.max_age, StickyCookieConfig::default().max_age);
 
-    let h = &config.health_check;
+    let h = &config.pools[0].health_check;
     let defaults = HealthCheckConfig::default();
     assert_ne!(h.path, defaults.path);
     assert_ne!(h.interval, defaults.interval);
@@ -137,7 +140,7 @@ fn the_full_config_example_sets_every_key_away_from_its_default() {
     assert_ne!(h.healthy_threshold, defaults.healthy_threshold);
     assert_ne!(h.unhealthy_threshold, defaults.unhealthy_threshold);
 
-    let u = &config.upstream;
+    let u = &config.pools[0].upstream;
     let defaults = UpstreamConfig::default();
     assert_ne!(u.connect_timeout, defaults.connect_timeout);
     assert_ne!(u.request_timeout, defaults.request_timeout);
@@ -155,7 +158,7 @@ fn the_full_config_example_sets_every_key_away_from_its_default() {
         defaults.max_in_flight_per_backend
     );
 
-    assert!(config.backends.iter().any(|b| b.weight != 1));
+    assert!(config.pools[0].backends.iter().any(|b| b.weight != 1));
 }
 
 #[test]
@@ -164,14 +167,14 @@ fn the_shipped_config_toml_loads_with_five_local_backends() {
         Ok(config) => config,
         Err(e) => panic!("{e}"),
     };
-    assert_eq!(config.listener.address.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.listeners[0].address.to_string(), "127.0.0.1:8080");
     assert_eq!(
         config.admin.map(|a| a.address.to_string()).as_deref(),
         Some("127.0.0.1:9900")
     );
-    assert_eq!(config.balancer.algorithm, Algorithm::Maglev);
-    assert_eq!(config.balancer.key, KeySource::ClientIp);
-    let backends: Vec<(String, String, u32)> = config
+    assert_eq!(config.pools[0].balancer.algorithm, Algorithm::Maglev);
+    assert_eq!(config.pools[0].balancer.key, KeySource::ClientIp);
+    let backends: Vec<(String, String, u32)> = config.pools[0]
         .backends
         .iter()
         .map(|b| {

@@ -18,8 +18,11 @@ const MIB: usize = 1024 * 1024;
 /// every backend healthy, as the proxy sees it at startup: a URL key is the
 /// request target's bytes.
 fn fallback_of(config: &Config, target: &str) -> Vec<String> {
-    assert_eq!(config.balancer.key, affinity::config::KeySource::Url);
-    fallback_orders(config)(target.as_bytes())
+    assert_eq!(
+        config.pools[0].balancer.key,
+        affinity::config::KeySource::Url
+    );
+    fallback_orders(&config.pools[0])(target.as_bytes())
 }
 
 /// Five live backends and one dead one, `server-dead`, hashed on the URL.

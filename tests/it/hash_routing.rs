@@ -87,9 +87,9 @@ fn request_for(
 
 /// The backend name the hashing core predicts for each key.
 fn predict(config: &Config, kind: Kind) -> Vec<String> {
-    let algorithm = config.balancer.hash_algorithm().unwrap();
-    let table = HashTable::new(algorithm, &config.members()).unwrap();
-    let selector = HashSelector::new(&table, &vec![true; config.backends.len()]);
+    let algorithm = config.pools[0].balancer.hash_algorithm().unwrap();
+    let table = HashTable::new(algorithm, &config.pools[0].members()).unwrap();
+    let selector = HashSelector::new(&table, &vec![true; config.pools[0].backends.len()]);
     let hasher = KeyHasher::default();
     (0..KEYS)
         .map(|i| {
@@ -102,9 +102,9 @@ fn predict(config: &Config, kind: Kind) -> Vec<String> {
                     HeaderValue::from_str(&value).unwrap(),
                 );
             }
-            let key = key::request_key(&config.balancer.key, &uri, &headers, source, &[]);
+            let key = key::request_key(&config.pools[0].balancer.key, &uri, &headers, source, &[]);
             let pick = selector.pick(hasher.hash(key.as_bytes())).unwrap();
-            config.backends[pick].name.clone()
+            config.pools[0].backends[pick].name.clone()
         })
         .collect()
 }
@@ -249,7 +249,7 @@ async fn behind_a_trusted_proxy_the_forwarded_client_address_is_the_key() {
         &pool(&backends),
     );
     let config = parse(&text);
-    let order_of = fallback_orders(&config);
+    let order_of = fallback_orders(&config.pools[0]);
     let backend_of = |ip: &str| order_of(ip.as_bytes())[0].clone();
     let proxy = start_proxy(&text).await;
     let trusted_peer = "127.0.0.2".parse().unwrap();
@@ -274,7 +274,7 @@ async fn a_request_without_its_header_key_falls_back_to_its_client_address() {
     let backends = TestBackend::start_many(5).await;
     let text = config_text("[balancer]\nkey = \"header:X-User\"", &pool(&backends));
     let config = parse(&text);
-    let order_of = fallback_orders(&config);
+    let order_of = fallback_orders(&config.pools[0]);
     let proxy = start_proxy(&text).await;
     for i in 1..=50u8 {
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 9, i));
@@ -296,7 +296,7 @@ async fn a_new_client_gets_a_session_cookie_and_sticks_to_the_backend_its_id_has
         &pool(&backends),
     );
     let config = parse(&text);
-    let order_of = fallback_orders(&config);
+    let order_of = fallback_orders(&config.pools[0]);
     let proxy = start_proxy(&text).await;
     // Every request comes from 127.0.0.1: without the cookie they would all
     // share one backend.
@@ -335,7 +335,7 @@ async fn with_bounded_load_a_busy_first_choice_overflows_to_the_keys_next_backen
         &pool(&backends),
     );
     let config = parse(&text);
-    let order = fallback_orders(&config)(b"alice");
+    let order = fallback_orders(&config.pools[0])(b"alice");
     let first = backends.iter().find(|b| b.name == order[0]).unwrap();
     let proxy = start_proxy(&text).await;
     let mut client = Client::connect(proxy.local_addr()).await;

@@ -115,7 +115,7 @@ async fn killing_one_of_five_backends_under_load_moves_only_its_keys_and_restart
     let (name, victim_addr) = (victim.name.clone(), victim.addr);
     assert!(before.contains(&name));
     drop(victim);
-    let took = until_healthy_count(proxy.pool(), 4).await;
+    let took = until_healthy_count(&proxy.pool(), 4).await;
     // Probes alone take it down within threshold × interval + timeout; the
     // load's refused connects count too, so it is usually sooner.
     let limit = INTERVAL * 2 + TIMEOUT + Duration::from_millis(500);
@@ -133,7 +133,7 @@ async fn killing_one_of_five_backends_under_load_moves_only_its_keys_and_restart
     assert_eq!(moved, before.iter().filter(|b| **b == name).count());
 
     let restarted = TestBackend::start_at(&name, victim_addr).await;
-    until_healthy_count(proxy.pool(), 5).await;
+    until_healthy_count(&proxy.pool(), 5).await;
     let after = routed(address, KEYS).await;
     assert_eq!(after, before, "every key is back on its original backend");
     let sent = load.finish().await;
@@ -151,7 +151,7 @@ async fn a_flapping_backend_never_moves_the_keys_of_the_others() {
                     timeout = \"50ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n";
     let text = config_text(sections, &pool(&backends));
     let config = parse(&text);
-    let orders = fallback_orders(&config);
+    let orders = fallback_orders(&config.pools[0]);
     let proxy = start_proxy(&text).await;
     let before = routed(proxy.local_addr(), KEYS).await;
     let flapping = backends[3].name.clone();
@@ -201,7 +201,9 @@ async fn a_flapping_backend_never_moves_the_keys_of_the_others() {
 
 /// `affinity_health_transitions_total{backend,to}` from a metrics text.
 fn transitions(metrics: &str, backend: &str, to: &str) -> u64 {
-    let prefix = format!("affinity_health_transitions_total{{backend=\"{backend}\",to=\"{to}\"}} ");
+    let prefix = format!(
+        "affinity_health_transitions_total{{pool=\"default\",backend=\"{backend}\",to=\"{to}\"}} "
+    );
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -213,7 +215,7 @@ async fn a_request_in_flight_across_100_reloads_completes_on_the_backend_it_chos
     let backends = TestBackend::start_many(5).await;
     let full = config_text("[balancer]\nkey = \"url\"", &pool(&backends));
     let full_config = parse(&full);
-    let chosen_name = fallback_orders(&full_config)(b"/hold")[0].clone();
+    let chosen_name = fallback_orders(&full_config.pools[0])(b"/hold")[0].clone();
     let chosen = backends.iter().find(|b| b.name == chosen_name).unwrap();
     let others: Vec<_> = backends.iter().filter(|b| b.name != chosen_name).collect();
     let without = config_text(
@@ -270,7 +272,7 @@ async fn a_reload_keeps_a_down_backend_down_and_a_new_backend_starts_taking_keys
     let text = config_text(&sections, &pool(first_four));
     let proxy = start_proxy(&text).await;
     first_four[1].set_health(false);
-    until_healthy_count(proxy.pool(), 3).await;
+    until_healthy_count(&proxy.pool(), 3).await;
     let down = routed(proxy.local_addr(), KEYS).await;
     assert!(!down.contains(&first_four[1].name));
 
@@ -299,7 +301,7 @@ async fn a_reload_keeps_a_down_backend_down_and_a_new_backend_starts_taking_keys
 
     // Its probes restart with the pool: healthy again, it takes its keys back.
     first_four[1].set_health(true);
-    until_healthy_count(proxy.pool(), 5).await;
+    until_healthy_count(&proxy.pool(), 5).await;
     let orders = fallback_orders(snapshot.config());
     let now = routed(proxy.local_addr(), KEYS).await;
     for (i, backend) in now.iter().enumerate() {
@@ -317,7 +319,7 @@ async fn with_bounded_load_a_hot_key_fills_its_backends_in_fallback_order_up_to_
         &pool(&backends),
     );
     let config = parse(&text);
-    let order = fallback_orders(&config)(b"hot");
+    let order = fallback_orders(&config.pools[0])(b"hot");
     let proxy = start_proxy(&text).await;
     let address = proxy.local_addr();
 
@@ -412,7 +414,7 @@ async fn in_panic_mode_keys_keep_their_full_mapping_and_leave_it_when_health_ret
     // Two of four failing their probes: 50% healthy is not below 50%.
     backends[0].set_health(false);
     backends[1].set_health(false);
-    until_healthy_count(proxy.pool(), 2).await;
+    until_healthy_count(&proxy.pool(), 2).await;
     assert!(!proxy.pool().snapshot().in_panic());
     let half = routed(address, KEYS).await;
     assert!(
@@ -423,12 +425,12 @@ async fn in_panic_mode_keys_keep_their_full_mapping_and_leave_it_when_health_ret
     // A third: 25% healthy, panic. The failing backends still answer
     // requests here, so every key goes back to its full-pool backend.
     backends[2].set_health(false);
-    until_healthy_count(proxy.pool(), 1).await;
+    until_healthy_count(&proxy.pool(), 1).await;
     assert!(proxy.pool().snapshot().in_panic());
     assert_eq!(routed(address, KEYS).await, all);
 
     backends[2].set_health(true);
-    until_healthy_count(proxy.pool(), 2).await;
+    until_healthy_count(&proxy.pool(), 2).await;
     assert!(!proxy.pool().snapshot().in_panic());
     assert_eq!(routed(address, KEYS).await, half);
 }
