@@ -4,15 +4,15 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `GET /` | a self-contained HTML page: the healthy count, the last reload (red when it failed), one row per backend with its health and why it is down, a bar for its share of the table, its requests in flight and its last minute; refreshed from `status` (a relative path: it works behind a path prefix) every 3 s |
+//! | `GET /` | a self-contained HTML page: the healthy count, the last reload (red when it failed), then one table per pool (its algorithm, key, last rebuild and healthy count) with one row per backend: its health and why it is down, a bar for its share of the table, its requests in flight and its last minute; refreshed from `status` (a relative path: it works behind a path prefix) every 3 s |
 //! | `GET /healthz` | `200 ok` while serving, `503 draining` once a shutdown began |
-//! | `GET /status` | JSON: version, uptime, algorithm, key, table size or ring points, the last rebuild, the last config reload (`null` before the first; its error if it failed), and every configured backend with its health, last probe, load, share and last minute of requests (count, 5xx share, p99) |
-//! | `GET /lookup?key=K` | JSON: the hash of key bytes `K`, the backend it goes to now and its fallback order; `?ip=A` and `?url=/p?q` build the key bytes a request from client `A` or for target `/p?q` hashes |
+//! | `GET /status` | JSON: version, uptime, the last config reload (`null` before the first; its error if it failed), the listeners, the routes, and `pools`: each with its name, algorithm, key, table size or ring points, last rebuild, and every configured backend with its health, last probe, load, share and last minute of requests (count, 5xx share, p99). With a single pool, that pool's fields are also at the top level (as before there were pools) |
+//! | `GET /lookup?pool=P&key=K` | JSON: the hash of key bytes `K` in pool `P` (`pool=` may be left out when there is one pool), the backend it goes to now and its fallback order; `ip=A` and `url=/p?q` instead of `key=` build the key bytes a request from client `A` or for target `/p?q` hashes |
 //! | `GET /metrics` | the Prometheus exposition ([`crate::admin::metrics`]): OpenMetrics text when the `Accept` header asks for it, else the text format 0.0.4 |
 //!
 //! `HEAD` works wherever `GET` does; another method gets `405` with `Allow:
-//! GET, HEAD`, an unknown path `404`. Every answer reads the pool's current
-//! [`Snapshot`] once, so it describes one consistent table, the one requests
+//! GET, HEAD`, an unknown path `404`. Every answer reads each pool's current
+//! [`Snapshot`] once, so it describes one consistent table per pool, the one requests
 //! starting at the same moment use. `/lookup` hashes exactly the bytes the
 //! request path hashes ([`crate::balance::key`]) with the same hasher and asks the
 //! same selector, so its answer is where such a request goes (with bounded

@@ -1463,3 +1463,219 @@ fn a_pool_on_distinct_urls_has_no_warnings() {
     ]);
     assert!(parse(&text).unwrap().warnings().is_empty());
 }
+
+// --- listeners, pools and routes ------------------------------------------
+
+/// Two pools and two listeners: the shape the tests below vary.
+const SEVERAL: &str = r#"
+[[listeners]]
+name = "web"
+address = "127.0.0.1:8080"
+[[listeners]]
+name = "internal"
+address = "127.0.0.1:8081"
+pool = "static"
+
+[[routes]]
+host = "shop.example.com"
+path_prefix = "/api"
+strip_prefix = true
+pool = "api"
+[[routes]]
+listener = "web"
+pool = "static"
+
+[[pools]]
+name = "api"
+algorithm = "ring_hash"
+key = "cookie:sid"
+health_check = { path = "/ready", interval = "3s" }
+upstream = { retries = 2 }
+max_in_flight_per_backend = 50
+backends = [{ name = "api-1", url = "http://127.0.0.1:9001", weight = 2 }]
+[[pools]]
+name = "static"
+algorithm = "round_robin"
+backends = [{ name = "api-1", url = "http://127.0.0.1:9001" }]
+"#;
+
+#[test]
+fn several_listeners_pools_and_routes_are_read_with_each_pools_own_settings() {
+    let config = parse(SEVERAL).unwrap();
+    let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["web", "internal"]);
+    assert_eq!(config.listeners[1].pool.as_deref(), Some("static"));
+    assert_eq!(config.listeners[0].protocol, Protocol::Http);
+    let api = config.pool("api").unwrap();
+    assert_eq!(api.balancer.algorithm, Algorithm::RingHash);
+    assert_eq!(api.balancer.key.to_string(), "cookie:sid");
+    assert_eq!(api.health_check.path, "/ready");
+    assert_eq!(api.health_check.interval, Duration::from_secs(3));
+    assert_eq!(api.upstream.retries, 2);
+    assert_eq!(api.max_in_flight_per_backend, 50);
+    assert_eq!(api.backends[0].weight, 2);
+    let static_pool = config.pool("static").unwrap();
+    assert_eq!(static_pool.balancer.algorithm, Algorithm::RoundRobin);
+    assert_eq!(static_pool.health_check, HealthCheckConfig::default());
+    // The same name and address in two pools: two members, no conflict.
+    assert_eq!(static_pool.backends[0].name, "api-1");
+    assert_eq!(config.routes.len(), 2);
+    assert_eq!(config.routes[0].pattern(), "shop.example.com/api");
+    assert!(config.routes[0].strip_prefix);
+    assert_eq!(config.routes[1].listener.as_deref(), Some("web"));
+    // Route specs per listener: "internal" has only the route for every listener.
+    let targets =
+        |l: &str| -> Vec<usize> { config.route_specs(l).iter().map(|r| r.target).collect() };
+    assert_eq!(targets("web"), [0, 1]);
+    assert_eq!(targets("internal"), [0]);
+    assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+}
+
+#[test]
+fn a_pools_mistakes_are_named_where_they_are_in_the_pool() {
+    let text = SEVERAL.replace("upstream = { retries = 2 }", "upstream = { retries = -1 }");
+    let e = error(&text);
+    assert_eq!(e.field(), Some("pools[0].upstream.retries"), "{e}");
+    let text = SEVERAL.replace("algorithm = \"ring_hash\"", "algorithm = \"maglevv\"");
+    assert_eq!(error(&text).field(), Some("pools[0].algorithm"));
+    let text = SEVERAL.replace("weight = 2", "weight = 0");
+    assert_eq!(error(&text).field(), Some("pools[0].backends[0].weight"));
+    let text = SEVERAL.replace(
+        "max_in_flight_per_backend = 50",
+        "max_in_flight_per_backend = -5",
+    );
+    assert_eq!(
+        error(&text).field(),
+        Some("pools[0].max_in_flight_per_backend")
+    );
+}
+
+#[test]
+fn one_pool_without_routes_gets_everything_and_several_need_routes() {
+    let one = "[[pools]]\nname = \"only\"\nbackends = [{ name = \"b\", url = \"http://127.0.0.1:9001\" }]\n";
+    let config = parse(one).unwrap();
+    assert_eq!(config.listeners[0].name, "default");
+    assert_eq!(config.routes.len(), 1);
+    assert_eq!(config.routes[0].pool, "only");
+    assert_eq!(config.routes[0].pattern(), "*/");
+    let two = format!(
+        "{one}[[pools]]\nname = \"other\"\nbackends = [{{ name = \"b\", url = \"http://127.0.0.1:9002\" }}]\n"
+    );
+    assert_eq!(error(&two).field(), Some("routes"));
+    // ... unless every listener has a pool of its own.
+    let with_default = format!(
+        "[[listeners]]\nname = \"a\"\naddress = \"127.0.0.1:8080\"\npool = \"other\"\n{two}"
+    );
+    let config = parse(&with_default).unwrap();
+    assert!(config.routes.is_empty());
+    // `other` is reached; `only` is not: a warning names it.
+    let warnings: Vec<String> = config.warnings().iter().map(|w| w.to_string()).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("pool \"only\""), "{warnings:?}");
+}
+
+#[test]
+fn routes_must_name_known_pools_and_listeners_and_never_repeat_one_another() {
+    let text = SEVERAL.replace("pool = \"api\"\n[[routes]]", "pool = \"apii\"\n[[routes]]");
+    let e = error(&text);
+    assert_eq!(e.field(), Some("routes[0].pool"));
+    assert!(e.to_string().contains("the pools are api, static"), "{e}");
+    let text = SEVERAL.replace("listener = \"web\"", "listener = \"webb\"");
+    assert_eq!(error(&text).field(), Some("routes[1].listener"));
+    let text = format!("{SEVERAL}[[routes]]\npool = \"api\"\n");
+    let e = error(&text);
+    assert_eq!(e.field(), Some("routes[2]"));
+    assert!(e.to_string().contains("shadowed by routes[1]"), "{e}");
+    // For different listeners, the same host and prefix are two routes.
+    let text = format!("{SEVERAL}[[routes]]\nlistener = \"internal\"\npool = \"api\"\n");
+    assert!(parse(&text).is_ok());
+    for (host, ok) in [
+        ("*.example.com", true),
+        ("a.b-c.example", true),
+        ("*", false),
+        ("a.*.com", false),
+        ("x:80", false),
+        ("", false),
+    ] {
+        let text = format!("{SEVERAL}[[routes]]\nhost = \"{host}\"\npool = \"api\"\n");
+        assert_eq!(parse(&text).is_ok(), ok, "{host}");
+    }
+    for prefix in ["api", "/a?b", "/a b", "/a#b"] {
+        let text = format!(
+            "{SEVERAL}[[routes]]\npath_prefix = \"{prefix}\"\nlistener = \"internal\"\npool = \"api\"\n"
+        );
+        assert_eq!(
+            error(&text).field(),
+            Some("routes[2].path_prefix"),
+            "{prefix}"
+        );
+    }
+}
+
+#[test]
+fn listeners_need_unique_names_and_addresses_and_the_admin_its_own_port() {
+    let text = SEVERAL.replace("name = \"internal\"", "name = \"web\"");
+    assert_eq!(error(&text).field(), Some("listeners[1].name"));
+    let text = SEVERAL.replace("127.0.0.1:8081", "127.0.0.1:8080");
+    assert_eq!(error(&text).field(), Some("listeners[1].address"));
+    let text = format!("[admin]\naddress = \"127.0.0.1:8081\"\n{SEVERAL}");
+    let e = error(&text);
+    assert_eq!(e.field(), Some("admin.address"));
+    assert!(e.to_string().contains("listener \"internal\""), "{e}");
+    let text = SEVERAL.replace(
+        "pool = \"static\"\n\n[[routes]]",
+        "pool = \"nope\"\n\n[[routes]]",
+    );
+    assert_eq!(error(&text).field(), Some("listeners[1].pool"));
+}
+
+#[test]
+fn the_listener_table_keeps_only_the_drain_timeout_beside_listeners() {
+    let config = parse(&format!("[listener]\ndrain_timeout = \"5s\"\n{SEVERAL}")).unwrap();
+    assert_eq!(config.drain_timeout, Duration::from_secs(5));
+    let e = error(&format!(
+        "[listener]\naddress = \"127.0.0.1:7000\"\n{SEVERAL}"
+    ));
+    assert_eq!(e.field(), Some("listener.address"));
+}
+
+#[test]
+fn the_summary_prints_each_listeners_routes_in_match_order_and_each_pool() {
+    let text = format!(
+        "{SEVERAL}[[routes]]\nhost = \"*.example.com\"\npath_prefix = \"/x\"\npool = \"api\"\n\
+         [[routes]]\nhost = \"shop.example.com\"\npool = \"static\"\n"
+    );
+    let summary = parse(&text).unwrap().summary();
+    let web: Vec<&str> = summary
+        .lines()
+        .skip_while(|l| !l.starts_with("routes        on web"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(
+        web,
+        [
+            "  shop.example.com/api  -> api (prefix stripped)",
+            "  shop.example.com/     -> static",
+            "  *.example.com/x       -> api",
+            "  */                    -> static",
+            "  (no match)            -> 404",
+        ]
+    );
+    assert!(
+        summary.contains("routes        on internal, in match order:\n"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("  (no match)            -> static\n"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("pool          api\n  balancer      ring_hash on cookie:sid\n"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("pool          static\n  balancer      round_robin\n"),
+        "{summary}"
+    );
+}

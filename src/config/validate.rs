@@ -396,37 +396,51 @@ impl Check<'_, '_> {
                 self.report(error);
             }
         }
-        let Some(entries) = &file.routes else {
-            return self.implicit_routes(file, listeners, pools);
-        };
-        let mut routes = Vec::with_capacity(entries.len());
-        for (i, entry) in entries.iter().enumerate() {
-            if let Some(route) = self.route(i, entry, listeners, &pool_names) {
-                routes.push((i, route));
+        let routes = match &file.routes {
+            None => self.implicit_routes(file, listeners, pools),
+            Some(entries) => {
+                let mut routes = Vec::with_capacity(entries.len());
+                for (i, entry) in entries.iter().enumerate() {
+                    if let Some(route) = self.route(i, entry, listeners, &pool_names) {
+                        routes.push((i, route));
+                    }
+                }
+                self.shadowed(entries, &routes);
+                routes.into_iter().map(|(_, r)| r).collect()
             }
-        }
-        self.shadowed(entries, &routes);
+        };
+        self.unreached_pools(file, listeners, &routes);
+        routes
+    }
+
+    /// Warns of each pool that no route and no listener sends requests to.
+    fn unreached_pools(
+        &mut self,
+        file: &FileConfig,
+        listeners: &[(ListenerConfig, bool)],
+        routes: &[RouteConfig],
+    ) {
+        let Some(pools) = &file.pools else {
+            return;
+        };
         let used: Vec<&str> = routes
             .iter()
-            .map(|(_, r)| r.pool.as_str())
+            .map(|r| r.pool.as_str())
             .chain(listeners.iter().filter_map(|(l, _)| l.pool.as_deref()))
             .collect();
-        if let Some(pools_file) = &file.pools {
-            for (i, entry) in pools_file.get_ref().iter().enumerate() {
-                if !used.contains(&entry.name.get_ref().as_str()) {
-                    let warning = self.source.warning(
-                        format!("pools[{i}].name"),
-                        &entry.name,
-                        format!(
-                            "no route or listener sends requests to pool {:?}",
-                            entry.name.get_ref()
-                        ),
-                    );
-                    self.warnings.push(warning);
-                }
+        for (i, entry) in pools.get_ref().iter().enumerate() {
+            if !used.contains(&entry.name.get_ref().as_str()) {
+                let warning = self.source.warning(
+                    format!("pools[{i}].name"),
+                    &entry.name,
+                    format!(
+                        "no route or listener sends requests to pool {:?}",
+                        entry.name.get_ref()
+                    ),
+                );
+                self.warnings.push(warning);
             }
         }
-        routes.into_iter().map(|(_, r)| r).collect()
     }
 
     /// Without `[[routes]]`: everything to the only pool; with several

@@ -1212,6 +1212,60 @@ async fn the_status_page_in_a_headless_browser_shows_one_row_per_backend_and_nam
     assert!(dom.contains("<title>affinity</title>"), "{dom}");
 }
 
+#[tokio::test]
+async fn the_status_page_in_a_headless_browser_shows_one_table_per_pool() {
+    let backends = TestBackend::start_many(3).await;
+    let url = |b: &TestBackend| format!("http://{}", b.addr);
+    let text = format!(
+        "{ADMIN}[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:0\"\n\
+         [[routes]]\npath_prefix = \"/a\"\npool = \"alpha\"\n\
+         [[routes]]\npool = \"beta\"\n\
+         [[pools]]\nname = \"alpha\"\nhealth_check = {{ interval = \"1h\", timeout = \"1s\" }}\n\
+         backends = [{{ name = \"a-1\", url = \"{}\" }}, {{ name = \"a-2\", url = \"{}\" }}]\n\
+         [[pools]]\nname = \"beta\"\nalgorithm = \"round_robin\"\n\
+         health_check = {{ interval = \"1h\", timeout = \"1s\" }}\n\
+         backends = [{{ name = \"b-1\", url = \"{}\" }}]\n",
+        url(&backends[0]),
+        url(&backends[1]),
+        url(&backends[2]),
+    );
+    let proxy = start_proxy(&text).await;
+    let Some(dom) = rendered_page(
+        proxy.admin_addr().unwrap(),
+        "the_status_page_in_a_headless_browser_shows_one_table_per_pool",
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(dom.matches("<section class=\"pool\">").count(), 2, "{dom}");
+    let alpha = dom
+        .split("<h2>pool alpha")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{dom}"));
+    let (alpha, beta) = alpha
+        .split_once("<h2>pool beta")
+        .unwrap_or_else(|| panic!("alpha before beta:\n{dom}"));
+    assert!(alpha.contains("2 of 2 healthy"), "{alpha}");
+    assert!(alpha.contains("maglev · key client_ip"), "{alpha}");
+    assert_eq!(
+        alpha.matches("<tr class=\"backend up\">").count(),
+        2,
+        "{alpha}"
+    );
+    assert!(beta.contains("round_robin"), "{beta}");
+    assert_eq!(
+        beta.matches("<tr class=\"backend up\">").count(),
+        1,
+        "{beta}"
+    );
+    assert!(
+        dom.contains("<p id=\"healthy\" class=\"all\">3 of 3 healthy</p>"),
+        "{dom}"
+    );
+    assert!(dom.contains("2 pools · 2 routes"), "{dom}");
+}
+
 /// The `<tr>` element of the DOM that starts with `start`.
 fn row<'a>(dom: &'a str, start: &str) -> &'a str {
     let from = dom
