@@ -11,6 +11,7 @@
 #
 #   bench/callgrind.sh                    # affinity, then HAProxy if installed
 #   BIN=/path/to/affinity bench/callgrind.sh
+#   ROUTES=50 bench/callgrind.sh          # also affinity behind 50 routes (see peer.sh)
 #
 # Needs valgrind, wrk and nginx (apt-get install valgrind wrk nginx haproxy).
 # Everything listens on 127.0.0.1 only and is stopped on exit. The profiles
@@ -63,6 +64,10 @@ measure() { # name command...
 write_affinity_config
 echo "profiles in $work; wrk -t1 -c$CONNS -d$DURATION, $BACKENDS backends, URL key"
 RUST_LOG=warn measure affinity "$BIN" -c "$work/affinity.toml"
+if [ "${ROUTES:-0}" -gt 1 ]; then
+  write_affinity_routes_config "$ROUTES"
+  RUST_LOG=warn measure "aff-${ROUTES}r" "$BIN" -c "$work/affinity-routes.toml"
+fi
 
 if command -v haproxy >/dev/null; then
   write_haproxy_config

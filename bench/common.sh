@@ -69,6 +69,40 @@ write_affinity_config() {
   } > "$work/affinity.toml"
 }
 
+# $work/affinity-routes.toml: the same pool behind $1 routes that the
+# benchmark's requests (Host 127.0.0.1, random paths) must search through:
+# a third exact hosts, a third *.suffix hosts, a third path prefixes for
+# any host (each a miss), and the catch-all that every request takes.
+write_affinity_routes_config() {
+  local routes=$1 i
+  {
+    echo "[[listeners]]"
+    echo "name = \"web\""
+    echo "address = \"127.0.0.1:$PROXY_PORT\""
+    for i in $(seq 1 $((routes - 1))); do
+      echo "[[routes]]"
+      case $((i % 3)) in
+        0) echo "host = \"svc-$i.example.com\"" ;;
+        1) echo "host = \"*.zone-$i.example.net\"" ;;
+        2) echo "path_prefix = \"/service-$i/api\"" ;;
+      esac
+      echo "pool = \"main\""
+    done
+    echo "[[routes]]"
+    echo "pool = \"main\""
+    echo "[[pools]]"
+    echo "name = \"main\""
+    echo "algorithm = \"maglev\""
+    echo "key = \"url\""
+    echo "health_check = { interval = \"5s\" }"
+    echo "backends = ["
+    for i in $(seq 1 "$BACKENDS"); do
+      echo "  { name = \"backend-$i\", url = \"http://127.0.0.1:$((BASE_PORT + i))\" },"
+    done
+    echo "]"
+  } > "$work/affinity-routes.toml"
+}
+
 # $work/haproxy.cfg: `balance uri` with consistent hashing, 2 threads,
 # backend connections reused.
 write_haproxy_config() {

@@ -17,6 +17,11 @@
 #
 #   bench/peer.sh                          # defaults: 8 backends, 64 conns, 10s
 #   DURATION=30s CONNS=64 bench/peer.sh
+#   ROUTES=50 bench/peer.sh                # also affinity behind 50 routes
+#
+# With ROUTES=N, affinity runs a second time with the same pool behind N
+# routes that every request searches (exact hosts, *.suffix hosts and path
+# prefixes that miss, then the catch-all): the cost of choosing a route.
 #
 # Needs wrk, nginx and (optionally) haproxy: `apt-get install wrk nginx haproxy`.
 # Everything listens on 127.0.0.1 only and is stopped on exit.
@@ -89,6 +94,16 @@ apid=$!
 pids+=($apid)
 run_wrk affinity "$PROXY_PORT" "$apid"
 kill "$apid"; wait "$apid" 2>/dev/null || true
+
+if [ "${ROUTES:-0}" -gt 1 ]; then
+  write_affinity_routes_config "$ROUTES"
+  target/release/affinity --check -c "$work/affinity-routes.toml" >/dev/null
+  RUST_LOG=warn target/release/affinity -c "$work/affinity-routes.toml" 2>"$work/affinity-routes.err" &
+  apid=$!
+  pids+=($apid)
+  run_wrk "aff-${ROUTES}r" "$PROXY_PORT" "$apid"
+  kill "$apid"; wait "$apid" 2>/dev/null || true
+fi
 
 # --- HAProxy: balance uri, consistent hashing -----------------------------------
 if command -v haproxy >/dev/null; then

@@ -2,7 +2,7 @@
 //!
 //! The crate is seven parts, one folder each. A request crosses them top to
 //! bottom: the [`listener`] accepts it, the [`proxy`] routes it with the
-//! [`pool`]'s current snapshot, which picks a backend with the algorithms of
+//! [`pool`]s' current routing and snapshots, which pick a backend with the algorithms of
 //! [`balance`]; [`config`] is what the operator wrote, [`admin`] what the
 //! operator sees, and [`entry`] the command line.
 //!
@@ -10,8 +10,8 @@
 //! |---|---|
 //! | [`balance`] | the pure core: key hashing, members, Maglev, the ring, selectors and fallback orders, the classic policies, request keys, churn arithmetic. No I/O, no clock, no tokio or hyper |
 //! | [`config`] | the TOML file → one validated, typed [`config::Config`]; every error with file, line, column and field |
-//! | [`pool`] | what requests see: the immutable snapshot behind one `ArcSwap`, and what publishes a new one (health checks, reloads) |
-//! | [`proxy`] | one request's path: key → pick → forward → stream back; retries, errors to statuses, tunnels, hop-by-hop rules, framing watch, access record |
+//! | [`pool`] | what requests see: the routing (which pool a listener, host and path lead to) and each pool's immutable snapshot, each behind an `ArcSwap`, and what publishes new ones (health checks, reloads) |
+//! | [`proxy`] | one request's path: route → key → pick → forward → stream back; retries, errors to statuses, tunnels, hop-by-hop rules, framing watch, access record |
 //! | [`listener`] | sockets and processes: accept, workers, connection limits, reload, drain |
 //! | [`admin`] | what operators and their tools see: status page, `/status`, `/lookup`, Prometheus metrics |
 //! | [`entry`] | the command line and the demo backends |

@@ -197,6 +197,12 @@ impl<T> RouteTable<T> {
         &self.specs
     }
 
+    /// Whether any route names a host: when none does, the host need not be
+    /// read at all.
+    pub fn by_host(&self) -> bool {
+        !self.exact.is_empty() || !self.suffix.is_empty()
+    }
+
     /// The route (its index in [`routes`](Self::routes)) a request for
     /// `host` (as the `Host` header or `:authority` gives it, port and all;
     /// `None` when the request has none) and `path` takes, if any.

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
+use http::HeaderValue;
 
 use crate::balance::route::RouteTable;
 use crate::config::{Config, ListenerConfig, PoolConfig, RouteConfig};
@@ -123,15 +124,20 @@ impl Routing {
     }
 
     /// Where a request on listener `listener` (its place among the running
-    /// listeners) for `host` (the `Host` header or `:authority`, port and
-    /// all) and `path` goes; `None`: nowhere, the client gets `404`.
+    /// listeners) for `host` (the `Host` header, port and all) and `path`
+    /// goes; `None`: nowhere, the client gets `404`. The host is read only
+    /// when a route of the listener names one.
     pub fn select(
         &self,
         listener: usize,
-        host: Option<&str>,
+        host: Option<&HeaderValue>,
         path: &str,
     ) -> Option<Destination<'_>> {
         let routes = self.listeners.get(listener)?;
+        let host = match routes.table.by_host() {
+            true => host.and_then(|h| h.to_str().ok()),
+            false => None,
+        };
         match routes.table.select(host, path) {
             Some(at) => {
                 let index = *routes.table.target(at)?;
@@ -354,8 +360,9 @@ backends = [{ name = "o", url = "http://127.0.0.1:9003" }]
         host: Option<&str>,
         path: &str,
     ) -> Option<String> {
+        let host = host.map(|h| HeaderValue::from_str(h).unwrap());
         routing
-            .select(listener, host, path)
+            .select(listener, host.as_ref(), path)
             .map(|d| d.pool.pool.name().to_string())
     }
 
@@ -376,7 +383,8 @@ backends = [{ name = "o", url = "http://127.0.0.1:9003" }]
         assert_eq!(web(None, "/").as_deref(), Some("static"));
         // The catch-all is for "web" only; "internal" falls to its default.
         assert_eq!(internal(Some("elsewhere"), "/x").as_deref(), Some("static"));
-        let unrouted = routing.select(1, Some("shop.example.com"), "/").unwrap();
+        let shop = HeaderValue::from_static("shop.example.com");
+        let unrouted = routing.select(1, Some(&shop), "/").unwrap();
         assert!(unrouted.route.is_none());
         assert_eq!(&**unrouted.pool.pool.name(), "static");
         assert!(routing.select(7, None, "/").is_none());

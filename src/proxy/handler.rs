@@ -80,7 +80,7 @@ impl Proxy {
         // Checked before the hop-by-hop headers go.
         let rejection = check_request(&parts, limits);
         prepare(&mut parts, client_upgrade.is_some());
-        let host = parts.headers.get(HOST).and_then(|h| h.to_str().ok());
+        let host = parts.headers.get(HOST);
         let Some(destination) = routing.select(self.listener, host, parts.uri.path()) else {
             let error = rejection.unwrap_or(ProxyError::NoRoute);
             return self.unrouted(&error, &parts, peer, started);

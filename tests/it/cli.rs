@@ -190,6 +190,49 @@ fn churn_json_prints_one_object_with_the_documented_fields() {
     assert!((report["add"]["optimal"].as_f64().unwrap() - 1.0 / 6.0).abs() < 1e-12);
 }
 
+/// Three pools: two hash pools and a round-robin one.
+const THREE_POOLS: &str = "[[routes]]\npath_prefix = \"/a\"\npool = \"a\"\n\
+    [[routes]]\npath_prefix = \"/b\"\npool = \"b\"\n[[routes]]\npool = \"rr\"\n\
+    [[pools]]\nname = \"a\"\nbackends = [{ name = \"a1\", url = \"http://127.0.0.1:9001\" }, \
+    { name = \"a2\", url = \"http://127.0.0.1:9002\" }]\n\
+    [[pools]]\nname = \"b\"\nalgorithm = \"ring_hash\"\n\
+    backends = [{ name = \"b1\", url = \"http://127.0.0.1:9003\" }]\n\
+    [[pools]]\nname = \"rr\"\nalgorithm = \"round_robin\"\n\
+    backends = [{ name = \"r1\", url = \"http://127.0.0.1:9004\" }]\n";
+
+#[test]
+fn churn_reports_every_hash_pool_in_turn_or_the_one_asked_for() {
+    let file = TempFile::new("three-pools-churn.toml", THREE_POOLS);
+    let output = affinity(&["--churn", "-c", file.path()]);
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("pool a\nalgorithm maglev"), "{text}");
+    assert!(text.contains("pool b\nalgorithm ring_hash"), "{text}");
+    assert!(text.contains("pool rr: skipped"), "{text}");
+
+    let output = affinity(&["--churn", "--json", "-c", file.path()]);
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["a"]["backends"].as_array().unwrap().len(), 2);
+    assert_eq!(report["b"]["algorithm"], "ring_hash");
+    assert!(report.get("rr").is_none(), "{report}");
+
+    let output = affinity(&["--churn", "--json", "--pool", "a", "-c", file.path()]);
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["algorithm"], "maglev");
+
+    for (pool, why) in [
+        ("rr", "keeps no key mapping"),
+        ("zz", "no pool \"zz\"; the pools are a, b, rr"),
+    ] {
+        let output = affinity(&["--churn", "--pool", pool, "-c", file.path()]);
+        assert!(!output.status.success(), "{output:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.contains(why), "{stderr}");
+    }
+}
+
 #[test]
 fn help_and_version_describe_the_command() {
     let help = affinity(&["--help"]);
