@@ -73,6 +73,7 @@ write_affinity_config() {
 # benchmark's requests (Host 127.0.0.1, random paths) must search through:
 # a third exact hosts, a third *.suffix hosts, a third path prefixes for
 # any host (each a miss), and the catch-all that every request takes.
+# ROUTE_KIND=0, 1 or 2 makes them all exact hosts, suffixes or prefixes.
 write_affinity_routes_config() {
   local routes=$1 i
   {
@@ -81,7 +82,7 @@ write_affinity_routes_config() {
     echo "address = \"127.0.0.1:$PROXY_PORT\""
     for i in $(seq 1 $((routes - 1))); do
       echo "[[routes]]"
-      case $((i % 3)) in
+      case $(( ${ROUTE_KIND:-$((i % 3))} )) in
         0) echo "host = \"svc-$i.example.com\"" ;;
         1) echo "host = \"*.zone-$i.example.net\"" ;;
         2) echo "path_prefix = \"/service-$i/api\"" ;;

@@ -116,20 +116,57 @@ pub enum RouteError {
     },
 }
 
-/// One host group's routes, longest prefix first.
-#[derive(Debug, Clone)]
+/// One host group's routes, indexed by the first segment of their prefix.
+///
+/// A prefix matches only on a segment boundary, so a path can only take a
+/// route whose prefix starts with the path's own first segment (`/api` and
+/// `/api/v2` for `/api/v2/x`), or the root prefix `/`: choosing compares the
+/// path with those alone, however many routes the group has.
+#[derive(Debug, Clone, Default)]
 struct Group {
-    /// (prefix, route index), by prefix length, longest first.
-    routes: Vec<(String, usize)>,
+    /// (prefix, route index) by the prefix's first segment (`api` for
+    /// `/api/v2`), longest prefix first.
+    by_segment: FnvHashMap<String, Vec<(String, usize)>>,
+    /// The route of the root prefix `/`, if the group has one.
+    root: Option<usize>,
 }
 
 impl Group {
-    fn select(&self, path: &str) -> Option<usize> {
-        self.routes
-            .iter()
-            .find(|(prefix, _)| prefix_matches(prefix, path))
-            .map(|&(_, index)| index)
+    fn new(mut routes: Vec<(String, usize)>) -> Group {
+        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let mut group = Group::default();
+        for (prefix, index) in routes {
+            if prefix == "/" {
+                group.root.get_or_insert(index);
+                continue;
+            }
+            group
+                .by_segment
+                .entry(first_segment(&prefix).to_owned())
+                .or_default()
+                .push((prefix, index));
+        }
+        group
     }
+
+    fn select(&self, path: &str) -> Option<usize> {
+        self.by_segment
+            .get(first_segment(path))
+            .and_then(|routes| {
+                routes
+                    .iter()
+                    .find(|(prefix, _)| prefix_matches(prefix, path))
+                    .map(|&(_, index)| index)
+            })
+            .or_else(|| self.root.filter(|_| path.starts_with('/')))
+    }
+}
+
+/// The first segment of a path: `api` for `/api/v2/x` and for `/api`, `` for
+/// `/` (and for anything that does not start with `/`).
+fn first_segment(path: &str) -> &str {
+    let rest = path.strip_prefix('/').unwrap_or("");
+    rest.split('/').next().unwrap_or("")
 }
 
 /// A listener's routes, compiled.
@@ -179,10 +216,7 @@ impl<T> RouteTable<T> {
                 None => any.push(entry),
             }
         }
-        let group = |mut routes: Vec<(String, usize)>| {
-            routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
-            Group { routes }
-        };
+        let group = Group::new;
         drop(seen);
         Ok(RouteTable {
             exact: exact.into_iter().map(|(h, r)| (h, group(r))).collect(),
