@@ -434,3 +434,57 @@ async fn in_panic_mode_keys_keep_their_full_mapping_and_leave_it_when_health_ret
     assert!(!proxy.pool().snapshot().in_panic());
     assert_eq!(routed(address, KEYS).await, half);
 }
+
+/// Two pools by path: `/a...` to `a`, everything else to `b`.
+fn two_pools(a: &TestBackend, b: &TestBackend, with_a: bool) -> String {
+    let mut text = String::from(
+        "[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:0\"\n\
+         [[routes]]\npool = \"b\"\n",
+    );
+    if with_a {
+        text.push_str("[[routes]]\npath_prefix = \"/hold\"\npool = \"a\"\n");
+        text.push_str(&format!(
+            "[[pools]]\nname = \"a\"\nbackends = [{{ name = \"a-1\", url = \"http://{}\" }}]\n",
+            a.addr
+        ));
+    }
+    text.push_str(&format!(
+        "[[pools]]\nname = \"b\"\nbackends = [{{ name = \"b-1\", url = \"http://{}\" }}]\n",
+        b.addr
+    ));
+    text
+}
+
+/// A reload that removes a pool: the request in flight to it finishes on
+/// its backend; the next request for its path takes the route that is left.
+#[tokio::test]
+async fn a_request_in_flight_to_a_removed_pool_finishes_and_the_next_one_goes_elsewhere() {
+    let a = TestBackend::start("a-1").await;
+    let b = TestBackend::start("b-1").await;
+    let proxy = start_proxy(&two_pools(&a, &b, true)).await;
+    let address = proxy.local_addr();
+    let held = tokio::spawn(async move {
+        let mut client = Client::connect(address).await;
+        client.get("/hold", &[]).await
+    });
+    bounded(async {
+        while a.count() == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    proxy
+        .reload(parse(&two_pools(&a, &b, false)))
+        .await
+        .unwrap();
+    assert!(proxy.pool_named("a").is_none());
+    let mut client = Client::connect(address).await;
+    let reply = client.get("/hold/next", &[]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.backend(), "b-1");
+    assert!(!held.is_finished(), "the held request ended early");
+    a.release();
+    let reply = bounded(held).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.backend(), "a-1");
+}
