@@ -10,6 +10,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use affinity::balance::churn::churn;
 use affinity::config::{Config, ConfigErrors, ConfigWarning, PoolConfig};
 use affinity::entry::logging::{self, LogFormat};
+use affinity::listener::tls::Certificates;
 use affinity::listener::{Addresses, Drain, ProxyHandle, ReloadFailed};
 
 /// mimalloc: per-thread free lists suit the proxy's many short-lived
@@ -100,12 +101,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        println!("{}: ok", cli.config.display());
-        for warning in config.warnings() {
-            println!("warning: {warning}");
-        }
-        print!("{}", config.summary());
-        return ExitCode::SUCCESS;
+        return check(&cli.config, &config);
     }
     log_warnings(config.warnings());
     if cli.churn {
@@ -269,6 +265,9 @@ async fn reload(proxy: &ProxyHandle, path: &Path) {
         Err(ReloadFailed::Apply(error)) => {
             tracing::error!(%error, "cannot apply the config; keeping the running one");
         }
+        Err(ReloadFailed::Tls(error)) => {
+            tracing::error!(%error, "cannot use the new certificates; keeping the running config and certificates");
+        }
     }
 }
 
@@ -304,6 +303,47 @@ impl StopSignals {
             _ = self.hangup.recv() => Received::Reload,
         }
     }
+}
+
+/// `--check`: the config is valid, and so is every certificate its TLS
+/// listeners name (read, key matching, not expired); prints the summary
+/// and each certificate's names and expiry, or what is wrong.
+fn check(path: &Path, config: &Config) -> ExitCode {
+    let mut certificates = Vec::new();
+    for listener in &config.listeners {
+        let Some(tls) = &listener.tls else {
+            continue;
+        };
+        match Certificates::load(tls) {
+            Ok(loaded) => certificates.push((listener.name.as_str(), loaded)),
+            Err(error) => {
+                eprintln!("affinity: {}: {error}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("{}: ok", path.display());
+    for warning in config.warnings() {
+        println!("warning: {warning}");
+    }
+    let now = std::time::SystemTime::now();
+    for (_, loaded) in &certificates {
+        for warning in loaded.warnings(now) {
+            println!("warning: {}: {warning}", path.display());
+        }
+    }
+    print!("{}", config.summary());
+    for (listener, loaded) in &certificates {
+        for certificate in loaded.certificates() {
+            println!(
+                "certificate   {listener}: {} (expires {}) from {}",
+                certificate.names.join(", "),
+                humantime::format_rfc3339_seconds(certificate.not_after),
+                certificate.files.cert.display()
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// `--churn`: the report of pool `only`, or of every pool in turn (the

@@ -60,6 +60,9 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use prometheus_client::encoding::EncodeLabelSet;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -69,7 +72,7 @@ use prometheus_client::registry::Registry;
 
 use crate::admin::process::ProcessMetrics;
 use crate::pool::Snapshot;
-use crate::pool::stats::{BackendLabels, Stats};
+use crate::pool::stats::{BackendLabels, CertificateRecord, Stats};
 
 /// The exposition formats `/metrics` can answer in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +175,16 @@ impl Metrics {
             "Client connections accepted, those closed at once for limits.max_connections included",
             stats.client_connections_accepted().clone(),
         );
+        registry.register(
+            "affinity_tls_handshakes",
+            "TLS handshakes, by listener, result (success, failure, timeout) and TLS version",
+            stats.tls_handshakes().clone(),
+        );
+        registry.register(
+            "affinity_tls_handshake_duration_seconds",
+            "Time from a TLS connection's accept to the end of its handshake, by listener",
+            stats.tls_handshake_duration().clone(),
+        );
         registry.register_collector(Box::new(ProcessMetrics));
         Metrics { registry }
     }
@@ -188,8 +201,22 @@ impl Metrics {
     /// The exposition of every family in `format`: those recorded as things
     /// happen, and the gauges read from `snapshots` (one per pool) now.
     pub fn encode_with(&self, snapshots: Vec<Arc<Snapshot>>, format: Format) -> String {
+        self.encode_all(snapshots, Vec::new(), format)
+    }
+
+    /// [`encode_with`](Self::encode_with), and the expiry gauge of each of
+    /// `certificates`.
+    pub fn encode_all(
+        &self,
+        snapshots: Vec<Arc<Snapshot>>,
+        certificates: Vec<CertificateRecord>,
+        format: Format,
+    ) -> String {
         let mut live = Registry::default();
         live.register_collector(Box::new(SnapshotGauges(snapshots)));
+        if !certificates.is_empty() {
+            live.register_collector(Box::new(CertificateExpiry(certificates)));
+        }
         let mut text = String::new();
         // Writing to a String cannot fail, and neither can the collector.
         match format {
@@ -206,6 +233,42 @@ impl Metrics {
             }
         }
         text
+    }
+}
+
+/// Labels of `affinity_tls_certificate_expiry_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CertificateLabels {
+    listener: String,
+    name: String,
+}
+
+/// When each certificate of the TLS listeners expires, read at scrape time.
+#[derive(Debug)]
+struct CertificateExpiry(Vec<CertificateRecord>);
+
+impl Collector for CertificateExpiry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let mut family = encoder.encode_descriptor(
+            "affinity_tls_certificate_expiry_seconds",
+            "When the certificate served for this name expires, in Unix seconds.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for certificate in &self.0 {
+            let expiry = certificate
+                .not_after
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            for name in &certificate.names {
+                let labels = CertificateLabels {
+                    listener: certificate.listener.clone(),
+                    name: name.clone(),
+                };
+                ConstGauge::new(expiry).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -202,7 +202,8 @@ impl Admin {
                     .iter()
                     .map(|p| p.pool.snapshot())
                     .collect();
-                let text = self.metrics.encode_with(snapshots, format);
+                let certificates = self.pools.stats().certificates();
+                let text = self.metrics.encode_all(snapshots, certificates, format);
                 with_type(StatusCode::OK, format.content_type(), text)
             }
         }
@@ -235,7 +236,24 @@ impl Admin {
                     name: &l.name,
                     address: l.address.to_string(),
                     protocol: l.protocol.as_str(),
+                    tls: l.tls.is_some(),
                     pool: config.listener(&l.name).and_then(|c| c.pool.as_deref()),
+                })
+                .collect(),
+            certificates: self
+                .pools
+                .stats()
+                .certificates()
+                .into_iter()
+                .map(|c| CertificateStatus {
+                    expires_in_seconds: match c.not_after.duration_since(SystemTime::now()) {
+                        Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                        Err(past) => -i64::try_from(past.duration().as_secs()).unwrap_or(i64::MAX),
+                    },
+                    not_after: timestamp(c.not_after),
+                    listener: c.listener,
+                    names: c.names,
+                    file: c.cert,
                 })
                 .collect(),
             routes: config
@@ -327,6 +345,8 @@ struct Status<'a> {
     /// `null` before the first reload.
     last_reload: Option<ReloadStatus>,
     listeners: Vec<ListenerStatus<'a>>,
+    /// The certificates the TLS listeners serve.
+    certificates: Vec<CertificateStatus>,
     /// In config order (`--check` prints them in match order).
     routes: Vec<RouteStatus<'a>>,
     /// With a single pool, its fields at the top level too, as before
@@ -341,8 +361,19 @@ struct ListenerStatus<'a> {
     name: &'a str,
     address: String,
     protocol: &'static str,
+    tls: bool,
     /// Where requests that match no route go; `null`: `404`.
     pool: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct CertificateStatus {
+    listener: String,
+    names: Vec<String>,
+    not_after: String,
+    /// Seconds until it expires (negative once it has).
+    expires_in_seconds: i64,
+    file: String,
 }
 
 #[derive(Debug, Serialize)]

@@ -28,6 +28,25 @@ pub(super) struct FileConfig {
 pub(super) struct FileListener {
     pub(super) address: Option<Spanned<String>>,
     pub(super) drain_timeout: Option<Spanned<DurationText>>,
+    pub(super) tls: Option<Spanned<FileTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a tls table")]
+pub(super) struct FileTls {
+    pub(super) certificates: Spanned<Vec<FileCertificate>>,
+    pub(super) alpn: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) handshake_timeout: Option<Spanned<DurationText>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a certificate table with cert and key"
+)]
+pub(super) struct FileCertificate {
+    pub(super) cert: Spanned<String>,
+    pub(super) key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +56,7 @@ pub(super) struct FileListenerEntry {
     pub(super) address: Spanned<String>,
     pub(super) protocol: Option<Spanned<String>>,
     pub(super) pool: Option<Spanned<String>>,
+    pub(super) tls: Option<Spanned<FileTls>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -56,7 +56,7 @@ mod validate;
 mod tests;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,6 +147,8 @@ pub struct ListenerConfig {
     /// Where a request that matches no route goes; `None`: it gets `404`.
     /// For a `tcp` listener, the pool of every connection.
     pub pool: Option<String>,
+    /// TLS termination; `None`: plain TCP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ListenerConfig {
@@ -156,6 +158,54 @@ impl Default for ListenerConfig {
             address: DEFAULT_LISTEN_ADDRESS,
             protocol: Protocol::Http,
             pool: None,
+            tls: None,
+        }
+    }
+}
+
+/// Default `tls.handshake_timeout`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A listener's `tls` table: TLS 1.2 and 1.3 termination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificates, in config order: picked by the client's SNI
+    /// (exact name, then `*.suffix` wildcard), the first when none matches.
+    pub certificates: Vec<CertificateFiles>,
+    /// The protocols offered by ALPN, in order of preference; never empty.
+    pub alpn: Vec<Alpn>,
+    /// A client that has not finished its handshake by then is cut off.
+    pub handshake_timeout: Duration,
+}
+
+/// One certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// The chain, leaf first (paths relative to the config file's folder
+    /// are resolved against it).
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Where it is in the file (`listeners[0].tls.certificates[1]`), for
+    /// errors found when the files are read.
+    pub field: String,
+}
+
+/// A protocol offered by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// `h2`: HTTP/2 over TLS.
+    H2,
+    /// `http/1.1`.
+    Http11,
+}
+
+impl Alpn {
+    /// Its ALPN identifier, as the file names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alpn::H2 => "h2",
+            Alpn::Http11 => "http/1.1",
         }
     }
 }

@@ -19,6 +19,17 @@ impl Config {
                 l.address,
                 l.protocol.as_str()
             );
+            if let Some(tls) = &l.tls {
+                let alpn: Vec<&str> = tls.alpn.iter().map(|a| a.as_str()).collect();
+                let _ = write!(
+                    out,
+                    " with TLS: {} certificate{}, ALPN {}, handshake timeout {}",
+                    tls.certificates.len(),
+                    if tls.certificates.len() == 1 { "" } else { "s" },
+                    alpn.join(" "),
+                    humantime::format_duration(tls.handshake_timeout)
+                );
+            }
             if let Some(pool) = &l.pool {
                 let what = match l.protocol {
                     Protocol::Http => "unrouted requests to",

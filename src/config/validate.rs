@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -103,19 +104,37 @@ impl Check<'_, '_> {
                 "listener.address",
                 DEFAULT_LISTEN_ADDRESS,
             );
+            let tls = file
+                .listener
+                .tls
+                .as_ref()
+                .map(|t| self.tls(t, "listener.tls"));
             let listener = ListenerConfig {
                 address: address.unwrap_or(DEFAULT_LISTEN_ADDRESS),
+                tls,
                 ..ListenerConfig::default()
             };
             return vec![(listener, address.is_some())];
         };
-        if let Some(address) = &file.listener.address {
-            let error = self.source.error_at(
+        let single = [
+            (
                 "listener.address",
-                address,
-                "with [[listeners]], each listener has its own address; [listener] keeps only drain_timeout",
-            );
-            self.report(error);
+                file.listener.address.as_ref().map(Spanned::span),
+            ),
+            (
+                "listener.tls",
+                file.listener.tls.as_ref().map(Spanned::span),
+            ),
+        ];
+        for (field, span) in single {
+            if let Some(span) = span {
+                let error = self.source.error(
+                    field,
+                    Some(span),
+                    "with [[listeners]], each listener has its own address and tls; [listener] keeps only drain_timeout",
+                );
+                self.report(error);
+            }
         }
         if entries.get_ref().is_empty() {
             let error = self.source.error(
@@ -186,17 +205,112 @@ impl Check<'_, '_> {
                 );
                 self.report(error);
             }
+            let tls = entry
+                .tls
+                .as_ref()
+                .map(|t| self.tls(t, &format!("listeners[{i}].tls")));
             listeners.push((
                 ListenerConfig {
                     name: entry.name.get_ref().clone(),
                     address: address.unwrap_or(DEFAULT_LISTEN_ADDRESS),
                     protocol: protocol.unwrap_or(Protocol::Http),
                     pool: entry.pool.as_ref().map(|p| p.get_ref().clone()),
+                    tls,
                 },
                 address.is_some(),
             ));
         }
         listeners
+    }
+
+    /// A `tls` table at `field`. Certificate paths are resolved against the
+    /// config file's folder; the files themselves are read when the
+    /// listener starts (and by `--check`).
+    fn tls(&mut self, file: &Spanned<FileTls>, field: &str) -> TlsConfig {
+        let tls = file.get_ref();
+        if tls.certificates.get_ref().is_empty() {
+            let error = self.source.error(
+                format!("{field}.certificates"),
+                Some(tls.certificates.span()),
+                "no certificates: add at least one { cert = \"FILE.pem\", key = \"FILE.key\" }",
+            );
+            self.report(error);
+        }
+        let folder = self.source.file.parent().unwrap_or(Path::new(""));
+        let mut certificates = Vec::new();
+        for (i, entry) in tls.certificates.get_ref().iter().enumerate() {
+            let at = format!("{field}.certificates[{i}]");
+            let mut path = |value: &Spanned<String>, name: &str| {
+                if value.get_ref().trim().is_empty() {
+                    let error =
+                        self.source
+                            .error_at(format!("{at}.{name}"), value, "an empty path");
+                    self.report(error);
+                }
+                folder.join(value.get_ref())
+            };
+            let cert = path(&entry.cert, "cert");
+            let key = path(&entry.key, "key");
+            certificates.push(CertificateFiles {
+                cert,
+                key,
+                field: at,
+            });
+        }
+        let mut alpn = Vec::new();
+        match &tls.alpn {
+            None => alpn.extend([Alpn::H2, Alpn::Http11]),
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    let error = self.source.error(
+                        format!("{field}.alpn"),
+                        Some(list.span()),
+                        "no protocols: use [\"h2\", \"http/1.1\"], [\"http/1.1\"] or [\"h2\"]",
+                    );
+                    self.report(error);
+                }
+                for (i, name) in list.get_ref().iter().enumerate() {
+                    let protocol = match name.get_ref().as_str() {
+                        "h2" => Alpn::H2,
+                        "http/1.1" => Alpn::Http11,
+                        other => {
+                            let error = self.source.error_at(
+                                format!("{field}.alpn[{i}]"),
+                                name,
+                                format!(
+                                    "unknown protocol {other:?}; expected \"h2\" or \"http/1.1\""
+                                ),
+                            );
+                            self.report(error);
+                            continue;
+                        }
+                    };
+                    if alpn.contains(&protocol) {
+                        let error = self.source.error_at(
+                            format!("{field}.alpn[{i}]"),
+                            name,
+                            format!("{other:?} is listed twice", other = name.get_ref()),
+                        );
+                        self.report(error);
+                        continue;
+                    }
+                    alpn.push(protocol);
+                }
+            }
+        }
+        let handshake_timeout = self
+            .duration(
+                &tls.handshake_timeout,
+                &format!("{field}.handshake_timeout"),
+                DEFAULT_HANDSHAKE_TIMEOUT,
+                false,
+            )
+            .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+        TlsConfig {
+            certificates,
+            alpn,
+            handshake_timeout,
+        }
     }
 
     /// Records `name` (of entry `i` of the list `what`) in `names` when it

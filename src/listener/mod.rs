@@ -46,6 +46,7 @@ mod drain;
 mod http;
 mod serve;
 mod socket;
+pub mod tls;
 mod workers;
 
 use std::io;
@@ -53,6 +54,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -67,6 +69,7 @@ pub use drain::Drain;
 use serve::{Worker, serve};
 pub use socket::{Addresses, migrates_queued_connections};
 use socket::{LISTEN_BACKLOG, bind};
+use tls::{Certificates, TlsError, TlsListener};
 use workers::Workers;
 
 /// Why the proxy could not start.
@@ -94,6 +97,9 @@ pub enum StartError {
     /// The pool could not be built.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// A TLS listener's certificates cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// A worker thread or its runtime could not be started.
     #[error("cannot start a worker: {0}")]
     Runtime(String),
@@ -120,6 +126,9 @@ pub enum ReloadFailed {
     /// The config is valid but could not be applied.
     #[error(transparent)]
     Apply(#[from] ReloadError),
+    /// A TLS listener's new certificates cannot be used (the old ones stay).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// What a reload applied.
@@ -139,6 +148,8 @@ pub struct ProxyHandle {
     /// Each running listener's name and bound address, in config order.
     local_addrs: Vec<(String, SocketAddr)>,
     pools: Arc<Pools>,
+    /// Each listener's TLS, in config order; `None`: plain.
+    tls: Arc<[Option<Arc<TlsListener>>]>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Drain>,
     /// The other workers, each on its own thread and runtime: how to stop
@@ -203,7 +214,7 @@ impl ProxyHandle {
     ///
     /// The outcome is recorded in the pool's stats (the
     /// `affinity_config_reload*` metrics and `/status`'s `last_reload`).
-    pub async fn reload(&self, config: Config) -> Result<Reloaded, ReloadError> {
+    pub async fn reload(&self, config: Config) -> Result<Reloaded, ReloadFailed> {
         let outcome = self.apply(config).await;
         match &outcome {
             Ok(_) => self.pools.stats().reload_succeeded(),
@@ -234,7 +245,7 @@ impl ProxyHandle {
     }
 
     /// Applies `config`, without recording the outcome.
-    async fn apply(&self, config: Config) -> Result<Reloaded, ReloadError> {
+    async fn apply(&self, config: Config) -> Result<Reloaded, ReloadFailed> {
         let current = self.pools.routing().config().clone();
         let mut needs_restart = Vec::new();
         let running = self.pools.running();
@@ -257,16 +268,57 @@ impl ProxyHandle {
         if config.admin != current.admin {
             needs_restart.push("admin");
         }
+        // Every new certificate read before anything changes: one that
+        // cannot be used fails the whole reload.
+        let certificates = self.reload_certificates(&config)?;
         let mut config = config;
         config.admin = current.admin.clone();
         for field in &needs_restart {
             tracing::warn!(field, "{field} changed: it takes effect on restart");
         }
-        self.pools.reload(Arc::new(config)).await?;
+        self.pools.reload(Arc::new(config.clone())).await?;
+        for (listener, certificates) in certificates {
+            let Some(settings) = config
+                .listener(listener.name())
+                .and_then(|l| l.tls.as_ref())
+            else {
+                continue;
+            };
+            let records = certificates.records(listener.name());
+            listener.reload(settings, certificates)?;
+            self.pools
+                .stats()
+                .set_certificates(listener.name(), records);
+        }
         Ok(Reloaded {
             needs_restart,
             warnings: Vec::new(),
         })
+    }
+
+    /// The certificates of each running TLS listener that `config` still
+    /// has with TLS, all read; the first that cannot be used is the error.
+    fn reload_certificates(
+        &self,
+        config: &Config,
+    ) -> Result<Vec<(Arc<TlsListener>, Certificates)>, TlsError> {
+        let mut loaded = Vec::new();
+        for listener in self.tls.iter().flatten() {
+            let Some(settings) = config
+                .listener(listener.name())
+                .and_then(|l| l.tls.as_ref())
+            else {
+                continue;
+            };
+            let certificates = Certificates::load(settings).inspect_err(|error| {
+                tracing::error!(listener = %listener.name(), %error, "cannot use the new certificates; keeping the old ones");
+            })?;
+            for warning in certificates.warnings(SystemTime::now()) {
+                tracing::warn!(listener = %listener.name(), "{warning}");
+            }
+            loaded.push((listener.clone(), certificates));
+        }
+        Ok(loaded)
     }
 
     /// Stops accepting, lets requests in flight finish within the drain
@@ -343,7 +395,12 @@ pub async fn start_with(
         listeners.push(listener);
         local_addrs.push((listener_config.name.clone(), local_addr));
     }
+    let tls = start_tls(&config)?;
     let pools = Arc::new(Pools::start(config.clone())?);
+    for listener in tls.iter().flatten() {
+        let records = listener.certificates().records(listener.name());
+        pools.stats().set_certificates(listener.name(), records);
+    }
     let draining = Arc::new(AtomicBool::new(false));
     let admin = match &config.admin {
         Some(settings) => {
@@ -367,7 +424,7 @@ pub async fn start_with(
     // and the admin endpoint.
     let open = pools.stats().client_connections().clone();
     let proxies: Arc<[Arc<Proxy>]> = (0..config.listeners.len())
-        .map(|listener| Arc::new(Proxy::new(pools.clone(), listener)))
+        .map(|listener| Arc::new(Proxy::new(pools.clone(), listener, tls[listener].is_some())))
         .collect();
     let (spread, mut handed) = Workers::new(workers);
     let mut handed_to_others = handed.split_off(1).into_iter();
@@ -379,6 +436,7 @@ pub async fn start_with(
         let worker = Worker {
             proxies: proxies.clone(),
             pools: pools.clone(),
+            tls: tls.clone(),
             open: open.clone(),
             workers: spread.clone(),
             me: n + 1,
@@ -397,6 +455,7 @@ pub async fn start_with(
     let worker = Worker {
         proxies,
         pools: pools.clone(),
+        tls: tls.clone(),
         open,
         workers: spread,
         me: 0,
@@ -406,12 +465,36 @@ pub async fn start_with(
     Ok(ProxyHandle {
         local_addrs,
         pools,
+        tls,
         stop: Some(stop),
         task,
         workers: others,
         admin,
         draining,
     })
+}
+
+/// The TLS of each listener of `config` (in its order), its certificates
+/// read.
+fn start_tls(config: &Config) -> Result<Arc<[Option<Arc<TlsListener>>]>, StartError> {
+    let mut tls = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        tls.push(match &listener.tls {
+            None => None,
+            Some(settings) => {
+                let certificates = Certificates::load(settings)?;
+                for warning in certificates.warnings(SystemTime::now()) {
+                    tracing::warn!(listener = %listener.name, "{warning}");
+                }
+                Some(Arc::new(TlsListener::new(
+                    &listener.name,
+                    settings,
+                    certificates,
+                )?))
+            }
+        });
+    }
+    Ok(tls.into())
 }
 
 /// Starts worker `n` on a thread of its own with a single-threaded runtime,

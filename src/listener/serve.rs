@@ -14,13 +14,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::listener::drain::{Drain, DrainSignal, drained};
 use crate::listener::http::{H2_PREFACE, connection_builder, http1_builder};
+use crate::listener::tls::TlsListener;
 use crate::listener::workers::{Accepted, Admitted, Handed, OpenConnection, Workers, rehome};
 use crate::pool::routing::Pools;
 use crate::proxy::Proxy;
@@ -37,6 +40,8 @@ pub(super) struct Worker {
     pub(super) proxies: Arc<[Arc<Proxy>]>,
     /// The pools every handler routes to.
     pub(super) pools: Arc<Pools>,
+    /// Each listener's TLS, in the order of the listeners; `None`: plain.
+    pub(super) tls: Arc<[Option<Arc<TlsListener>>]>,
     /// Client connections open over every worker, for
     /// `limits.max_connections` (the pool's stats gauge, which the admin
     /// endpoint shows).
@@ -54,6 +59,8 @@ pub(super) struct Worker {
 #[derive(Clone)]
 struct Shared {
     proxies: Arc<[Arc<Proxy>]>,
+    /// Each listener's TLS, in the order of the listeners; `None`: plain.
+    tls: Arc<[Option<Arc<TlsListener>>]>,
     pools: Arc<Pools>,
     tunnels: Tunnels,
     /// Raised when the drain starts: every connection then finishes its
@@ -90,6 +97,7 @@ pub(super) async fn serve(
     let Worker {
         proxies,
         pools,
+        tls,
         open,
         workers,
         me,
@@ -101,6 +109,7 @@ pub(super) async fn serve(
         http1: Arc::new(http1_builder(&config.limits)),
         config,
         proxies,
+        tls,
         pools,
         tunnels: Tunnels::new(),
         draining: Arc::new(DrainSignal::default()),
@@ -177,35 +186,93 @@ fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: 
     let Some(proxy) = shared.proxies.get(listener).cloned() else {
         return;
     };
-    let served = serve_connection(stream, peer, proxy, shared.clone());
+    let tls = shared.tls.get(listener).cloned().flatten();
+    let served = serve_connection(stream, peer, proxy, tls, shared.clone());
     connections.spawn(async move {
         let _counted = (admitted, load);
         served.await;
     });
 }
 
-/// Serves one client connection to its end: HTTP/1.1, or HTTP/2 with prior
-/// knowledge, seen in its first bytes.
+/// Serves one client connection to its end: HTTP/1.1, or HTTP/2 (with
+/// prior knowledge, seen in its first bytes; over TLS, as ALPN agreed).
 fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
+    tls: Option<Arc<TlsListener>>,
     shared: Shared,
 ) -> impl Future<Output = ()> + Send + 'static {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
     }
-    // The requests served so far: each one's index on the connection. Until
-    // the first, the connection is on `header_timeout` as a whole (hyper
-    // times the HTTP/1 head, but not the wait for a first byte, the HTTP/2
-    // preface nor its handshake).
+    let header_timeout = shared.config.limits.header_timeout;
+    async move {
+        let Some(tls) = tls else {
+            // Until the first request, the connection is on `header_timeout`
+            // as a whole (hyper times the HTTP/1 head, but not the wait for
+            // a first byte, the HTTP/2 preface nor its handshake).
+            let deadline = Instant::now() + header_timeout;
+            let Some(maybe_h2) = first_bytes(&stream, peer, deadline).await else {
+                return;
+            };
+            return serve_http(stream, peer, maybe_h2, deadline, proxy, shared).await;
+        };
+        let Some(stream) = tls.handshake(stream, shared.pools.stats()).await else {
+            return;
+        };
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        let deadline = Instant::now() + header_timeout;
+        serve_http(stream, peer, h2, deadline, proxy, shared).await;
+    }
+}
+
+/// Looks at a plain connection's first bytes without consuming them:
+/// whether they could be the HTTP/2 preface; `None` when the client closed
+/// or sent nothing by `deadline`.
+///
+/// HTTP/1 goes straight to hyper's HTTP/1 server, so hyper's first read gets
+/// the whole head (hyper-util's auto builder reads 24 bytes to sniff the
+/// version and hands them back first, which makes hyper grow its 8 KiB read
+/// buffer to 16 KiB on every connection), and the task holds only HTTP/1
+/// state. What could be the HTTP/2 preface goes to the auto builder, boxed.
+async fn first_bytes(stream: &TcpStream, peer: SocketAddr, deadline: Instant) -> Option<bool> {
+    let mut head = [0u8; H2_PREFACE.len()];
+    tokio::select! {
+        peeked = stream.peek(&mut head) => match peeked {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(head[..n] == H2_PREFACE[..n]),
+        },
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::debug!(%peer, "no request within the header timeout; closing");
+            None
+        }
+        // Not cut short by the drain: a client that connected before it
+        // has its first request served (and the connection closed after
+        // it), as it would with the listener still open.
+    }
+}
+
+/// Serves HTTP on `io` to its end: HTTP/2 when `h2` (the first bytes could
+/// be its preface, or ALPN chose it), else HTTP/1.1; no first request by
+/// `deadline` closes it.
+async fn serve_http<I>(
+    io: I,
+    peer: SocketAddr,
+    h2: bool,
+    deadline: Instant,
+    proxy: Arc<Proxy>,
+    shared: Shared,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The requests served so far: each one's index on the connection.
     let requests = Arc::new(AtomicU64::new(0));
     let served = requests.clone();
-    let header_timeout = shared.config.limits.header_timeout;
     // The raw bytes are watched for what hyper hides: a request with both
     // Content-Length and Transfer-Encoding.
     let head_bytes = usize::try_from(shared.config.limits.max_header_bytes).unwrap_or(usize::MAX);
-    let (stream, ambiguity) = Watched::new(stream, head_bytes);
+    let (stream, ambiguity) = Watched::new(io, head_bytes);
     let tunnels = shared.tunnels.clone();
     let service = service_fn(move |mut request: Request<Incoming>| {
         let index = requests.fetch_add(1, Ordering::Relaxed);
@@ -228,68 +295,45 @@ fn serve_connection(
         http1,
         ..
     } = shared;
-    async move {
-        let first = tokio::time::sleep(header_timeout);
+    let ended = if h2 {
+        let first = tokio::time::sleep_until(deadline);
         tokio::pin!(first);
-        // Look at the first bytes without consuming them: HTTP/1 goes
-        // straight to hyper's HTTP/1 server, so hyper's first read gets the
-        // whole head (hyper-util's auto builder reads 24 bytes to sniff the
-        // version and hands them back first, which makes hyper grow its
-        // 8 KiB read buffer to 16 KiB on every connection), and the task
-        // holds only HTTP/1 state. What could be the HTTP/2 preface goes to
-        // the auto builder, boxed.
-        let mut head = [0u8; H2_PREFACE.len()];
-        let maybe_h2 = tokio::select! {
-            peeked = stream.get_ref().peek(&mut head) => match peeked {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head[..n] == H2_PREFACE[..n],
-            },
-            () = &mut first => {
-                tracing::debug!(%peer, "no request within the header timeout; closing");
-                return;
-            }
-            // Not cut short by the drain: a client that connected before it
-            // has its first request served (and the connection closed after
-            // it), as it would with the listener still open.
-        };
-        let ended = if maybe_h2 {
-            // With upgrades: after a `101`, hyper hands the client's
-            // connection over to the tunnel and this future ends.
-            let mut connection = Box::pin(
-                builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned(),
-            );
-            tokio::select! {
-                ended = connection.as_mut() => ended,
-                () = &mut first, if served.load(Ordering::Relaxed) == 0 => {
-                    if served.load(Ordering::Relaxed) == 0 {
-                        tracing::debug!(%peer, "no request within the header timeout; closing");
-                        return;
-                    }
-                    drained(connection.as_mut(), &draining, || true, |c| c.graceful_shutdown()).await
+        // With upgrades: after a `101`, hyper hands the client's
+        // connection over to the tunnel and this future ends.
+        let mut connection = Box::pin(
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned(),
+        );
+        tokio::select! {
+            ended = connection.as_mut() => ended,
+            () = &mut first, if served.load(Ordering::Relaxed) == 0 => {
+                if served.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!(%peer, "no request within the header timeout; closing");
+                    return;
                 }
-                () = draining.started() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
+                drained(connection.as_mut(), &draining, || true, |c| c.graceful_shutdown()).await
             }
-        } else {
-            // hyper times the head from here (header_timeout).
-            let connection = http1
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            let started = || served.load(Ordering::Relaxed) > 0;
-            drained(connection.as_mut(), &draining, started, |c| {
-                c.graceful_shutdown()
-            })
-            .await
-            .map_err(Into::into)
-        };
-        if let Err(error) = ended {
-            tracing::debug!(%peer, %error, "client connection ended with an error");
+            () = draining.started() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
         }
+    } else {
+        // hyper times the head from here (header_timeout).
+        let connection = http1
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(connection);
+        let started = || served.load(Ordering::Relaxed) > 0;
+        drained(connection.as_mut(), &draining, started, |c| {
+            c.graceful_shutdown()
+        })
+        .await
+        .map_err(Into::into)
+    };
+    if let Err(error) = ended {
+        tracing::debug!(%peer, %error, "client connection ended with an error");
     }
 }
 

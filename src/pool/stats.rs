@@ -85,6 +85,46 @@ pub struct PoolLabels {
     pub pool: Arc<str>,
 }
 
+/// Labels of `affinity_tls_handshakes_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// `success`, `failure` or `timeout`.
+    pub result: &'static str,
+    /// `TLSv1.3` or `TLSv1.2` for a success, `""` otherwise.
+    pub version: &'static str,
+}
+
+/// Labels of the per-listener families.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// The listener's name.
+    pub listener: Arc<str>,
+}
+
+/// A certificate a TLS listener serves, for `/status` and the expiry
+/// gauge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRecord {
+    /// The listener's name.
+    pub listener: String,
+    /// Its DNS names.
+    pub names: Vec<String>,
+    /// When it expires.
+    pub not_after: SystemTime,
+    /// Its file.
+    pub cert: String,
+}
+
+/// The family of handshake durations: one histogram per listener.
+pub type HandshakeDurationFamily = Family<ListenerLabels, Histogram, fn() -> Histogram>;
+
+fn handshake_duration_histogram() -> Histogram {
+    // 100 µs .. ~6.5 s.
+    Histogram::new(exponential_buckets(100e-6, 4.0, 9))
+}
+
 /// Labels of `affinity_config_reloads_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -136,6 +176,10 @@ pub struct Stats {
     last_reload: Mutex<Option<ReloadRecord>>,
     client_connections: Gauge,
     client_connections_accepted: Counter,
+    tls_handshakes: Family<HandshakeLabels, Counter>,
+    tls_handshake_duration: HandshakeDurationFamily,
+    /// Written at start and by a reload, never on the request path.
+    certificates: Mutex<Vec<CertificateRecord>>,
     /// The [`NO_BACKEND`] label, allocated once (also [`NO_POOL`]).
     no_backend: Arc<str>,
 }
@@ -178,6 +222,11 @@ impl Stats {
             last_reload: Mutex::new(None),
             client_connections: Gauge::default(),
             client_connections_accepted: Counter::default(),
+            tls_handshakes: Family::default(),
+            tls_handshake_duration: HandshakeDurationFamily::new_with_constructor(
+                handshake_duration_histogram as fn() -> Histogram,
+            ),
+            certificates: Mutex::new(Vec::new()),
             no_backend: Arc::from(NO_BACKEND),
         }
     }
@@ -251,6 +300,54 @@ impl Stats {
             .get_or_create(&labels)
             .observe(duration.as_secs_f64());
         self.table_moved_ratio.get_or_create(&labels).set(moved);
+    }
+
+    /// Counts a TLS handshake on `listener` that ended with `result` after
+    /// `elapsed` (`version`: the TLS version agreed, `""` when none was).
+    pub fn tls_handshake(
+        &self,
+        listener: &Arc<str>,
+        result: &'static str,
+        version: &'static str,
+        elapsed: Duration,
+    ) {
+        self.tls_handshakes
+            .get_or_create(&HandshakeLabels {
+                listener: listener.clone(),
+                result,
+                version,
+            })
+            .inc();
+        self.tls_handshake_duration
+            .get_or_create(&ListenerLabels {
+                listener: listener.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// TLS handshakes, by listener, result and version.
+    pub fn tls_handshakes(&self) -> &Family<HandshakeLabels, Counter> {
+        &self.tls_handshakes
+    }
+
+    /// How long TLS handshakes took, by listener.
+    pub fn tls_handshake_duration(&self) -> &HandshakeDurationFamily {
+        &self.tls_handshake_duration
+    }
+
+    /// Replaces the certificates of `listener` with `records`.
+    pub fn set_certificates(&self, listener: &str, records: Vec<CertificateRecord>) {
+        let mut certificates = self.certificates.lock().unwrap_or_else(|e| e.into_inner());
+        certificates.retain(|c| c.listener != listener);
+        certificates.extend(records);
+    }
+
+    /// The certificates the TLS listeners serve.
+    pub fn certificates(&self) -> Vec<CertificateRecord> {
+        self.certificates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Counts a reload that replaced the running config.

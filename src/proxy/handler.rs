@@ -34,6 +34,8 @@ pub struct Proxy {
     pools: Arc<Pools>,
     /// The listener's place among the running listeners: whose routes apply.
     listener: usize,
+    /// `X-Forwarded-Proto`: `https` on a TLS listener, else `http`.
+    proto: &'static str,
 }
 
 /// What the end of a request reports, gathered while it runs.
@@ -48,9 +50,13 @@ struct Ending {
 
 impl Proxy {
     /// The handler of listener `listener` (its place among the running
-    /// listeners) over `pools`.
-    pub fn new(pools: Arc<Pools>, listener: usize) -> Proxy {
-        Proxy { pools, listener }
+    /// listeners) over `pools`; `tls`: the listener terminates TLS.
+    pub fn new(pools: Arc<Pools>, listener: usize, tls: bool) -> Proxy {
+        Proxy {
+            pools,
+            listener,
+            proto: if tls { "https" } else { "http" },
+        }
     }
 
     /// The pools requests are routed to.
@@ -99,7 +105,12 @@ impl Proxy {
                 route: destination.route_name.cloned(),
                 ..record
             });
-        headers::set_forwarded(&mut parts.headers, peer, snapshot.is_trusted(peer));
+        headers::set_forwarded(
+            &mut parts.headers,
+            peer,
+            snapshot.is_trusted(peer),
+            self.proto,
+        );
 
         let mut attempts = Attempts {
             bytes_in: record.as_ref().map(|r| r.bytes_in.clone()),

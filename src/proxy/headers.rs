@@ -156,13 +156,19 @@ fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item =
 ///   is appended to the list it sent (all its `X-Forwarded-For` headers,
 ///   joined into one); otherwise the header is replaced by the peer's address
 ///   alone, so a client cannot plant addresses.
-/// * `X-Forwarded-Proto`: `http`, the scheme the client used to reach us.
+/// * `X-Forwarded-Proto`: `proto`, the scheme the client used to reach us
+///   (`https` on a TLS listener, else `http`).
 /// * `X-Forwarded-Host`: the `Host` header the client sent; removed when
 ///   there is none.
 ///
 /// The peer's address is written in canonical form (an IPv4-mapped IPv6
 /// address as IPv4), as [`client_ip`](crate::balance::key::client_ip) reads it.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    proto: &'static str,
+) {
     let peer_text = IpText::new(peer.to_canonical());
     let forwarded_for = if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let mut list = Vec::new();
@@ -182,7 +188,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool) 
     if let Ok(value) = forwarded_for {
         headers.insert(&X_FORWARDED_FOR, value);
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match headers.get(HOST).cloned() {
         Some(host) => {
             headers.insert(&X_FORWARDED_HOST, host);
@@ -343,7 +349,7 @@ mod tests {
     #[test]
     fn x_forwarded_for_is_replaced_when_the_peer_is_not_trusted() {
         let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("host", "a.example")]);
-        set_forwarded(&mut h, "192.0.2.7".parse().unwrap(), false);
+        set_forwarded(&mut h, "192.0.2.7".parse().unwrap(), false, "http");
         assert_eq!(values(&h, &X_FORWARDED_FOR), ["192.0.2.7"]);
     }
 
@@ -353,7 +359,7 @@ mod tests {
             ("x-forwarded-for", "203.0.113.1, 198.51.100.2"),
             ("x-forwarded-for", " 10.0.0.3 "),
         ]);
-        set_forwarded(&mut h, "10.0.0.4".parse().unwrap(), true);
+        set_forwarded(&mut h, "10.0.0.4".parse().unwrap(), true, "http");
         assert_eq!(
             values(&h, &X_FORWARDED_FOR),
             ["203.0.113.1, 198.51.100.2, 10.0.0.3, 10.0.0.4"]
@@ -363,7 +369,7 @@ mod tests {
     #[test]
     fn a_trusted_peer_without_x_forwarded_for_starts_the_list() {
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, "::ffff:10.0.0.4".parse().unwrap(), true);
+        set_forwarded(&mut h, "::ffff:10.0.0.4".parse().unwrap(), true, "http");
         assert_eq!(values(&h, &X_FORWARDED_FOR), ["10.0.0.4"]);
     }
 
@@ -374,7 +380,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "evil.example"),
         ]);
-        set_forwarded(&mut h, "2001:db8::1".parse().unwrap(), false);
+        set_forwarded(&mut h, "2001:db8::1".parse().unwrap(), false, "http");
         assert_eq!(values(&h, &X_FORWARDED_PROTO), ["http"]);
         assert_eq!(values(&h, &X_FORWARDED_HOST), ["shop.example:8080"]);
         assert_eq!(values(&h, &HOST), ["shop.example:8080"]);
@@ -384,7 +390,7 @@ mod tests {
     #[test]
     fn without_host_a_planted_x_forwarded_host_is_removed() {
         let mut h = map(&[("x-forwarded-host", "evil.example")]);
-        set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), true);
+        set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), true, "http");
         assert!(h.get(&X_FORWARDED_HOST).is_none());
     }
 
@@ -399,7 +405,7 @@ mod tests {
             ("host", "a.example"),
         ]);
         strip_hop_by_hop(&mut h);
-        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), true);
+        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), true, "http");
         assert_eq!(values(&h, &X_FORWARDED_FOR), ["10.0.0.9"]);
         assert_eq!(values(&h, &X_FORWARDED_PROTO), ["http"]);
         assert_eq!(values(&h, &X_FORWARDED_HOST), ["a.example"]);

@@ -1,0 +1,572 @@
+//! TLS listeners: certificates made in the test with `rcgen` (a CA and
+//! leaves it signs), real TLS clients (`tokio-rustls`, and `curl` when it is
+//! installed) against the real proxy.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::common::*;
+
+/// A test certificate authority.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// A leaf for `names`, signed by this CA: (cert PEM, key PEM, cert DER).
+    fn leaf(&self, names: &[&str]) -> Leaf {
+        self.leaf_with(names, |_| {})
+    }
+
+    fn leaf_with(&self, names: &[&str], adjust: impl FnOnce(&mut CertificateParams)) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        adjust(&mut params);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf {
+            pem: cert.pem(),
+            key: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A client that trusts this CA and offers `alpn`.
+    fn client(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// A verifier that takes any certificate: to see which one the server
+/// picks where the name would not verify.
+#[derive(Debug)]
+struct AcceptAny(rustls::crypto::CryptoProvider);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client that takes any certificate and sends `sni` (or no SNI).
+fn unverified_client(sni: bool) -> TlsConnector {
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider.clone()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    config.enable_sni = sni;
+    TlsConnector::from(Arc::new(config))
+}
+
+struct Leaf {
+    pem: String,
+    key: String,
+    der: CertificateDer<'static>,
+}
+
+impl Leaf {
+    /// Writes it as `NAME.pem` and `NAME.key` in `dir`.
+    fn write(&self, dir: &TempDir, name: &str) -> (PathBuf, PathBuf) {
+        (
+            dir.write(&format!("{name}.pem"), &self.pem),
+            dir.write(&format!("{name}.key"), &self.key),
+        )
+    }
+}
+
+/// A config with one TLS listener serving `certs` (cert and key files, in
+/// order) in front of `backend`, `extra` lines added to its `tls` table.
+fn tls_config(certs: &[(PathBuf, PathBuf)], extra: &str, backend: &TestBackend) -> String {
+    let list: Vec<String> = certs
+        .iter()
+        .map(|(cert, key)| {
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                cert.display(),
+                key.display()
+            )
+        })
+        .collect();
+    format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"secure\"\naddress = \"127.0.0.1:0\"\n\
+         [listeners.tls]\ncertificates = [{}]\n{extra}\n\
+         [[pools]]\nname = \"web\"\nhealth_check = {{ interval = \"1h\", timeout = \"1s\" }}\n\
+         backends = [{{ name = \"{}\", url = \"http://{}\" }}]\n",
+        list.join(", "),
+        backend.name,
+        backend.addr
+    )
+}
+
+/// A TLS connection to the proxy asking for `name`.
+async fn connect(
+    client: &TlsConnector,
+    proxy: std::net::SocketAddr,
+    name: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(proxy).await?;
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    client.connect(name, tcp).await
+}
+
+/// The leaf certificate the server presented.
+fn presented(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    stream.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+/// One HTTP/1.1 GET of `path` on `stream`; the status and body.
+async fn get_http1(stream: &mut TlsStream<TcpStream>, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: shop.example.com\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let n = bounded(stream.read(&mut buffer)).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before a whole response: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                let status = head[9..12].parse().unwrap();
+                return (status, body.to_owned());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn sni_picks_the_exact_name_then_the_wildcard_then_the_first_certificate() {
+    let ca = Ca::new();
+    let dir = TempDir::new("tls-sni");
+    let shop = ca.leaf(&["shop.example.com"]);
+    let api = ca.leaf(&["api.example.com", "api.example.org"]);
+    let wild = ca.leaf(&["*.example.net"]);
+    let files = [
+        shop.write(&dir, "shop"),
+        api.write(&dir, "api"),
+        wild.write(&dir, "wild"),
+    ];
+    let backend = TestBackend::start("b").await;
+    let proxy = start_proxy(&tls_config(&files, "", &backend)).await;
+    let address = proxy.local_addr();
+    let any = unverified_client(true);
+    for (name, expected) in [
+        ("shop.example.com", &shop.der),
+        ("SHOP.Example.COM", &shop.der),
+        ("api.example.org", &api.der),
+        ("api.example.com", &api.der),
+        ("a.example.net", &wild.der),
+        ("x.a.example.net", &shop.der), // a wildcard covers one label only
+        ("example.net", &shop.der),     // ... and not the bare suffix
+        ("localhost", &shop.der),       // no name matches: the first
+    ] {
+        let stream = connect(&any, address, name).await.unwrap();
+        assert_eq!(&presented(&stream), expected, "{name}");
+    }
+    // No SNI at all: the first.
+    let stream = connect(&unverified_client(false), address, "shop.example.com")
+        .await
+        .unwrap();
+    assert_eq!(presented(&stream), shop.der);
+    // A verifying client accepts what it gets for each of the names.
+    let client = ca.client(&[b"http/1.1"]);
+    for name in ["shop.example.com", "api.example.com", "b.example.net"] {
+        connect(&client, address, name).await.unwrap();
+    }
+    let mut stream = connect(&client, address, "shop.example.com").await.unwrap();
+    assert_eq!(presented(&stream), shop.der);
+    let (status, body) = get_http1(&mut stream, "/hello").await;
+    assert_eq!((status, body.as_str()), (200, "b"));
+    let seen = backend.seen();
+    assert_eq!(
+        seen.last()
+            .unwrap()
+            .headers
+            .get("x-forwarded-proto")
+            .map(|v| v.to_str().unwrap()),
+        Some("https"),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn alpn_gives_http2_clients_http2_and_http1_clients_http1() {
+    let ca = Ca::new();
+    let dir = TempDir::new("tls-alpn");
+    let files = [ca.leaf(&["shop.example.com"]).write(&dir, "shop")];
+    let backend = TestBackend::start("b").await;
+    let proxy = start_proxy(&tls_config(&files, "", &backend)).await;
+    let address = proxy.local_addr();
+
+    let h2_client = ca.client(&[b"h2", b"http/1.1"]);
+    let stream = connect(&h2_client, address, "shop.example.com")
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for i in 0..3 {
+        let request = Request::get(format!("https://shop.example.com/h2/{i}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = bounded(sender.send_request(request)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"b");
+    }
+
+    let h1_client = ca.client(&[b"http/1.1"]);
+    let mut stream = connect(&h1_client, address, "shop.example.com")
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(get_http1(&mut stream, "/h1").await.0, 200);
+    // Without ALPN at all: HTTP/1.1.
+    let plain_client = ca.client(&[]);
+    let mut stream = connect(&plain_client, address, "shop.example.com")
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+    assert_eq!(get_http1(&mut stream, "/none").await.0, 200);
+    let proto: Vec<_> = backend
+        .seen()
+        .iter()
+        .map(|s| {
+            s.headers
+                .get("x-forwarded-proto")
+                .map(|v| v.to_str().unwrap().to_owned())
+        })
+        .collect();
+    assert!(
+        proto.iter().all(|p| p.as_deref() == Some("https")),
+        "{proto:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_or_garbage_handshake_loses_its_own_connection_only() {
+    let ca = Ca::new();
+    let dir = TempDir::new("tls-stall");
+    let files = [ca.leaf(&["shop.example.com"]).write(&dir, "shop")];
+    let backend = TestBackend::start("b").await;
+    let proxy = start_proxy(&tls_config(
+        &files,
+        "handshake_timeout = \"300ms\"",
+        &backend,
+    ))
+    .await;
+    let address = proxy.local_addr();
+    let client = ca.client(&[b"http/1.1"]);
+
+    // Connects and never says a word.
+    let mut stalled = TcpStream::connect(address).await.unwrap();
+    // Half a ClientHello, then nothing.
+    let mut half = TcpStream::connect(address).await.unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    // Not TLS at all.
+    let mut garbage = TcpStream::connect(address).await.unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+
+    // Meanwhile, a real client is served at once.
+    let started = Instant::now();
+    let mut stream = connect(&client, address, "shop.example.com").await.unwrap();
+    assert_eq!(get_http1(&mut stream, "/ok").await.0, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let mut buffer = [0u8; 64];
+    // The garbage gets a TLS alert or nothing, then the connection closes.
+    let closed = bounded(async {
+        loop {
+            match garbage.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    });
+    closed.await;
+    for (what, socket) in [("stalled", &mut stalled), ("half", &mut half)] {
+        let started = Instant::now();
+        let n = bounded(socket.read(&mut buffer)).await.unwrap_or(0);
+        assert_eq!(n, 0, "{what}: the proxy sent bytes");
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(2),
+            "{what}: cut off after {waited:?}"
+        );
+    }
+    // And the served connection still works after all that.
+    assert_eq!(get_http1(&mut stream, "/still").await.0, 200);
+    let metrics = metrics_text(proxy.admin_addr().unwrap()).await;
+    assert!(
+        metrics.contains(
+            "affinity_tls_handshakes_total{listener=\"secure\",result=\"timeout\",version=\"\"} 2"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "affinity_tls_handshakes_total{listener=\"secure\",result=\"failure\",version=\"\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+/// The admin endpoint's `/metrics` text.
+async fn metrics_text(admin: std::net::SocketAddr) -> String {
+    let mut client = Client::connect(admin).await;
+    client.get("/metrics", &[]).await.text().to_owned()
+}
+
+#[tokio::test]
+async fn a_reload_serves_new_certificates_to_new_handshakes_and_keeps_old_ones_when_the_new_are_broken()
+ {
+    let ca = Ca::new();
+    let dir = TempDir::new("tls-reload");
+    let first = ca.leaf(&["shop.example.com"]);
+    let files = [first.write(&dir, "shop")];
+    let backend = TestBackend::start("b").await;
+    let text = tls_config(&files, "", &backend);
+    let config_path = dir.write("affinity.toml", &text);
+    let proxy = start_proxy(&text).await;
+    let address = proxy.local_addr();
+    let client = ca.client(&[b"http/1.1"]);
+    let mut open = connect(&client, address, "shop.example.com").await.unwrap();
+    assert_eq!(presented(&open), first.der);
+
+    // The same files, new contents: a new key and certificate.
+    let second = ca.leaf(&["shop.example.com"]);
+    second.write(&dir, "shop");
+    proxy.reload_file(&config_path).await.unwrap();
+    // A client of its own, so that the handshake is a full one: a resumed
+    // session keeps the certificate it was made with.
+    let fresh = connect(&ca.client(&[]), address, "shop.example.com")
+        .await
+        .unwrap();
+    assert_eq!(presented(&fresh), second.der);
+    // The connection made before keeps working, with its certificate.
+    assert_eq!(get_http1(&mut open, "/before").await.0, 200);
+
+    // A key that does not go with the certificate: the reload fails, the
+    // certificate in use stays.
+    let other = ca.leaf(&["shop.example.com"]);
+    dir.write("shop.key", &other.key);
+    let error = proxy
+        .reload_file(&config_path)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("do not go together"), "{error}");
+    let after = connect(&ca.client(&[]), address, "shop.example.com")
+        .await
+        .unwrap();
+    assert_eq!(presented(&after), second.der);
+    // An unreadable certificate file: the same.
+    std::fs::remove_file(dir.write("shop.pem", "")).unwrap();
+    let error = proxy
+        .reload_file(&config_path)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("cannot read certificates"), "{error}");
+    let metrics = metrics_text(proxy.admin_addr().unwrap()).await;
+    assert!(
+        metrics.contains("affinity_config_reloads_total{result=\"failure\"} 2"),
+        "{metrics}"
+    );
+    let after = connect(&ca.client(&[]), address, "shop.example.com")
+        .await
+        .unwrap();
+    assert_eq!(presented(&after), second.der);
+}
+
+#[test]
+fn check_refuses_an_expired_certificate_or_a_foreign_key_and_warns_of_one_about_to_expire() {
+    let ca = Ca::new();
+    let dir = TempDir::new("tls-check");
+    let config = |name: &str| {
+        dir.write(
+            &format!("{name}.toml"),
+            &format!(
+                "[[listeners]]\nname = \"secure\"\naddress = \"127.0.0.1:0\"\n\
+                 tls = {{ certificates = [{{ cert = \"{name}.pem\", key = \"{name}.key\" }}] }}\n\
+                 [[backends]]\nname = \"b\"\nurl = \"http://127.0.0.1:9\"\n"
+            ),
+        )
+    };
+    let check = |path: &PathBuf| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_affinity"))
+            .args(["--check", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+
+    ca.leaf(&["good.example.com"]).write(&dir, "good");
+    let (ok, text) = check(&config("good"));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("certificate   secure: good.example.com (expires "),
+        "{text}"
+    );
+    assert!(!text.contains("warning"), "{text}");
+
+    ca.leaf_with(&["old.example.com"], |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    })
+    .write(&dir, "old");
+    let (ok, text) = check(&config("old"));
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("listeners[0].tls.certificates[0]: "),
+        "{text}"
+    );
+    assert!(text.contains("expired 2021-01-01"), "{text}");
+
+    let (year, month, day) = date_in_days(5);
+    ca.leaf_with(&["soon.example.com"], |p| {
+        p.not_after = rcgen::date_time_ymd(year, month, day);
+    })
+    .write(&dir, "soon");
+    let (ok, text) = check(&config("soon"));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("warning: ") && text.contains("within 14days"),
+        "{text}"
+    );
+
+    let leaf = ca.leaf(&["mixed.example.com"]);
+    dir.write("mixed.pem", &leaf.pem);
+    dir.write("mixed.key", &ca.leaf(&["x"]).key);
+    let (ok, text) = check(&config("mixed"));
+    assert!(!ok, "{text}");
+    assert!(text.contains("do not go together"), "{text}");
+}
+
+/// The date `days` from now (UTC) as (year, month, day).
+fn date_in_days(days: u64) -> (i32, u8, u8) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Howard Hinnant's days-to-civil.
+    let z = i64::try_from(now / 86_400 + days).unwrap() + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        i32::try_from(year).unwrap(),
+        u8::try_from(month).unwrap(),
+        u8::try_from(day).unwrap(),
+    )
+}
