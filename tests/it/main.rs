@@ -25,4 +25,5 @@ mod hygiene;
 mod lifecycle;
 mod live_pool;
 mod policies;
+mod routes;
 mod upgrade;
