@@ -25,5 +25,6 @@ mod hygiene;
 mod lifecycle;
 mod live_pool;
 mod policies;
+mod routes;
 mod tls;
 mod upgrade;
