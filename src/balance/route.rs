@@ -19,6 +19,7 @@
 //! dot (`Shop.Example.COM.:8443` is `shop.example.com`). No matching route
 //! is `None`: the caller answers `404`, or sends the request to a default.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -292,6 +293,51 @@ pub fn normalize_host<'b>(host: &str, buffer: &'b mut [u8; MAX_HOST_LEN]) -> Opt
     std::str::from_utf8(out).ok()
 }
 
+/// `path` with its dot segments resolved (RFC 3986 §5.2.4: `.` removed,
+/// `..` removing the segment before it; `%2e` counts as a dot), so that a
+/// route sees the path a backend that resolves them would; borrowed when
+/// there is nothing to resolve (no allocation). `None` when a `..` would
+/// climb above the root (`/../etc`), which no client needs to send. A path
+/// that does not start with `/` (`*`, say) is returned as it is.
+pub fn resolve_dot_segments(path: &str) -> Option<Cow<'_, str>> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Some(Cow::Borrowed(path));
+    };
+    // `Some(true)` for `..`, `Some(false)` for `.`, in any spelling.
+    let dotted = |segment: &str| {
+        let is = |spellings: &[&str]| spellings.iter().any(|s| segment.eq_ignore_ascii_case(s));
+        if is(&[".", "%2e"]) {
+            Some(false)
+        } else if is(&["..", ".%2e", "%2e.", "%2e%2e"]) {
+            Some(true)
+        } else {
+            None
+        }
+    };
+    let suspicious = path.contains("/.") || path.contains("%2e") || path.contains("%2E");
+    if !suspicious || rest.split('/').all(|segment| dotted(segment).is_none()) {
+        return Some(Cow::Borrowed(path));
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    let mut kept: Vec<&str> = Vec::with_capacity(segments.len());
+    for (i, segment) in segments.into_iter().enumerate() {
+        match dotted(segment) {
+            None => kept.push(segment),
+            Some(up) => {
+                if up {
+                    kept.pop()?;
+                }
+                if i == last {
+                    // `/a/b/..` is the folder `/a/`, `/a/.` the folder `/a/`.
+                    kept.push("");
+                }
+            }
+        }
+    }
+    Some(Cow::Owned(format!("/{}", kept.join("/"))))
+}
+
 /// Whether `prefix` matches `path` on a segment boundary.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     path.starts_with(prefix)
@@ -324,6 +370,49 @@ mod tests {
             .select(host, path)
             .and_then(|i| table.target(i))
             .copied()
+    }
+
+    #[test]
+    fn dot_segments_are_resolved_and_climbing_above_the_root_is_refused() {
+        let resolved = |p: &str| resolve_dot_segments(p).map(|r| r.into_owned());
+        assert!(matches!(
+            resolve_dot_segments("/a/b.c/.d/x"),
+            Some(Cow::Borrowed(_))
+        ));
+        assert!(matches!(
+            resolve_dot_segments("/api/v1"),
+            Some(Cow::Borrowed(_))
+        ));
+        assert_eq!(resolved("/api/../ws/x").as_deref(), Some("/ws/x"));
+        assert_eq!(resolved("/api/%2e%2E/ws").as_deref(), Some("/ws"));
+        assert_eq!(resolved("/a/./b/.").as_deref(), Some("/a/b/"));
+        assert_eq!(resolved("/a/b/..").as_deref(), Some("/a/"));
+        assert_eq!(resolved("/a/..").as_deref(), Some("/"));
+        assert_eq!(resolved("/./").as_deref(), Some("/"));
+        assert_eq!(resolved("/a//../b").as_deref(), Some("/a/b"));
+        assert_eq!(resolved("/.."), None);
+        assert_eq!(resolved("/a/../../etc"), None);
+        assert_eq!(resolved("*").as_deref(), Some("*"));
+        assert_eq!(resolved("").as_deref(), Some(""));
+    }
+
+    proptest! {
+        /// Resolving leaves no dot segment and changes nothing the second
+        /// time.
+        #[test]
+        fn resolved_paths_have_no_dot_segments(segments in prop::collection::vec(
+            prop::sample::select(vec!["a", "b", ".", "..", "%2e", "%2E%2e", "", "c.d"]), 0..8)) {
+            let path = format!("/{}", segments.join("/"));
+            if let Some(resolved) = resolve_dot_segments(&path) {
+                prop_assert!(resolved.starts_with('/'));
+                for segment in resolved[1..].split('/') {
+                    let lower = segment.to_ascii_lowercase().replace("%2e", ".");
+                    prop_assert!(lower != "." && lower != "..", "{} -> {}", path, resolved);
+                }
+                let again = resolve_dot_segments(&resolved).unwrap();
+                prop_assert_eq!(again.as_ref(), resolved.as_ref());
+            }
+        }
     }
 
     #[test]

@@ -275,7 +275,7 @@ fn an_unknown_key_is_rejected_with_its_name_and_line() {
     assert_eq!(e.kind(), ConfigErrorKind::Invalid);
     assert_eq!(
         e.to_string(),
-        "config.toml:3:1: listener.drain_timout: unknown key `drain_timout`, expected `address` or `drain_timeout`"
+        "config.toml:3:1: listener.drain_timout: unknown key `drain_timout`, expected one of `address`, `drain_timeout`, `tls`"
     );
 }
 

@@ -1,6 +1,7 @@
 //! The request handler: one client request from arrival to the response
 //! the client gets, in steps of a screen or less.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -14,7 +15,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Uri};
 
 use crate::balance::key;
-use crate::pool::routing::{Pools, Routed};
+use crate::balance::route::resolve_dot_segments;
+use crate::pool::routing::{Destination, Pools, Routed, Routing};
 use crate::pool::stats::Stats;
 use crate::pool::{Pool, Snapshot};
 use crate::proxy::access::{self, AccessRecord, Answered, Finish};
@@ -86,31 +88,19 @@ impl Proxy {
         // Checked before the hop-by-hop headers go.
         let rejection = check_request(&parts, limits);
         prepare(&mut parts, client_upgrade.is_some());
-        let host = parts.headers.get(HOST);
-        let Some(destination) = routing.select(self.listener, host, parts.uri.path()) else {
-            let error = rejection.unwrap_or(ProxyError::NoRoute);
-            return self.unrouted(&error, &parts, peer, started);
+        // The path as the client sent it, before routing resolves or strips it.
+        let record = access::enabled().then(|| AccessRecord::new(peer, &parts, started));
+        let destination = match self.destination(&routing, &mut parts) {
+            Ok(destination) => destination,
+            Err(error) => return self.unrouted(&rejection.unwrap_or(error), record, peer, started),
         };
-        if let Some(route) = destination.route
-            && route.strip_prefix
-        {
-            strip_prefix(&mut parts, &route.path_prefix);
-        }
         let routed = destination.pool;
         let snapshot = routed.pool.snapshot();
         let keyed = Keyed::new(&snapshot, &parts, peer);
         let record =
-            access_record(&snapshot, &parts, peer, &keyed, started).map(|record| AccessRecord {
-                pool: Some(routed.pool.name().clone()),
-                route: destination.route_name.cloned(),
-                ..record
-            });
-        headers::set_forwarded(
-            &mut parts.headers,
-            peer,
-            snapshot.is_trusted(peer),
-            self.proto,
-        );
+            record.map(|record| routed_record(record, &snapshot, &parts, &keyed, &destination));
+        let trusted = snapshot.is_trusted(peer);
+        headers::set_forwarded(&mut parts.headers, peer, trusted, self.proto);
 
         let mut attempts = Attempts {
             bytes_in: record.as_ref().map(|r| r.bytes_in.clone()),
@@ -155,15 +145,43 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// Where the request goes: the route its host and path take on this
+    /// listener (see [`crate::balance::route`]). The path is first resolved
+    /// as a backend would resolve it (`/api/../ws` is `/ws`, and goes to the
+    /// backend so), and a route with `strip_prefix` then removes its prefix.
+    /// An asterisk-form target (`OPTIONS *`) is routed as `/`.
+    fn destination<'r>(
+        &self,
+        routing: &'r Routing,
+        parts: &mut Parts,
+    ) -> Result<Destination<'r>, ProxyError> {
+        let resolved = resolve_dot_segments(parts.uri.path())
+            .ok_or(ProxyError::BadRequest("a path that climbs above the root"))?;
+        if let Cow::Owned(path) = resolved {
+            replace_path(parts, &path);
+        }
+        let path = parts.uri.path();
+        let path = if path.starts_with('/') { path } else { "/" };
+        let destination = routing
+            .select(self.listener, parts.headers.get(HOST), path)
+            .ok_or(ProxyError::NoRoute)?;
+        if let Some(route) = destination.route
+            && route.strip_prefix
+        {
+            let stripped = stripped_path(parts.uri.path(), &route.path_prefix);
+            replace_path(parts, &stripped);
+        }
+        Ok(destination)
+    }
+
     /// The answer to a request that no route took to a pool: `error`.
     fn unrouted(
         &self,
         error: &ProxyError,
-        parts: &Parts,
+        record: Option<AccessRecord>,
         peer: IpAddr,
         started: Instant,
     ) -> Response<ProxyBody> {
-        let record = access::enabled().then(|| AccessRecord::new(peer, parts, started));
         let ending = Ending {
             started,
             record,
@@ -268,14 +286,13 @@ fn answer_error(
     response
 }
 
-/// `parts`' path without `prefix` (which it matched on a segment boundary):
-/// `/api/x?q` becomes `/x?q`, `/api` becomes `/`.
-fn strip_prefix(parts: &mut Parts, prefix: &str) {
-    let Some(path_and_query) = parts.uri.path_and_query() else {
-        return;
+/// `parts`' request target with `path` as its path, its query kept.
+fn replace_path(parts: &mut Parts, path: &str) {
+    let target = match parts.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
     };
-    let stripped = stripped_path(path_and_query.as_str(), prefix);
-    if let Ok(path_and_query) = PathAndQuery::try_from(stripped) {
+    if let Ok(path_and_query) = PathAndQuery::try_from(target) {
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
         uri.path_and_query = Some(path_and_query);
         if let Ok(uri) = Uri::from_parts(uri) {
@@ -298,35 +315,25 @@ fn stripped_path(path_and_query: &str, prefix: &str) -> String {
     }
 }
 
-/// The access-log record of a request, with the access log on.
-fn access_record(
+/// `record`, with what routing and keying learned: the client as the key
+/// reads it, the key, the pool and the route.
+fn routed_record(
+    record: AccessRecord,
     snapshot: &Snapshot,
     parts: &Parts,
-    peer: IpAddr,
     keyed: &Keyed,
-    started: Instant,
-) -> Option<AccessRecord> {
-    access::enabled().then(|| AccessRecord {
-        client: key::client_ip(
-            peer,
-            &parts.headers,
-            &snapshot.config().balancer.trusted_proxies,
-        ),
-        method: parts.method.clone(),
-        path: parts.uri.path().to_owned(),
+    destination: &Destination<'_>,
+) -> AccessRecord {
+    let trusted = &snapshot.config().balancer.trusted_proxies;
+    AccessRecord {
+        client: key::client_ip(record.client, &parts.headers, trusted),
         key_hash: keyed.hash,
         key_fallback: keyed.fell_back,
         new_session: keyed.new_session.is_some(),
-        pool: None,
-        route: None,
-        backend: None,
-        attempts: 0,
-        fallback: Vec::new(),
-        failed: Vec::new(),
-        status: 0,
-        bytes_in: Arc::new(AtomicU64::new(0)),
-        started,
-    })
+        pool: Some(destination.pool.pool.name().clone()),
+        route: destination.route_name.cloned(),
+        ..record
+    }
 }
 
 /// The `Set-Cookie` header that hands a new client its session, if it got
@@ -365,10 +372,9 @@ mod tests {
 
     #[test]
     fn a_stripped_prefix_leaves_the_rest_of_the_path_and_the_query() {
-        assert_eq!(stripped_path("/api/x?q=1", "/api"), "/x?q=1");
+        assert_eq!(stripped_path("/api/x", "/api"), "/x");
         assert_eq!(stripped_path("/api/x", "/api/"), "/x");
         assert_eq!(stripped_path("/api", "/api"), "/");
-        assert_eq!(stripped_path("/api?q", "/api"), "/?q");
         assert_eq!(stripped_path("/api/", "/api"), "/");
         assert_eq!(stripped_path("/x/y", "/"), "/x/y");
     }

@@ -11,20 +11,25 @@ use crate::proxy::framing::AmbiguousRequest;
 use crate::proxy::headers;
 
 /// Removes the hop-by-hop headers (keeping `Upgrade` for a request that
-/// `upgrades`) and, for an HTTP/2 or absolute-form request without `Host`,
-/// sets `Host` from the request's authority, so `Host` reaches the backend as
-/// the client meant it.
+/// `upgrades`) and, for a request whose target has an authority (an HTTP/2
+/// request's `:authority`, or an HTTP/1.1 absolute-form target), sets
+/// `Host` to it: RFC 9112 §3.2.2 has a server ignore `Host` then, and
+/// RFC 9113 §8.3.1 has `:authority` win. So routes and keys see, and the
+/// backend gets, the host the target names.
 pub fn prepare(parts: &mut Parts, upgrades: bool) {
     if upgrades {
         headers::strip_hop_by_hop_keeping_upgrade(&mut parts.headers);
     } else {
         headers::strip_hop_by_hop(&mut parts.headers);
     }
-    if !parts.headers.contains_key(HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(HOST, host);
+    if let Some(authority) = parts.uri.authority() {
+        let host = match authority.port() {
+            Some(port) => format!("{}:{port}", authority.host()),
+            None => authority.host().to_owned(),
+        };
+        if let Ok(host) = HeaderValue::from_str(&host) {
+            parts.headers.insert(HOST, host);
+        }
     }
 }
 

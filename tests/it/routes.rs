@@ -1056,7 +1056,7 @@ async fn metrics_and_status_are_grouped_by_pool() {
 }
 
 // ---------------------------------------------------------------------------
-// Known bugs (ignored: run with --ignored)
+// Targets that are not plain origin-form paths
 // ---------------------------------------------------------------------------
 
 /// Sends `request` as raw bytes on a new connection to `proxy`.
@@ -1066,12 +1066,10 @@ async fn raw_exchange(proxy: SocketAddr, request: &str) -> RawResponse {
     connection.response().await.expect("a response")
 }
 
-/// A single-pool config means one catch-all route, and before routes the
-/// proxy forwarded a server-wide `OPTIONS *` (RFC 9110 §9.3.7) to the pool.
-/// Now the asterisk-form target's path, `*`, matches no prefix, not even
-/// `/`: the proxy answers `404 no route for this host and path`.
+/// A single-pool config means one catch-all route: a server-wide
+/// `OPTIONS *` (RFC 9110 §9.3.7) is routed as `/` and reaches the pool as
+/// it was sent.
 #[tokio::test]
-#[ignore = "bug: `OPTIONS *` matches no route, not even the implicit catch-all"]
 async fn an_options_asterisk_request_still_reaches_the_only_pool() {
     let backends = TestBackend::start_many(1).await;
     let proxy = start_proxy(&config_text("", &pool(&backends))).await;
@@ -1086,9 +1084,8 @@ async fn an_options_asterisk_request_still_reaches_the_only_pool() {
 }
 
 /// RFC 9112 §3.2.2: a server that receives an absolute-form target MUST
-/// ignore `Host` and use the target's authority. The proxy routes by `Host`.
+/// ignore `Host` and use the target's authority: the proxy routes by it.
 #[tokio::test]
-#[ignore = "bug: an absolute-form request is routed by Host, not by its target's authority"]
 async fn an_absolute_form_target_is_routed_by_its_authority_not_by_host() {
     let pools = ThreePools::start().await;
     let proxy = start_proxy(&pools.config()).await;
@@ -1110,4 +1107,40 @@ async fn an_absolute_form_target_is_routed_by_its_authority_not_by_host() {
         pools.pool_of(response.header("x-backend").unwrap()),
         Some("ws")
     );
+}
+
+/// A path with dot segments is routed, and forwarded, as a backend that
+/// resolves them would see it: `/api/../ws/x` is `/ws/x`, so a prefix
+/// route cannot be stepped out of; one that climbs above the root is `400`.
+#[tokio::test]
+async fn dot_segments_are_resolved_before_routing_and_climbing_above_the_root_is_refused() {
+    let pools = ThreePools::start().await;
+    let proxy = start_proxy(&pools.config()).await;
+    let web = proxy.listener_addr("web").unwrap();
+    for (target, pool, seen) in [
+        ("/api/../ws/x", "ws", "/ws/x"),
+        ("/api/%2E%2e/ws/y?q=1", "ws", "/ws/y?q=1"),
+        ("/ws/./z/.", "ws", "/ws/z/"),
+        ("/ws/../api/users", "api", "/users"),
+    ] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: other.test\r\n\r\n");
+        let response = raw_exchange(web, &request).await;
+        assert_eq!(response.status, 200, "{target}: {}", response.head);
+        let backend = response.header("x-backend").unwrap().to_owned();
+        assert_eq!(pools.pool_of(&backend), Some(pool), "{target}");
+        let all: Vec<&TestBackend> = pools
+            .api
+            .iter()
+            .chain(&pools.ws)
+            .chain(&pools.static_)
+            .collect();
+        let answered = all.iter().find(|b| b.name == backend).unwrap();
+        let last = answered.seen().last().unwrap().uri.to_string();
+        assert_eq!(last, seen, "{target}");
+    }
+    for target in ["/..", "/api/../../etc/passwd", "/%2e%2e/x"] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: other.test\r\n\r\n");
+        let response = raw_exchange(web, &request).await;
+        assert_eq!(response.status, 400, "{target}: {}", response.head);
+    }
 }
