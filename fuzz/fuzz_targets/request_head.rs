@@ -89,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    headers::set_forwarded(&mut stripped, peer, peer_trusted);
+    headers::set_forwarded(&mut stripped, peer, peer_trusted, "http");
     let forwarded: Vec<&HeaderValue> = stripped.get_all(&X_FORWARDED_FOR).iter().collect();
     assert_eq!(forwarded.len(), 1, "X-Forwarded-For is one header");
     // A trusted proxy's list is passed on as it was sent (any header

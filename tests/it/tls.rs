@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,6 +30,10 @@ impl Ca {
     fn new() -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "affinity test CA");
         let key = KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         Ca { cert, key }
@@ -42,7 +46,14 @@ impl Ca {
 
     fn leaf_with(&self, names: &[&str], adjust: impl FnOnce(&mut CertificateParams)) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        // Its own subject (rcgen's default would equal the CA's, which
+        // OpenSSL takes for a self-signed certificate).
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().map_or("leaf", String::as_str),
+        );
         adjust(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
@@ -569,4 +580,107 @@ fn date_in_days(days: u64) -> (i32, u8, u8) {
         u8::try_from(month).unwrap(),
         u8::try_from(day).unwrap(),
     )
+}
+
+/// Runs `program` with `args` (bounded); `None`, after printing SKIP for
+/// `test`, when it is not installed.
+fn run_tool(program: &str, args: &[&str], test: &str) -> Option<std::process::Output> {
+    match std::process::Command::new(program).args(args).output() {
+        Ok(output) => Some(output),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("SKIP {test}: {program} is not installed");
+            None
+        }
+        Err(error) => panic!("{program}: {error}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_http2_and_h2load_over_tls_get_every_answer() {
+    const TEST: &str = "curl_over_http2_and_h2load_over_tls_get_every_answer";
+    let ca = Ca::new();
+    let dir = TempDir::new("tls-tools");
+    let files = [ca.leaf(&["shop.example.com"]).write(&dir, "shop")];
+    let ca_file = dir.write("ca.pem", &ca.cert.pem());
+    let backends = TestBackend::start_many(3).await;
+    let text = tls_config(&files, "", &backends[0]).replace(
+        &format!(
+            "backends = [{{ name = \"server-1\", url = \"http://{}\" }}]",
+            backends[0].addr
+        ),
+        &format!(
+            "algorithm = \"round_robin\"\nbackends = [{}]",
+            backends
+                .iter()
+                .map(|b| format!("{{ name = \"{}\", url = \"http://{}\" }}", b.name, b.addr))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let proxy = start_proxy(&text).await;
+    let port = proxy.local_addr().port();
+    let resolve = format!("shop.example.com:{port}:127.0.0.1");
+    let url = format!("https://shop.example.com:{port}/curl");
+    let ca_path = ca_file.to_str().unwrap().to_owned();
+    let curl = tokio::task::spawn_blocking(move || {
+        run_tool(
+            "curl",
+            &[
+                "-sS",
+                "--http2",
+                "--cacert",
+                &ca_path,
+                "--resolve",
+                &resolve,
+                "-w",
+                "%{http_version} %{http_code};",
+                "-o",
+                "/dev/null",
+                &url,
+                "-o",
+                "/dev/null",
+                &url,
+            ],
+            TEST,
+        )
+    })
+    .await
+    .unwrap();
+    if let Some(output) = curl {
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(text, "2 200;2 200;", "{output:?}");
+    }
+    for protocol in ["h2", "h1"] {
+        let target = format!("https://127.0.0.1:{port}/load");
+        let mut args = vec!["-n", "2000", "-c", "8", "-m", "4", target.as_str()];
+        if protocol == "h1" {
+            args = vec!["-n", "1000", "-c", "8", "--h1", target.as_str()];
+        }
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        let h2load = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_tool("h2load", &args, TEST)
+        })
+        .await
+        .unwrap();
+        let Some(output) = h2load else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let expected = if protocol == "h1" { 1000 } else { 2000 };
+        assert!(
+            text.contains(&format!("requests: {expected} total, {expected} started, {expected} done, {expected} succeeded, 0 failed, 0 errored")),
+            "{protocol}:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("status codes: {expected} 2xx")),
+            "{protocol}:\n{text}"
+        );
+        let negotiated = if protocol == "h1" { "http/1.1" } else { "h2" };
+        assert!(
+            text.contains(&format!("Application protocol: {negotiated}")),
+            "{protocol}:\n{text}"
+        );
+    }
 }
