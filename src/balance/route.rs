@@ -255,10 +255,11 @@ impl<T> RouteTable<T> {
         if let Some(group) = self.exact.get(host) {
             return Some(group);
         }
-        // Suffixes after each dot, longest first.
+        // Suffixes after each dot, longest first; a dot that starts the host
+        // has no label before it.
         let suffixes = host
             .char_indices()
-            .filter(|&(_, c)| c == '.')
+            .filter(|&(i, c)| c == '.' && i > 0)
             .map(|(i, _)| &host[i + 1..]);
         for suffix in suffixes {
             if let Some(group) = self.suffix.get(suffix) {
@@ -370,6 +371,16 @@ mod tests {
             .select(host, path)
             .and_then(|i| table.target(i))
             .copied()
+    }
+
+    #[test]
+    fn a_wildcard_needs_a_label_before_its_suffix() {
+        let t = table(vec![
+            route(Some("*.b"), "/", "wild"),
+            route(None, "/", "any"),
+        ]);
+        assert_eq!(target(&t, ".b", "/"), Some("any"));
+        assert_eq!(target(&t, "a.b", "/"), Some("wild"));
     }
 
     #[test]
@@ -571,7 +582,9 @@ mod tests {
                 (None, _) => Some(0),
                 (Some(HostPattern::Exact(h)), Some(host)) => (h == host).then_some(usize::MAX),
                 (Some(HostPattern::Suffix(s)), Some(host)) => {
-                    host.ends_with(&format!(".{s}")).then_some(s.len() + 1)
+                    // At least one label before the suffix's dot.
+                    (host.len() > s.len() + 1 && host.ends_with(&format!(".{s}")))
+                        .then_some(s.len() + 1)
                 }
                 (Some(_), None) => None,
             }

@@ -149,6 +149,9 @@ pub(super) struct FileUpstream {
     pub(super) connect_timeout: Option<Spanned<DurationText>>,
     pub(super) request_timeout: Option<Spanned<DurationText>>,
     pub(super) retries: Option<Spanned<i64>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) client_cert: Option<Spanned<String>>,
+    pub(super) client_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -421,6 +421,14 @@ pub struct UpstreamConfig {
     pub request_timeout: Duration,
     /// Further backends (along the key's fallback order) tried on connect failure.
     pub retries: u32,
+    /// The CA certificates (PEM) `https://` backends are verified against;
+    /// `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain (PEM) for `https://` backends that ask
+    /// for one (mTLS); always with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub client_key: Option<PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -429,6 +437,9 @@ impl Default for UpstreamConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             retries: DEFAULT_RETRIES,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }

@@ -219,6 +219,7 @@ fn a_file_that_sets_every_key_gets_every_value() {
             connect_timeout: Duration::from_millis(250),
             request_timeout: Duration::from_secs(60),
             retries: 0,
+            ..UpstreamConfig::default()
         }
     );
     assert_eq!(
@@ -607,11 +608,37 @@ fn a_url_without_a_scheme_is_rejected_with_a_suggestion() {
 }
 
 #[test]
-fn an_https_url_is_rejected_as_not_supported_yet() {
-    let e = url_error("https://127.0.0.1:9001");
-    assert!(
-        e.message().contains("https, which is not supported yet"),
-        "{e}"
+fn an_https_url_is_taken_with_its_port_or_443() {
+    let url = |u: &str| {
+        let text = format!("[[backends]]\nname = \"b\"\nurl = \"{u}\"\n");
+        parse(&text).unwrap().pools[0].backends[0].url.to_string()
+    };
+    assert_eq!(url("https://127.0.0.1:9001"), "https://127.0.0.1:9001/");
+    assert_eq!(url("https://api.internal"), "https://api.internal:443/");
+    assert_eq!(url("https://[::1]"), "https://[::1]:443/");
+}
+
+#[test]
+fn client_certificates_come_in_pairs() {
+    let pool = |upstream: &str| {
+        format!(
+            "[[pools]]\nname = \"p\"\nupstream = {{ {upstream} }}\nbackends = [{{ name = \"b\", url = \"https://127.0.0.1:1\" }}]\n"
+        )
+    };
+    let config = parse(&pool(
+        "ca_file = \"ca.pem\", client_cert = \"c.pem\", client_key = \"c.key\"",
+    ))
+    .unwrap();
+    let upstream = &config.pools[0].upstream;
+    assert_eq!(upstream.ca_file.as_deref(), Some(Path::new("ca.pem")));
+    assert_eq!(upstream.client_cert.as_deref(), Some(Path::new("c.pem")));
+    assert_eq!(
+        error(&pool("client_cert = \"c.pem\"")).field(),
+        Some("pools[0].upstream.client_cert")
+    );
+    assert_eq!(
+        error(&pool("client_key = \"c.key\"")).field(),
+        Some("pools[0].upstream.client_key")
     );
 }
 

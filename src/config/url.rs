@@ -4,9 +4,11 @@
 use http::Uri;
 use http::uri::{Authority, PathAndQuery};
 
-/// A backend URL: `http://host[:port]` with at most a `/` path.
+/// A backend URL: `http://host[:port]` or `https://host[:port]` with at
+/// most a `/` path; an `https` URL without a port gets `:443` written out,
+/// so that every address to connect to has its port.
 pub(super) fn parse_backend_url(text: &str) -> Result<Uri, String> {
-    const FORM: &str = "write it as http://HOST:PORT";
+    const FORM: &str = "write it as http://HOST:PORT or https://HOST:PORT";
     let uri: Uri = text
         .parse()
         .map_err(|e| format!("{text:?} is not a valid URL ({e}); {FORM}"))?;
@@ -14,12 +16,7 @@ pub(super) fn parse_backend_url(text: &str) -> Result<Uri, String> {
         return Err(format!("{text:?} is not an absolute URL; {FORM}"));
     };
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{text:?} uses https, which is not supported yet; backends must be plain http:// for now"
-            ));
-        }
+        Some("http" | "https") => {}
         Some(other) => return Err(format!("unsupported scheme {other:?} in {text:?}; {FORM}")),
         None => {
             return Err(format!(
@@ -55,6 +52,12 @@ pub(super) fn parse_backend_url(text: &str) -> Result<Uri, String> {
         return Err(format!(
             "{text:?} has a path or query ({path:?}); backend URLs cannot have one because each request's own path is forwarded unchanged; {FORM}"
         ));
+    }
+    if uri.scheme_str() == Some("https") && port.is_empty() {
+        let explicit = format!("https://{}:443", authority.as_str());
+        return explicit
+            .parse()
+            .map_err(|e| format!("{text:?} is not a valid URL ({e}); {FORM}"));
     }
     Ok(uri)
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -1042,7 +1042,49 @@ impl Check<'_, '_> {
             retries: self
                 .count(&file.retries, "upstream.retries", DEFAULT_RETRIES, 0)
                 .unwrap_or(DEFAULT_RETRIES),
+            ca_file: file.ca_file.as_ref().map(|p| self.file_path(p)),
+            client_cert: self.paired(
+                &file.client_cert,
+                &file.client_key,
+                "upstream.client_cert",
+                "client_key",
+            ),
+            client_key: self.paired(
+                &file.client_key,
+                &file.client_cert,
+                "upstream.client_key",
+                "client_cert",
+            ),
         }
+    }
+
+    /// `path` resolved against the config file's folder.
+    fn file_path(&self, path: &Spanned<String>) -> PathBuf {
+        let folder = self.source.file.parent().unwrap_or(Path::new(""));
+        folder.join(path.get_ref())
+    }
+
+    /// `value`'s path, reported when `other` (named `other_name`) is not
+    /// given beside it.
+    fn paired(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        other: &Option<Spanned<String>>,
+        field: &str,
+        other_name: &str,
+    ) -> Option<PathBuf> {
+        let value = value.as_ref()?;
+        if other.is_none() {
+            let error = self.source.error_at(
+                field,
+                value,
+                format!(
+                    "needs {other_name} beside it: a client certificate and its key come together"
+                ),
+            );
+            self.report(error);
+        }
+        Some(self.file_path(value))
     }
 
     fn limits(&mut self, file: &FileLimits) -> LimitsConfig {

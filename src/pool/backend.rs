@@ -12,6 +12,7 @@ use http::uri::{Authority, Scheme};
 
 use crate::balance::policy::LatencyEwma;
 use crate::pool::recent::{LastMinute, RecentRequests};
+use crate::pool::target::Target;
 
 /// Live figures of one backend that outlive snapshots.
 #[derive(Debug)]
@@ -161,6 +162,7 @@ pub struct Backend {
     pub(super) scheme: Scheme,
     pub(super) authority: Authority,
     pub(super) host_header: HeaderValue,
+    pub(super) target: Target,
     pub(super) weight: u32,
     pub(super) healthy: bool,
     pub(super) state: Arc<BackendState>,
@@ -177,9 +179,14 @@ impl Backend {
         &self.url
     }
 
-    /// The scheme requests are sent with (`http`).
+    /// The scheme requests are sent with (`http` or `https`).
     pub fn scheme(&self) -> &Scheme {
         &self.scheme
+    }
+
+    /// How to connect to it: the address, and TLS for `https://`.
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 
     /// `host:port` requests are sent to.

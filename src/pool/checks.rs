@@ -3,7 +3,7 @@
 //!
 //! The I/O shell ([`spawn`]) runs on the runtime that starts the proxy:
 //! * one probe task per backend, which `GET`s `http://<authority><path>`
-//!   every `health_check.interval` (the first probe jittered uniformly in
+//!   (TLS to an `https://` backend, as requests go) every `health_check.interval` (the first probe jittered uniformly in
 //!   `[0, interval)` so that backends are not probed in lockstep), each probe
 //!   bounded by `health_check.timeout`; a `2xx` or `3xx` is a success,
 //!   anything else (timeout, connect error, other status) a failure;
@@ -37,6 +37,7 @@ use crate::pool::Pool;
 use crate::pool::health::{HealthState, Observation, Thresholds, Transition};
 use crate::pool::probe::probe;
 use crate::pool::snapshot::{PoolError, Rebuild, Snapshot};
+use crate::pool::target::Target;
 
 /// One observation of the backend called `backend` at `authority`.
 #[derive(Debug, Clone)]
@@ -162,10 +163,11 @@ pub fn spawn(pool: Arc<Pool>) -> HealthChecks {
 /// the interval.
 async fn probe_loop(
     backend: Arc<str>,
-    authority: Authority,
+    target: Target,
     settings: HealthCheckConfig,
     events: mpsc::UnboundedSender<HealthEvent>,
 ) {
+    let authority = target.authority().clone();
     let interval_ns = u64::try_from(settings.interval.as_nanos()).unwrap_or(u64::MAX);
     let jitter = Duration::from_nanos(fastrand::u64(0..interval_ns.max(1)));
     let start = tokio::time::Instant::now() + jitter;
@@ -173,7 +175,7 @@ async fn probe_loop(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let observation = probe(&authority, &settings.path, settings.timeout).await;
+        let observation = probe(&target, &settings.path, settings.timeout).await;
         let event = HealthEvent {
             backend: backend.clone(),
             authority: authority.clone(),
@@ -187,7 +189,8 @@ async fn probe_loop(
 
 /// A running probe task and what it probes.
 struct Probe {
-    authority: Authority,
+    /// The target's key: its address and TLS settings.
+    target: Arc<str>,
     settings: HealthCheckConfig,
     task: AbortHandle,
 }
@@ -284,33 +287,36 @@ impl Controller {
     /// backends that are gone or changed.
     fn start_probes(&mut self) {
         let settings = &self.config.health_check;
-        let mut wanted: HashMap<Arc<str>, Authority> = HashMap::new();
-        for backend in &self.config.backends {
-            if let Some(authority) = backend.url.authority() {
-                wanted.insert(Arc::from(backend.name.as_str()), authority.clone());
-            }
-        }
+        // The targets of the snapshot published for this config.
+        let snapshot = self.pool.snapshot();
+        let wanted: HashMap<Arc<str>, Target> = snapshot
+            .backends()
+            .iter()
+            .map(|b| (b.name().clone(), b.target().clone()))
+            .collect();
         self.probes.retain(|name, probe| {
-            let keep = wanted.get(name) == Some(&probe.authority) && probe.settings == *settings;
+            let keep = wanted.get(name).map(Target::key) == Some(&probe.target)
+                && probe.settings == *settings;
             if !keep {
                 probe.task.abort();
             }
             keep
         });
-        for (name, authority) in wanted {
+        for (name, target) in wanted {
             if self.probes.contains_key(&name) {
                 continue;
             }
+            let key = target.key().clone();
             let task = self.tasks.spawn(probe_loop(
                 name.clone(),
-                authority.clone(),
+                target,
                 settings.clone(),
                 self.probe_events.clone(),
             ));
             self.probes.insert(
                 name,
                 Probe {
-                    authority,
+                    target: key,
                     settings: settings.clone(),
                     task,
                 },

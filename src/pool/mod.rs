@@ -31,6 +31,7 @@ pub mod recent;
 pub mod routing;
 pub mod snapshot;
 pub mod stats;
+pub mod target;
 
 use std::sync::Arc;
 use std::time::Instant;

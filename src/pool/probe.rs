@@ -6,18 +6,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::header::{HOST, HeaderValue};
-use hyper::http::uri::Authority;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
-use crate::config::connect_address;
 use crate::pool::health::Observation;
+use crate::pool::target::Target;
 
 /// One probe: `GET http://<authority><path>` with `Host: <authority>` on a
 /// new connection, within `timeout`.
-pub async fn probe(authority: &Authority, path: &str, timeout: Duration) -> Observation {
-    match tokio::time::timeout(timeout, exchange(authority, path)).await {
+pub async fn probe(target: &Target, path: &str, timeout: Duration) -> Observation {
+    match tokio::time::timeout(timeout, exchange(target, path, timeout)).await {
         Err(_elapsed) => Observation::ProbeTimeout,
         Ok(Err(error)) => Observation::ProbeError(error),
         Ok(Ok(status)) if status.is_success() || status.is_redirection() => {
@@ -27,13 +25,15 @@ pub async fn probe(authority: &Authority, path: &str, timeout: Duration) -> Obse
     }
 }
 
-async fn exchange(authority: &Authority, path: &str) -> Result<StatusCode, String> {
+async fn exchange(target: &Target, path: &str, timeout: Duration) -> Result<StatusCode, String> {
+    let authority = target.authority();
     let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
     let request = Request::get(path)
         .header(HOST, host)
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    let stream = TcpStream::connect(connect_address(authority).as_str())
+    let stream = target
+        .connect(timeout)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -56,6 +56,8 @@ async fn exchange(authority: &Authority, path: &str) -> Result<StatusCode, Strin
 
 #[cfg(test)]
 mod tests {
+    use hyper::http::uri::Authority;
+
     use super::*;
 
     #[tokio::test]
@@ -66,7 +68,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let authority: Authority = addr.to_string().parse().unwrap();
-        let observation = probe(&authority, "/health", Duration::from_secs(2)).await;
+        let observation = probe(&Target::plain(authority), "/health", Duration::from_secs(2)).await;
         assert!(
             matches!(observation, Observation::ProbeError(_)),
             "{observation:?}"
@@ -93,7 +95,7 @@ mod tests {
             String::from_utf8(head).unwrap()
         });
         let authority: Authority = addr.to_string().parse().unwrap();
-        let observation = probe(&authority, "/ready", Duration::from_secs(2)).await;
+        let observation = probe(&Target::plain(authority), "/ready", Duration::from_secs(2)).await;
         assert_eq!(observation, Observation::ProbeOk(StatusCode::FOUND));
         let head = server.await.unwrap().to_ascii_lowercase();
         assert!(head.starts_with("get /ready http/1.1\r\n"), "{head}");
@@ -105,7 +107,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let authority: Authority = addr.to_string().parse().unwrap();
-        let observation = probe(&authority, "/health", Duration::from_millis(50)).await;
+        let observation = probe(
+            &Target::plain(authority),
+            "/health",
+            Duration::from_millis(50),
+        )
+        .await;
         assert_eq!(observation, Observation::ProbeTimeout);
         drop(listener);
     }

@@ -17,6 +17,7 @@ use crate::balance::policy::{
 use crate::balance::selector::{BuildError, HashSelector, HashTable};
 use crate::config::{Algorithm, KeySource, PoolConfig};
 use crate::pool::backend::{Backend, BackendState};
+use crate::pool::target::{Target, UpstreamTls};
 
 /// The seed of the `random` policy: the ASCII bytes of `affinity` read as a
 /// big-endian `u64`. Fixed so that a pool's sequence of picks is
@@ -48,6 +49,15 @@ pub enum PoolError {
     /// these).
     #[error(transparent)]
     Route(#[from] crate::balance::route::RouteError),
+    /// The TLS client settings for the pool's `https://` backends cannot be
+    /// made (a CA file or client certificate that cannot be read).
+    #[error("pool {pool:?}: {problem}")]
+    UpstreamTls {
+        /// The pool.
+        pool: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// Building the snapshot failed unexpectedly (a panic in the build).
     #[error("building the pool failed: {0}")]
     BuildFailed(String),
@@ -145,6 +155,8 @@ fn next_bounded(
 #[derive(Debug)]
 pub struct Snapshot {
     config: Arc<PoolConfig>,
+    /// The TLS client settings of its `https://` backends, if it has any.
+    upstream_tls: Option<UpstreamTls>,
     key_source: KeySource,
     backends: Vec<Backend>,
     healthy_count: usize,
@@ -186,33 +198,42 @@ impl Snapshot {
         let healthy: Vec<bool> = (0..config.backends.len())
             .map(|i| healthy.get(i).copied().unwrap_or(false))
             .collect();
+        let upstream_tls = upstream_tls(&config, previous)?;
         let mut backends = Vec::with_capacity(config.backends.len());
         for (b, &up) in config.backends.iter().zip(&healthy) {
-            let authority = b
-                .url
-                .authority()
-                .cloned()
-                .ok_or_else(|| PoolError::NoHost {
-                    name: b.name.clone(),
-                    url: b.url.clone(),
-                })?;
-            let host = match authority.port_u16() {
-                Some(port) if port != 80 => format!("{}:{port}", authority.host()),
-                _ => authority.host().to_owned(),
-            };
-            let host_header = HeaderValue::from_str(&host).map_err(|_| PoolError::NoHost {
+            let no_host = || PoolError::NoHost {
                 name: b.name.clone(),
                 url: b.url.clone(),
-            })?;
+            };
+            let authority = b.url.authority().cloned().ok_or_else(no_host)?;
+            let scheme = b.url.scheme().cloned().unwrap_or(Scheme::HTTP);
+            let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+            let host = match authority.port_u16() {
+                Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+                _ => authority.host().to_owned(),
+            };
+            let host_header = HeaderValue::from_str(&host).map_err(|_| no_host())?;
+            let target = match (&upstream_tls, scheme == Scheme::HTTPS) {
+                (Some(tls), true) => {
+                    Target::tls(authority.clone(), tls.clone()).map_err(|problem| {
+                        PoolError::UpstreamTls {
+                            pool: config.name.clone(),
+                            problem: format!("backend {:?}: {problem}", b.name),
+                        }
+                    })?
+                }
+                _ => Target::plain(authority.clone()),
+            };
             let state = previous
                 .and_then(|p| p.backend(&b.name))
                 .map_or_else(|| Arc::new(BackendState::new()), |p| p.state.clone());
             backends.push(Backend {
                 name: Arc::from(b.name.as_str()),
                 url: b.url.clone(),
-                scheme: b.url.scheme().cloned().unwrap_or(Scheme::HTTP),
+                scheme,
                 authority,
                 host_header,
+                target,
                 weight: b.weight,
                 healthy: up,
                 state,
@@ -240,6 +261,7 @@ impl Snapshot {
             healthy_count,
             panic,
             key_source,
+            upstream_tls,
             config,
             backends,
             selector,
@@ -443,6 +465,34 @@ pub struct Detour {
     /// The key's healthy pick was at its bounded-load cap: the request went
     /// further down the fallback order.
     pub bounded_load: bool,
+}
+
+/// The TLS client settings for `config`'s `https://` backends: those of
+/// `previous` when its upstream settings are the same (so a health change
+/// reads no file), else new ones; `None` when no backend is `https://`.
+fn upstream_tls(
+    config: &PoolConfig,
+    previous: Option<&Snapshot>,
+) -> Result<Option<UpstreamTls>, PoolError> {
+    if !config
+        .backends
+        .iter()
+        .any(|b| b.url.scheme() == Some(&Scheme::HTTPS))
+    {
+        return Ok(None);
+    }
+    if let Some(previous) = previous
+        && previous.config.upstream == config.upstream
+        && let Some(tls) = &previous.upstream_tls
+    {
+        return Ok(Some(tls.clone()));
+    }
+    UpstreamTls::new(&config.upstream)
+        .map(Some)
+        .map_err(|problem| PoolError::UpstreamTls {
+            pool: config.name.clone(),
+            problem,
+        })
 }
 
 /// Whether `healthy` of `total` backends is below `threshold` percent (0 is

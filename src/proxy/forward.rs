@@ -198,7 +198,7 @@ async fn attempt(
     let in_flight = backend.state().begin();
     let sent = std::time::Instant::now();
     let connect_timeout = ctx.snapshot.config().upstream.connect_timeout;
-    let send = upstream::send(backend.authority(), connect_timeout, request);
+    let send = upstream::send(backend.target(), connect_timeout, request);
     match tokio::time::timeout_at(deadline, send).await {
         Err(_elapsed) => Err(Missed::Timeout),
         Ok(Ok((response, connection))) => {

@@ -1,6 +1,8 @@
-//! Connections to backends: HTTP/1.1 over TCP, kept alive and reused.
+//! Connections to backends: HTTP/1.1 over TCP, or TLS for `https://`
+//! backends ([`Target`]), kept alive and reused.
 //!
 //! Each worker thread keeps its own idle connections, per backend address
+//! (and TLS settings)
 //! (see [`crate::listener::start_workers`]: a request, its client connection
 //! and the backend connection it uses then live on one thread). A request
 //! takes the most recently used idle connection to its backend, or opens a
@@ -23,6 +25,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fnv::FnvBuildHasher;
@@ -31,9 +34,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::http::uri::Authority;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
-use crate::config::connect_address;
+use crate::pool::target::Target;
 use crate::proxy::request_body::RecoverableBody;
 
 /// How long a backend connection may sit idle before it is closed.
@@ -85,7 +87,8 @@ impl UpstreamError {
 #[derive(Debug)]
 pub struct Connection {
     sender: SendRequest<RecoverableBody>,
-    authority: Authority,
+    /// Its idle pool ([`Target::key`]).
+    key: Arc<str>,
 }
 
 impl Connection {
@@ -93,7 +96,7 @@ impl Connection {
     /// the response has been read to its end. (Dropping it instead closes
     /// it once the backend's response is done.)
     pub fn release(self) {
-        IDLE.with(|idle| idle.borrow_mut().put(self.authority, self.sender));
+        IDLE.with(|idle| idle.borrow_mut().put(self.key, self.sender));
     }
 }
 
@@ -106,14 +109,15 @@ impl Connection {
 /// it) goes on another one; it was never written, so this is safe for any
 /// method.
 pub async fn send(
-    authority: &Authority,
+    target: &Target,
     connect_timeout: Duration,
     mut request: Request<RecoverableBody>,
 ) -> Result<(Response<Incoming>, Connection), UpstreamError> {
+    let authority = target.authority();
     loop {
-        let (mut sender, reused) = match IDLE.with(|idle| idle.borrow_mut().take(authority)) {
+        let (mut sender, reused) = match IDLE.with(|idle| idle.borrow_mut().take(target.key())) {
             Some(sender) => (sender, true),
-            None => (connect(authority, connect_timeout).await?, false),
+            None => (connect(target, connect_timeout).await?, false),
         };
         // An idle connection may be finishing its last response still (a
         // moment on this thread), and a new one starts once its task runs.
@@ -135,7 +139,7 @@ pub async fn send(
                     response,
                     Connection {
                         sender,
-                        authority: authority.clone(),
+                        key: target.key().clone(),
                     },
                 ));
             }
@@ -153,32 +157,17 @@ pub async fn send(
     }
 }
 
-/// Opens a connection to `authority` (port 80 when it has none) and starts
-/// its task on this thread's runtime.
+/// Opens a connection to `target` (TCP, and TLS for `https://`) and
+/// starts its task on this thread's runtime.
 async fn connect(
-    authority: &Authority,
+    target: &Target,
     timeout: Duration,
 ) -> Result<SendRequest<RecoverableBody>, UpstreamError> {
     let failed = |source| UpstreamError::Connect {
-        authority: authority.clone(),
+        authority: target.authority().clone(),
         source,
     };
-    let address = connect_address(authority);
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(address.as_str())).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return Err(failed(error)),
-        Err(_) => {
-            return Err(failed(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "no connection within {}",
-                    humantime::format_duration(timeout)
-                ),
-            )));
-        }
-    };
-    // Small requests and responses go out at once.
-    stream.set_nodelay(true).map_err(failed)?;
+    let stream = target.connect(timeout).await.map_err(failed)?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|error| failed(io::Error::other(error)))?;
@@ -195,10 +184,10 @@ thread_local! {
     static IDLE: RefCell<IdleConnections> = RefCell::new(IdleConnections::default());
 }
 
-/// One thread's idle connections, by backend address.
+/// One thread's idle connections, by backend address (and TLS settings).
 #[derive(Default)]
 struct IdleConnections {
-    by_authority: HashMap<Box<str>, Vec<Idle>, FnvBuildHasher>,
+    by_key: HashMap<Arc<str>, Vec<Idle>, FnvBuildHasher>,
     last_sweep: Option<Instant>,
 }
 
@@ -209,9 +198,9 @@ struct Idle {
 }
 
 impl IdleConnections {
-    /// The most recently used open connection to `authority`, if any.
-    fn take(&mut self, authority: &Authority) -> Option<SendRequest<RecoverableBody>> {
-        let list = self.by_authority.get_mut(authority.as_str())?;
+    /// The most recently used open connection of the pool `key`, if any.
+    fn take(&mut self, key: &str) -> Option<SendRequest<RecoverableBody>> {
+        let list = self.by_key.get_mut(key)?;
         while let Some(idle) = list.pop() {
             if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
                 return Some(idle.sender);
@@ -221,7 +210,7 @@ impl IdleConnections {
     }
 
     /// Keeps `sender` as idle, unless it is closed or the list is full.
-    fn put(&mut self, authority: Authority, sender: SendRequest<RecoverableBody>) {
+    fn put(&mut self, key: Arc<str>, sender: SendRequest<RecoverableBody>) {
         let now = Instant::now();
         if self
             .last_sweep
@@ -232,12 +221,9 @@ impl IdleConnections {
         if sender.is_closed() {
             return;
         }
-        let list = match self.by_authority.get_mut(authority.as_str()) {
+        let list = match self.by_key.get_mut(&*key) {
             Some(list) => list,
-            None => self
-                .by_authority
-                .entry(authority.as_str().into())
-                .or_default(),
+            None => self.by_key.entry(key).or_default(),
         };
         if list.len() < MAX_IDLE_PER_BACKEND {
             list.push(Idle { sender, since: now });
@@ -248,7 +234,7 @@ impl IdleConnections {
     /// lists left empty (a backend removed by a reload leaves nothing behind).
     fn sweep(&mut self, now: Instant) {
         self.last_sweep = Some(now);
-        self.by_authority.retain(|_, list| {
+        self.by_key.retain(|_, list| {
             list.retain(|idle| {
                 !idle.sender.is_closed() && now.duration_since(idle.since) < IDLE_TIMEOUT
             });

@@ -684,3 +684,192 @@ async fn curl_over_http2_and_h2load_over_tls_get_every_answer() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// https:// backends
+// ---------------------------------------------------------------------------
+
+/// An HTTPS backend on 127.0.0.1 serving `leaf`, answering every request
+/// with its `name` (and `x-client-cert: yes` when the client showed a
+/// certificate); with `clients`, it requires a client certificate that CA
+/// signed.
+async fn https_backend(
+    name: &str,
+    leaf: &Leaf,
+    clients: Option<&Ca>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use hyper::service::service_fn;
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots.add(ca.cert.der().clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
+    let config = builder
+        .with_single_cert(vec![leaf.der.clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let name = name.to_owned();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let client_cert = stream.get_ref().1.peer_certificates().is_some();
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let name = name.clone();
+                    async move {
+                        let host = request
+                            .headers()
+                            .get("host")
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let response = hyper::Response::builder()
+                            .header("x-backend", name.as_str())
+                            .header("x-client-cert", if client_cert { "yes" } else { "no" })
+                            .header("x-seen-host", host)
+                            .body(http_body_util::Full::new(Bytes::from(name)))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (address, task)
+}
+
+/// A config with one pool of `backends` (name, URL), its `upstream` table
+/// set to `upstream`.
+fn https_pool(upstream: &str, backends: &[(&str, String)]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|(name, url)| format!("{{ name = \"{name}\", url = \"{url}\" }}"))
+        .collect();
+    format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:0\"\n\
+         [[pools]]\nname = \"secure\"\nkey = \"url\"\n\
+         health_check = {{ interval = \"1h\", timeout = \"1s\" }}\n\
+         upstream = {{ {upstream} }}\nbackends = [{}]\n",
+        list.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn https_backends_are_verified_against_the_pools_ca_and_a_wrong_ca_is_a_connect_failure() {
+    let ca = Ca::new();
+    let dir = TempDir::new("tls-upstream");
+    let ca_file = dir.write("ca.pem", &ca.cert.pem());
+    let leaf = ca.leaf(&["localhost", "127.0.0.1"]);
+    let (secure, _task) = https_backend("secure-1", &leaf, None).await;
+    let proxy = start_proxy(&https_pool(
+        &format!("ca_file = \"{}\"", ca_file.display()),
+        &[("secure-1", format!("https://localhost:{}", secure.port()))],
+    ))
+    .await;
+    let mut client = Client::connect(proxy.local_addr()).await;
+    for i in 0..5 {
+        let reply = client.get(&format!("/s/{i}"), &[]).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.backend(), "secure-1");
+        // Host passes through, as to plain backends.
+        assert_eq!(reply.header("x-seen-host"), Some("proxy.test"));
+    }
+
+    // A CA that did not sign the backend's certificate: every connect fails
+    // verification, so the key's next backend answers.
+    let other = Ca::new();
+    let other_file = dir.write("other.pem", &other.cert.pem());
+    let plain = TestBackend::start("plain-1").await;
+    let proxy = start_proxy(&https_pool(
+        &format!("ca_file = \"{}\", retries = 1", other_file.display()),
+        &[
+            ("secure-1", format!("https://localhost:{}", secure.port())),
+            ("plain-1", format!("http://{}", plain.addr)),
+        ],
+    ))
+    .await;
+    let mut client = Client::connect(proxy.local_addr()).await;
+    for i in 0..20 {
+        let reply = client.get(&format!("/w/{i}"), &[]).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.backend(), "plain-1");
+    }
+    let metrics = metrics_text(proxy.admin_addr().unwrap()).await;
+    let retried = metrics
+        .lines()
+        .find(|l| l.starts_with("affinity_upstream_retries_total{pool=\"secure\",backend=\"secure-1\",reason=\"connect_error\"}"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(!retried.ends_with(" 0"), "{retried}");
+}
+
+#[tokio::test]
+async fn a_backend_that_asks_for_a_client_certificate_gets_the_pools() {
+    let ca = Ca::new();
+    let dir = TempDir::new("tls-mtls");
+    let ca_file = dir.write("ca.pem", &ca.cert.pem());
+    let (cert, key) = ca.leaf(&["affinity-client"]).write(&dir, "client");
+    let (secure, _task) = https_backend("mtls-1", &ca.leaf(&["localhost"]), Some(&ca)).await;
+    let url = format!("https://localhost:{}", secure.port());
+
+    let without = start_proxy(&https_pool(
+        &format!("ca_file = \"{}\", retries = 0", ca_file.display()),
+        &[("mtls-1", url.clone())],
+    ))
+    .await;
+    let mut client = Client::connect(without.local_addr()).await;
+    let reply = client.get("/no-cert", &[]).await;
+    assert!(
+        reply.status == 502 || reply.status == 503,
+        "{} {}",
+        reply.status,
+        reply.text()
+    );
+
+    let with = start_proxy(&https_pool(
+        &format!(
+            "ca_file = \"{}\", client_cert = \"{}\", client_key = \"{}\"",
+            ca_file.display(),
+            cert.display(),
+            key.display()
+        ),
+        &[("mtls-1", url)],
+    ))
+    .await;
+    let mut client = Client::connect(with.local_addr()).await;
+    for i in 0..3 {
+        let reply = client.get(&format!("/cert/{i}"), &[]).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("x-client-cert"), Some("yes"));
+    }
+}
