@@ -10,7 +10,6 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use affinity::balance::churn::churn;
 use affinity::config::{Config, ConfigErrors, ConfigWarning, PoolConfig};
 use affinity::entry::logging::{self, LogFormat};
-use affinity::listener::tls::Certificates;
 use affinity::listener::{Addresses, Drain, ProxyHandle, ReloadFailed};
 
 /// mimalloc: per-thread free lists suit the proxy's many short-lived
@@ -309,19 +308,13 @@ impl StopSignals {
 /// listeners name (read, key matching, not expired); prints the summary
 /// and each certificate's names and expiry, or what is wrong.
 fn check(path: &Path, config: &Config) -> ExitCode {
-    let mut certificates = Vec::new();
-    for listener in &config.listeners {
-        let Some(tls) = &listener.tls else {
-            continue;
-        };
-        match Certificates::load(tls) {
-            Ok(loaded) => certificates.push((listener.name.as_str(), loaded)),
-            Err(error) => {
-                eprintln!("affinity: {}: {error}", path.display());
-                return ExitCode::FAILURE;
-            }
+    let certificates = match affinity::listener::check(config) {
+        Ok(certificates) => certificates,
+        Err(error) => {
+            eprintln!("affinity: {}: {error}", path.display());
+            return ExitCode::FAILURE;
         }
-    }
+    };
     println!("{}: ok", path.display());
     for warning in config.warnings() {
         println!("warning: {warning}");

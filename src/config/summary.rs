@@ -194,6 +194,22 @@ fn pool_summary(pool: &PoolConfig, out: &mut String) {
             n => format!("{n} in flight per backend"),
         },
     );
+    if u.ca_file.is_some() || u.client_cert.is_some() {
+        let _ = writeln!(
+            out,
+            "  upstream TLS  {}{}",
+            u.ca_file.as_ref().map_or_else(
+                || "system roots".to_owned(),
+                |ca| format!("CA file {}", ca.display())
+            ),
+            u.client_cert
+                .as_ref()
+                .map_or_else(String::new, |cert| format!(
+                    ", client certificate {}",
+                    cert.display()
+                )),
+        );
+    }
     let total: u64 = pool.backends.iter().map(|b| u64::from(b.weight)).sum();
     let _ = writeln!(
         out,

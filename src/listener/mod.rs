@@ -474,6 +474,23 @@ pub async fn start_with(
     })
 }
 
+/// What `affinity --check` checks beyond the file: every TLS listener's
+/// certificates (read, key matching, not expired) and every pool as the
+/// proxy would build it (its hash table, its backends' TLS settings: a
+/// `ca_file` or client certificate that cannot be read). The certificates
+/// read, by listener name, or what is wrong.
+pub fn check(config: &Config) -> Result<Vec<(String, Certificates)>, String> {
+    let mut certificates = Vec::new();
+    for listener in &config.listeners {
+        if let Some(tls) = &listener.tls {
+            let loaded = Certificates::load(tls).map_err(|e| e.to_string())?;
+            certificates.push((listener.name.clone(), loaded));
+        }
+    }
+    Pools::unchecked(Arc::new(config.clone())).map_err(|e| e.to_string())?;
+    Ok(certificates)
+}
+
 /// The TLS of each listener of `config` (in its order), its certificates
 /// read.
 fn start_tls(config: &Config) -> Result<Arc<[Option<Arc<TlsListener>>]>, StartError> {

@@ -873,3 +873,37 @@ async fn a_backend_that_asks_for_a_client_certificate_gets_the_pools() {
         assert_eq!(reply.header("x-client-cert"), Some("yes"));
     }
 }
+
+#[test]
+fn check_reads_the_ca_file_of_https_backends() {
+    let ca = Ca::new();
+    let dir = TempDir::new("tls-check-ca");
+    dir.write("ca.pem", &ca.cert.pem());
+    let config = |ca_file: &str| {
+        dir.write(
+            "affinity.toml",
+            &format!(
+                "[[pools]]\nname = \"secure\"\nupstream = {{ ca_file = \"{ca_file}\" }}\n\
+                 backends = [{{ name = \"b\", url = \"https://127.0.0.1:9443\" }}]\n"
+            ),
+        )
+    };
+    let check = |path: &PathBuf| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_affinity"))
+            .args(["--check", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let output = check(&config("ca.pem"));
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{output:?}");
+    assert!(text.contains("  upstream TLS  CA file "), "{text}");
+    let output = check(&config("missing.pem"));
+    assert!(!output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        text.contains("pool \"secure\": upstream.ca_file "),
+        "{text}"
+    );
+    assert!(text.contains("missing.pem"), "{text}");
+}
