@@ -88,21 +88,25 @@ run_wrk() { # name port [pid]: pid's RSS and CPU are reported
 run_wrk direct $((BASE_PORT + 1))
 
 # --- affinity -------------------------------------------------------------------
+run_affinity() { # name config
+  RUST_LOG=warn target/release/affinity -c "$2" 2>"$work/$1.err" &
+  local pid=$!
+  pids+=($pid)
+  run_wrk "$1" "$PROXY_PORT" "$pid"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
 write_affinity_config
-RUST_LOG=warn target/release/affinity -c "$work/affinity.toml" 2>"$work/affinity.err" &
-apid=$!
-pids+=($apid)
-run_wrk affinity "$PROXY_PORT" "$apid"
-kill "$apid"; wait "$apid" 2>/dev/null || true
-
 if [ "${ROUTES:-0}" -gt 1 ]; then
+  # One route against ROUTES routes, in the order A B B A, so that a drift
+  # of the machine during the run weighs on both alike.
   write_affinity_routes_config "$ROUTES"
   target/release/affinity --check -c "$work/affinity-routes.toml" >/dev/null
-  RUST_LOG=warn target/release/affinity -c "$work/affinity-routes.toml" 2>"$work/affinity-routes.err" &
-  apid=$!
-  pids+=($apid)
-  run_wrk "aff-${ROUTES}r" "$PROXY_PORT" "$apid"
-  kill "$apid"; wait "$apid" 2>/dev/null || true
+  run_affinity affinity "$work/affinity.toml"
+  run_affinity "aff-${ROUTES}r" "$work/affinity-routes.toml"
+  run_affinity "aff-${ROUTES}r" "$work/affinity-routes.toml"
+  run_affinity affinity "$work/affinity.toml"
+else
+  run_affinity affinity "$work/affinity.toml"
 fi
 
 # --- HAProxy: balance uri, consistent hashing -----------------------------------
@@ -150,6 +154,12 @@ for r in "${results[@]}"; do
   printf '%-10s %12s %10s %10s %8s %22s %12s  %s\n' "$name" "$rps" "$p50" "$p99" "$rss" "$proxy" "$busy" "$errors"
   [ "$name" = haproxy ] && haproxy=$r
 done
+if [ "${ROUTES:-0}" -gt 1 ]; then
+  printf '%s\n' "${results[@]}" | awk -F'|' -v r="aff-${ROUTES}r" '
+    $1 == "affinity" { a += $2; au += $6; an++ }
+    $1 == r { b += $2; bu += $6; bn++ }
+    END { printf "\n%s / affinity (means of two runs each): requests/s %.3f, proxy user CPU per request %+.2f us\n", r, (b / bn) / (a / an), bu / bn - au / an }'
+fi
 if [ -n "$haproxy" ]; then
   IFS='|' read -r _ hrps _ _ _ huser _ hbusy _ <<<"$haproxy"
   echo
