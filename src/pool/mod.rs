@@ -14,7 +14,7 @@
 //!
 //! | file | holds |
 //! |---|---|
-//! | [`routing`] | [`Pools`]: every pool and its health checks; [`Routing`]: which pool a request goes to, published whole on reload |
+//! | [`routing`] | [`routing::Pools`]: every pool and its health checks; [`routing::Routing`]: which pool a request goes to, published whole on reload |
 //! | [`snapshot`] | [`Snapshot`]: backends, health, selector; how one is built from a config |
 //! | [`backend`] | [`Backend`] and the live [`BackendState`] shared across snapshots |
 //! | [`health`] | the pure health state machine: thresholds and transitions |

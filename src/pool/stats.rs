@@ -3,7 +3,7 @@
 //! health transitions, table rebuilds, config reloads and client
 //! connections.
 //!
-//! One [`Stats`] belongs to the [`crate::pool::Pools`] and lives as long as
+//! One [`Stats`] belongs to the [`crate::pool::routing::Pools`] and lives as long as
 //! the proxy: every pool records into it with its name as the `pool` label,
 //! and counters keep counting across snapshots and reloads (a removed pool's
 //! counters stay, as Prometheus expects of counters). Recording is a few
