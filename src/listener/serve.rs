@@ -218,12 +218,15 @@ fn serve_connection(
             };
             return serve_http(stream, peer, maybe_h2, deadline, proxy, shared).await;
         };
-        let Some(stream) = tls.handshake(stream, shared.pools.stats()).await else {
+        // Boxed, the handshake and the TLS state: a plain connection's task
+        // (most of the idle ones) then holds no room for them.
+        let handshake = Box::pin(tls.handshake(stream, shared.pools.stats()));
+        let Some(stream) = handshake.await else {
             return;
         };
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let deadline = Instant::now() + header_timeout;
-        serve_http(stream, peer, h2, deadline, proxy, shared).await;
+        serve_http(Box::new(stream), peer, h2, deadline, proxy, shared).await;
     }
 }
 
