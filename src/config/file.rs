@@ -152,6 +152,7 @@ pub(super) struct FileUpstream {
     pub(super) ca_file: Option<Spanned<String>>,
     pub(super) client_cert: Option<Spanned<String>>,
     pub(super) client_key: Option<Spanned<String>>,
+    pub(super) protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

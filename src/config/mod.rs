@@ -429,6 +429,37 @@ pub struct UpstreamConfig {
     pub client_cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
     pub client_key: Option<PathBuf>,
+    /// What requests are sent to backends with.
+    pub protocol: UpstreamProtocol,
+}
+
+/// `upstream.protocol`: how requests go to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, a connection per request in flight, kept alive.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP (`http://` backends),
+    /// requests multiplexed over one connection per backend and worker.
+    H2c,
+    /// HTTP/2 over TLS, agreed by ALPN (`https://` backends), multiplexed.
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// Its name in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+
+    /// Whether requests go as HTTP/2.
+    pub fn is_h2(self) -> bool {
+        !matches!(self, UpstreamProtocol::Http1)
+    }
 }
 
 impl Default for UpstreamConfig {
@@ -440,6 +471,7 @@ impl Default for UpstreamConfig {
             ca_file: None,
             client_cert: None,
             client_key: None,
+            protocol: UpstreamProtocol::Http1,
         }
     }
 }

@@ -461,6 +461,26 @@ impl Check<'_, '_> {
         {
             self.table_size_fits(size, backends.as_deref(), tables.balancer);
         }
+        if let (Some(backends), Some(text)) = (&backends, &tables.upstream.protocol) {
+            let wants_tls = upstream.protocol == UpstreamProtocol::H2;
+            let mismatch = backends.iter().find(|b| {
+                upstream.protocol.is_h2() && (b.url.scheme_str() == Some("https")) != wants_tls
+            });
+            if let Some(backend) = mismatch {
+                let error = self.source.error_at(
+                    "upstream.protocol",
+                    text,
+                    format!(
+                        "{:?} is HTTP/2 over {}, but backend {:?} is {}: use \"h2\" with https:// backends and \"h2c\" with http:// ones",
+                        upstream.protocol.as_str(),
+                        if wants_tls { "TLS" } else { "plain TCP" },
+                        backend.name,
+                        backend_url_text(&backend.url),
+                    ),
+                );
+                self.report(error);
+            }
+        }
         if algorithm == Some(Algorithm::RingHash)
             && let Some(backends) = &backends
             && let Err(e) = crate::balance::ring::check_points(
@@ -1055,6 +1075,23 @@ impl Check<'_, '_> {
                 "upstream.client_key",
                 "client_cert",
             ),
+            protocol: match &file.protocol {
+                None => UpstreamProtocol::Http1,
+                Some(text) => match text.get_ref().as_str() {
+                    "http1" => UpstreamProtocol::Http1,
+                    "h2c" => UpstreamProtocol::H2c,
+                    "h2" => UpstreamProtocol::H2,
+                    other => {
+                        let error = self.source.error_at(
+                            "upstream.protocol",
+                            text,
+                            format!("unknown protocol {other:?}; expected \"http1\", \"h2c\" (HTTP/2 over plain TCP) or \"h2\" (HTTP/2 over TLS)"),
+                        );
+                        self.report(error);
+                        UpstreamProtocol::Http1
+                    }
+                },
+            },
         }
     }
 

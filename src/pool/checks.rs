@@ -164,6 +164,7 @@ pub fn spawn(pool: Arc<Pool>) -> HealthChecks {
 async fn probe_loop(
     backend: Arc<str>,
     target: Target,
+    h2: bool,
     settings: HealthCheckConfig,
     events: mpsc::UnboundedSender<HealthEvent>,
 ) {
@@ -175,7 +176,7 @@ async fn probe_loop(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let observation = probe(&target, &settings.path, settings.timeout).await;
+        let observation = probe(&target, h2, &settings.path, settings.timeout).await;
         let event = HealthEvent {
             backend: backend.clone(),
             authority: authority.clone(),
@@ -191,6 +192,8 @@ async fn probe_loop(
 struct Probe {
     /// The target's key: its address and TLS settings.
     target: Arc<str>,
+    /// Whether it probes over HTTP/2.
+    h2: bool,
     settings: HealthCheckConfig,
     task: AbortHandle,
 }
@@ -287,6 +290,7 @@ impl Controller {
     /// backends that are gone or changed.
     fn start_probes(&mut self) {
         let settings = &self.config.health_check;
+        let h2 = self.config.upstream.protocol.is_h2();
         // The targets of the snapshot published for this config.
         let snapshot = self.pool.snapshot();
         let wanted: HashMap<Arc<str>, Target> = snapshot
@@ -296,7 +300,8 @@ impl Controller {
             .collect();
         self.probes.retain(|name, probe| {
             let keep = wanted.get(name).map(Target::key) == Some(&probe.target)
-                && probe.settings == *settings;
+                && probe.settings == *settings
+                && probe.h2 == h2;
             if !keep {
                 probe.task.abort();
             }
@@ -310,6 +315,7 @@ impl Controller {
             let task = self.tasks.spawn(probe_loop(
                 name.clone(),
                 target,
+                h2,
                 settings.clone(),
                 self.probe_events.clone(),
             ));
@@ -317,6 +323,7 @@ impl Controller {
                 name,
                 Probe {
                     target: key,
+                    h2,
                     settings: settings.clone(),
                     task,
                 },

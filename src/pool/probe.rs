@@ -14,8 +14,15 @@ use crate::pool::target::Target;
 
 /// One probe: `GET http://<authority><path>` with `Host: <authority>` on a
 /// new connection, within `timeout`.
-pub async fn probe(target: &Target, path: &str, timeout: Duration) -> Observation {
-    match tokio::time::timeout(timeout, exchange(target, path, timeout)).await {
+pub async fn probe(target: &Target, h2: bool, path: &str, timeout: Duration) -> Observation {
+    let exchange = async {
+        if h2 {
+            exchange_h2(target, path, timeout).await
+        } else {
+            exchange(target, path, timeout).await
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
         Err(_elapsed) => Observation::ProbeTimeout,
         Ok(Err(error)) => Observation::ProbeError(error),
         Ok(Ok(status)) if status.is_success() || status.is_redirection() => {
@@ -23,6 +30,34 @@ pub async fn probe(target: &Target, path: &str, timeout: Duration) -> Observatio
         }
         Ok(Ok(status)) => Observation::ProbeStatus(status),
     }
+}
+
+/// One probe over HTTP/2 (prior knowledge, or TLS with ALPN `h2`), for
+/// pools that send their requests so.
+async fn exchange_h2(target: &Target, path: &str, timeout: Duration) -> Result<StatusCode, String> {
+    let scheme = if target.is_tls() { "https" } else { "http" };
+    let uri = format!("{scheme}://{}{path}", target.authority());
+    let request = Request::get(uri)
+        .version(hyper::Version::HTTP_2)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let stream = target
+        .connect(timeout)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    // Ends when the sender is dropped, after the answer.
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(response.status())
 }
 
 async fn exchange(target: &Target, path: &str, timeout: Duration) -> Result<StatusCode, String> {
@@ -68,7 +103,13 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let authority: Authority = addr.to_string().parse().unwrap();
-        let observation = probe(&Target::plain(authority), "/health", Duration::from_secs(2)).await;
+        let observation = probe(
+            &Target::plain(authority),
+            false,
+            "/health",
+            Duration::from_secs(2),
+        )
+        .await;
         assert!(
             matches!(observation, Observation::ProbeError(_)),
             "{observation:?}"
@@ -95,7 +136,13 @@ mod tests {
             String::from_utf8(head).unwrap()
         });
         let authority: Authority = addr.to_string().parse().unwrap();
-        let observation = probe(&Target::plain(authority), "/ready", Duration::from_secs(2)).await;
+        let observation = probe(
+            &Target::plain(authority),
+            false,
+            "/ready",
+            Duration::from_secs(2),
+        )
+        .await;
         assert_eq!(observation, Observation::ProbeOk(StatusCode::FOUND));
         let head = server.await.unwrap().to_ascii_lowercase();
         assert!(head.starts_with("get /ready http/1.1\r\n"), "{head}");
@@ -109,6 +156,7 @@ mod tests {
         let authority: Authority = addr.to_string().parse().unwrap();
         let observation = probe(
             &Target::plain(authority),
+            false,
             "/health",
             Duration::from_millis(50),
         )

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::{UpstreamConfig, connect_address};
+use crate::config::{UpstreamConfig, UpstreamProtocol, connect_address};
 
 /// A pool's TLS client settings for its `https://` backends.
 #[derive(Clone)]
@@ -50,7 +50,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl UpstreamTls {
     /// The client settings `upstream` asks for: its CA file's roots (or the
-    /// system's), its client certificate if any; HTTP/1.1 by ALPN.
+    /// system's), its client certificate if any; by ALPN, `h2` for
+    /// `protocol = "h2"`, else HTTP/1.1.
     pub fn new(upstream: &UpstreamConfig) -> Result<UpstreamTls, String> {
         let mut roots = RootCertStore::empty();
         match &upstream.ca_file {
@@ -96,7 +97,11 @@ impl UpstreamTls {
             }
             _ => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = if upstream.protocol == UpstreamProtocol::H2 {
+            vec![b"h2".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
         Ok(UpstreamTls {
             connector: TlsConnector::from(Arc::new(config)),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -196,6 +201,16 @@ pub enum BackendStream {
     Plain(TcpStream),
     /// `https://`.
     Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl BackendStream {
+    /// The protocol ALPN agreed on, over TLS.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            BackendStream::Plain(_) => None,
+            BackendStream::Tls(s) => s.get_ref().1.alpn_protocol(),
+        }
+    }
 }
 
 impl AsyncRead for BackendStream {

@@ -8,19 +8,19 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use hyper::body::{Body, Incoming};
-use hyper::header::{HOST, HeaderMap};
+use hyper::header::{HOST, HeaderMap, HeaderValue, TE};
 use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, Uri, Version};
 use tokio::time::Instant;
 
-use crate::config::LimitsConfig;
+use crate::config::{LimitsConfig, UpstreamProtocol};
 use crate::pool::checks::HealthReporter;
 use crate::pool::{Backend, InFlight, Pool, Snapshot};
 use crate::proxy::access::Fallback;
 use crate::proxy::error::ProxyError;
 use crate::proxy::failure::{Chain, Failure};
-use crate::proxy::request::is_idempotent;
+use crate::proxy::request::{TakesTrailers, is_idempotent};
 use crate::proxy::request_body::{BodyTooLarge, ClientBody, RecoverableBody, Recovery};
 use crate::proxy::retry::{Plan, RetryState, Step, Stop};
 use crate::proxy::upstream::{self, Connection, UpstreamError};
@@ -71,6 +71,8 @@ struct Head {
     method: Method,
     path_and_query: PathAndQuery,
     headers: HeaderMap,
+    /// The client sent `TE: trailers`.
+    trailers: bool,
 }
 
 /// An attempt that got no response head.
@@ -91,6 +93,7 @@ pub async fn forward(
     check_declared_length(&body, ctx.limits)?;
     let deadline = Instant::now() + config.upstream.request_timeout;
     let mut head = Head {
+        trailers: parts.extensions.get::<TakesTrailers>().is_some(),
         path_and_query: parts
             .uri
             .path_and_query()
@@ -187,18 +190,20 @@ async fn attempt(
     let body = body
         .counting(ctx.attempts.bytes_in.clone())
         .limited(limits.max_body_bytes);
+    let protocol = ctx.snapshot.config().upstream.protocol;
+    if protocol.is_h2() && head.trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
     let mut request = Request::new(body);
     *request.method_mut() = head.method.clone();
-    // Origin form (`/path?query`), as HTTP/1.1 sends it to a server.
-    *request.uri_mut() = Uri::from(head.path_and_query.clone());
-    *request.version_mut() = Version::HTTP_11;
+    set_target(&mut request, &head.path_and_query, backend, protocol);
     *request.headers_mut() = headers;
 
     ctx.attempts.count += 1;
     let in_flight = backend.state().begin();
     let sent = std::time::Instant::now();
     let connect_timeout = ctx.snapshot.config().upstream.connect_timeout;
-    let send = upstream::send(backend.target(), connect_timeout, request);
+    let send = upstream::send(backend.target(), protocol, connect_timeout, request);
     match tokio::time::timeout_at(deadline, send).await {
         Err(_elapsed) => Err(Missed::Timeout),
         Ok(Ok((response, connection))) => {
@@ -214,6 +219,31 @@ async fn attempt(
         }
         Ok(Err(error)) => Err(Missed::Failed(error, recovery)),
     }
+}
+
+/// The request's target and version as `protocol` sends them: the origin
+/// form (`/path?query`) over HTTP/1.1, as a server expects it; over HTTP/2
+/// the absolute form, which gives `:scheme` and `:authority`.
+fn set_target<B>(
+    request: &mut Request<B>,
+    path: &PathAndQuery,
+    backend: &Backend,
+    protocol: UpstreamProtocol,
+) {
+    if protocol.is_h2() {
+        let absolute = Uri::builder()
+            .scheme(backend.scheme().clone())
+            .authority(backend.authority().clone())
+            .path_and_query(path.clone())
+            .build();
+        if let Ok(uri) = absolute {
+            *request.uri_mut() = uri;
+            *request.version_mut() = Version::HTTP_2;
+            return;
+        }
+    }
+    *request.uri_mut() = Uri::from(path.clone());
+    *request.version_mut() = Version::HTTP_11;
 }
 
 /// After a failed attempt at `backend` (pool index and backend): counts it against the

@@ -1,7 +1,7 @@
 //! What the proxy checks and changes on a client's request before it
 //! forwards it.
 
-use hyper::header::{HOST, HeaderValue, TRANSFER_ENCODING};
+use hyper::header::{HOST, HeaderValue, TE, TRANSFER_ENCODING};
 use hyper::http::request::Parts;
 use hyper::{Method, Version};
 
@@ -17,6 +17,17 @@ use crate::proxy::headers;
 /// RFC 9113 §8.3.1 has `:authority` win. So routes and keys see, and the
 /// backend gets, the host the target names.
 pub fn prepare(parts: &mut Parts, upgrades: bool) {
+    // `TE: trailers` is hop-by-hop, but says the client takes trailers: an
+    // HTTP/2 backend (gRPC) is told so again.
+    let trailers = parts.headers.get_all(TE).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    });
+    if trailers {
+        parts.extensions.insert(TakesTrailers);
+    }
     if upgrades {
         headers::strip_hop_by_hop_keeping_upgrade(&mut parts.headers);
     } else {
@@ -32,6 +43,10 @@ pub fn prepare(parts: &mut Parts, upgrades: bool) {
         }
     }
 }
+
+/// Marks a request whose client sent `TE: trailers`.
+#[derive(Debug, Clone, Copy)]
+pub struct TakesTrailers;
 
 /// The problem with a request that must not be forwarded, if any (RFC 9112
 /// §3.2 and §6.1, and `limits`). hyper itself refuses malformed heads,

@@ -31,10 +31,13 @@ use std::time::{Duration, Instant};
 use fnv::FnvBuildHasher;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http2;
 use hyper::http::uri::Authority;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::OnceCell;
 
+use crate::config::UpstreamProtocol;
 use crate::pool::target::Target;
 use crate::proxy::request_body::RecoverableBody;
 
@@ -85,10 +88,16 @@ impl UpstreamError {
 /// The backend connection a response arrived on, held until the response
 /// body has been read to its end.
 #[derive(Debug)]
-pub struct Connection {
-    sender: SendRequest<RecoverableBody>,
-    /// Its idle pool ([`Target::key`]).
-    key: Arc<str>,
+pub enum Connection {
+    /// An HTTP/1.1 connection, the response's alone until its end.
+    Http1 {
+        /// Sends the next request once this response is read.
+        sender: SendRequest<RecoverableBody>,
+        /// Its idle pool ([`Target::key`]).
+        key: Arc<str>,
+    },
+    /// A stream of a shared HTTP/2 connection: nothing to give back.
+    Http2,
 }
 
 impl Connection {
@@ -96,7 +105,9 @@ impl Connection {
     /// the response has been read to its end. (Dropping it instead closes
     /// it once the backend's response is done.)
     pub fn release(self) {
-        IDLE.with(|idle| idle.borrow_mut().put(self.key, self.sender));
+        if let Connection::Http1 { sender, key } = self {
+            IDLE.with(|idle| idle.borrow_mut().put(key, sender));
+        }
     }
 }
 
@@ -109,6 +120,20 @@ impl Connection {
 /// it) goes on another one; it was never written, so this is safe for any
 /// method.
 pub async fn send(
+    target: &Target,
+    protocol: UpstreamProtocol,
+    connect_timeout: Duration,
+    request: Request<RecoverableBody>,
+) -> Result<(Response<Incoming>, Connection), UpstreamError> {
+    if protocol.is_h2() {
+        send_h2(target, connect_timeout, request).await
+    } else {
+        send_http1(target, connect_timeout, request).await
+    }
+}
+
+/// [`send`] over HTTP/1.1.
+async fn send_http1(
     target: &Target,
     connect_timeout: Duration,
     mut request: Request<RecoverableBody>,
@@ -137,7 +162,7 @@ pub async fn send(
             Ok(response) => {
                 return Ok((
                     response,
-                    Connection {
+                    Connection::Http1 {
                         sender,
                         key: target.key().clone(),
                     },
@@ -180,8 +205,115 @@ async fn connect(
     Ok(sender)
 }
 
+/// [`send`] over HTTP/2: a stream of this thread's connection to the
+/// backend, opened when there is none (or it closed). A request the
+/// connection could not take (it was closing) goes on a new one: it was
+/// never sent.
+async fn send_h2(
+    target: &Target,
+    connect_timeout: Duration,
+    mut request: Request<RecoverableBody>,
+) -> Result<(Response<Incoming>, Connection), UpstreamError> {
+    let authority = target.authority();
+    let mut retried = false;
+    loop {
+        // Requests that find no connection wait for the one being opened,
+        // so that they share it.
+        let cell = H2.with(|h2| {
+            let mut h2 = h2.borrow_mut();
+            if h2
+                .get(target.key())
+                .and_then(|cell| cell.get())
+                .is_some_and(|sender| sender.is_closed())
+            {
+                h2.remove(target.key());
+            }
+            h2.entry(target.key().clone()).or_default().clone()
+        });
+        let opened = cell.get().is_none();
+        let mut sender = cell
+            .get_or_try_init(|| connect_h2(target, connect_timeout))
+            .await?
+            .clone();
+        // A connection that cannot take the request (it was closing) is
+        // dropped, and the request, never sent, goes on a new one.
+        let forget = |cell: &Arc<OnceCell<_>>| {
+            H2.with(|h2| {
+                let mut h2 = h2.borrow_mut();
+                if h2.get(target.key()).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+                    h2.remove(target.key());
+                }
+            });
+        };
+        if sender.ready().await.is_err() {
+            forget(&cell);
+            if !retried && !opened {
+                retried = true;
+                continue;
+            }
+            return Err(UpstreamError::Connect {
+                authority: authority.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the HTTP/2 connection closed before the request could be sent",
+                ),
+            });
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => return Ok((response, Connection::Http2)),
+            Err(mut error) => match error.take_message() {
+                Some(unsent) if !retried => {
+                    forget(&cell);
+                    request = unsent;
+                    retried = true;
+                }
+                _ => {
+                    return Err(UpstreamError::Exchange {
+                        authority: authority.clone(),
+                        source: error.into_error(),
+                    });
+                }
+            },
+        }
+    }
+}
+
+/// Opens an HTTP/2 connection to `target` (prior knowledge over TCP, or
+/// TLS with `h2` agreed by ALPN) and starts its task on this thread.
+async fn connect_h2(
+    target: &Target,
+    timeout: Duration,
+) -> Result<http2::SendRequest<RecoverableBody>, UpstreamError> {
+    let failed = |source| UpstreamError::Connect {
+        authority: target.authority().clone(),
+        source,
+    };
+    let stream = target.connect(timeout).await.map_err(failed)?;
+    if target.is_tls() && stream.alpn() != Some(b"h2".as_slice()) {
+        return Err(failed(io::Error::other(
+            "the backend did not agree to HTTP/2 (ALPN h2)",
+        )));
+    }
+    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .map_err(|error| failed(io::Error::other(error)))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "HTTP/2 backend connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// A thread's HTTP/2 connections, by target key: each opened once, shared
+/// by every request to that backend.
+type H2Connections =
+    HashMap<Arc<str>, Arc<OnceCell<http2::SendRequest<RecoverableBody>>>, FnvBuildHasher>;
+
 thread_local! {
     static IDLE: RefCell<IdleConnections> = RefCell::new(IdleConnections::default());
+    /// This thread's HTTP/2 connection to each backend (and TLS settings).
+    static H2: RefCell<H2Connections> = RefCell::new(HashMap::default());
 }
 
 /// One thread's idle connections, by backend address (and TLS settings).

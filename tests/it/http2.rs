@@ -284,3 +284,146 @@ async fn an_http2_connection_that_sends_no_request_is_closed_after_the_header_ti
         "closed after {waited:?}"
     );
 }
+
+/// A body of one data frame, then trailers.
+struct WithTrailers {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl hyper::body::Body for WithTrailers {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let frame = match self.data.take() {
+            Some(data) => Some(hyper::body::Frame::data(data)),
+            None => self.trailers.take().map(hyper::body::Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+}
+
+/// An HTTP/2 (prior knowledge) backend on 127.0.0.1 answering each request
+/// with `name`, a `grpc-status: 0` trailer, and what it saw: the `te`
+/// header (`x-seen-te`) and the HTTP version; it counts its connections.
+async fn h2c_backend(
+    name: &'static str,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |request: Request<hyper::body::Incoming>| async move {
+                        let te = request
+                            .headers()
+                            .get("te")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let version = format!("{:?}", request.version());
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers
+                            .insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                        let body = WithTrailers {
+                            data: Some(Bytes::from_static(name.as_bytes())),
+                            trailers: Some(trailers),
+                        };
+                        let response = hyper::Response::builder()
+                            .header("x-backend", name)
+                            .header("x-seen-te", te)
+                            .header("x-seen-version", version)
+                            .body(body)
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    (address, connections)
+}
+
+#[tokio::test]
+async fn an_h2c_pool_multiplexes_requests_over_one_backend_connection_and_passes_trailers() {
+    use std::sync::atomic::Ordering;
+
+    let (backend, connections) = h2c_backend("h2c-1").await;
+    let proxy = start_proxy(&format!(
+        "[upstream]\nprotocol = \"h2c\"\n[health_check]\ninterval = \"1h\"\ntimeout = \"1s\"\n\
+         [[backends]]\nname = \"h2c-1\"\nurl = \"http://{backend}\"\n"
+    ))
+    .await;
+    let stream = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let mut sender = sender.clone();
+        calls.push(tokio::spawn(async move {
+            let request = Request::post(format!("http://proxy.test/svc.Echo/Call{i}"))
+                .header("te", "trailers")
+                .header("content-type", "application/grpc")
+                .body(http_body_util::Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            let status = response.status();
+            let te = response.headers()["x-seen-te"].to_str().unwrap().to_owned();
+            let version = response.headers()["x-seen-version"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let collected = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap();
+            let trailers = collected.trailers().cloned();
+            (status, te, version, collected.to_bytes(), trailers)
+        }));
+    }
+    for call in calls {
+        let (status, te, version, body, trailers) = bounded(call).await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(te, "trailers");
+        assert_eq!(version, "HTTP/2.0");
+        assert_eq!(&body[..], b"h2c-1");
+        assert_eq!(
+            trailers
+                .as_ref()
+                .and_then(|t| t.get("grpc-status"))
+                .map(|v| v.to_str().unwrap()),
+            Some("0")
+        );
+    }
+    assert_eq!(
+        connections.load(Ordering::Relaxed),
+        1,
+        "one connection carries every stream"
+    );
+}
