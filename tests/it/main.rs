@@ -16,6 +16,7 @@ mod cli;
 mod config_files;
 mod failures;
 mod faults;
+mod grpc;
 mod hash_routing;
 mod hashing_properties;
 mod headers;
