@@ -698,6 +698,16 @@ async fn https_backend(
     leaf: &Leaf,
     clients: Option<&Ca>,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    https_backend_speaking(name, leaf, clients, false).await
+}
+
+/// [`https_backend`], speaking HTTP/2 (ALPN `h2` only) when `h2`.
+async fn https_backend_speaking(
+    name: &str,
+    leaf: &Leaf,
+    clients: Option<&Ca>,
+    h2: bool,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use hyper::service::service_fn;
     use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::pem::PemObject;
@@ -722,9 +732,12 @@ async fn https_backend(
         }
     };
     let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
-    let config = builder
+    let mut config = builder
         .with_single_cert(vec![leaf.der.clone()], key)
         .unwrap();
+    if h2 {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -759,9 +772,15 @@ async fn https_backend(
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
             });
         }
     });
@@ -906,4 +925,40 @@ fn check_reads_the_ca_file_of_https_backends() {
         "{text}"
     );
     assert!(text.contains("missing.pem"), "{text}");
+}
+
+#[tokio::test]
+async fn an_h2_pool_speaks_http2_over_tls_to_its_backends() {
+    let ca = Ca::new();
+    let dir = TempDir::new("tls-h2-upstream");
+    let ca_file = dir.write("ca.pem", &ca.cert.pem());
+    let leaf = ca.leaf(&["localhost"]);
+    let (secure, _task) = https_backend_speaking("h2-1", &leaf, None, true).await;
+    let url = format!("https://localhost:{}", secure.port());
+    let proxy = start_proxy(&https_pool(
+        &format!("ca_file = \"{}\", protocol = \"h2\"", ca_file.display()),
+        &[("h2-1", url.clone())],
+    ))
+    .await;
+    let mut client = Client::connect(proxy.local_addr()).await;
+    for i in 0..5 {
+        let reply = client.get(&format!("/h2/{i}"), &[]).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.backend(), "h2-1");
+    }
+    // The same backend in an http1 pool: it agrees to no protocol but h2,
+    // so the handshake fails and the proxy answers for it.
+    let proxy = start_proxy(&https_pool(
+        &format!("ca_file = \"{}\", retries = 0", ca_file.display()),
+        &[("h2-1", url)],
+    ))
+    .await;
+    let mut client = Client::connect(proxy.local_addr()).await;
+    let reply = client.get("/h1", &[]).await;
+    assert!(
+        reply.status == 502 || reply.status == 503,
+        "{} {}",
+        reply.status,
+        reply.text()
+    );
 }
