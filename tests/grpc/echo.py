@@ -6,11 +6,13 @@ proxy's gRPC test (tests/it/grpc.rs).
 
 The service `test.Echo` has `Unary` (answers NAME:REQUEST, with trailing
 metadata x-backend: NAME; the request b"fail" aborts with NOT_FOUND) and
-`Bidi` (answers each message NAME:MESSAGE). Messages are raw bytes.
+`Bidi` (answers each message NAME:MESSAGE) and `Slow` (three answers 0.6 s
+apart). Messages are raw bytes.
 """
 
 import json
 import sys
+import time
 from concurrent import futures
 
 import grpc
@@ -27,11 +29,17 @@ def serve(name):
         for message in requests:
             yield name.encode() + b":" + message
 
+    def slow(request, context):
+        for i in range(3):
+            yield b"%s:slow-%d" % (name.encode(), i)
+            time.sleep(0.6)
+
     handler = grpc.method_handlers_generic_handler(
         "test.Echo",
         {
             "Unary": grpc.unary_unary_rpc_method_handler(unary),
             "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+            "Slow": grpc.unary_stream_rpc_method_handler(slow),
         },
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
@@ -46,7 +54,8 @@ def call(target, users):
     channel = grpc.insecure_channel(target)
     unary = channel.unary_unary("/test.Echo/Unary")
     bidi = channel.stream_stream("/test.Echo/Bidi")
-    result = {"unary": {}, "bidi": {}, "error": None}
+    slow = channel.unary_stream("/test.Echo/Slow")
+    result = {"unary": {}, "bidi": {}, "error": None, "slow": None}
     for user in users:
         seen = []
         for i in range(5):
@@ -66,6 +75,9 @@ def call(target, users):
         unary(b"fail", metadata=(("x-user", users[0]),), timeout=10)
     except grpc.RpcError as error:
         result["error"] = [error.code().name, error.details()]
+    # A stream longer than the proxy's request_timeout: it bounds the wait
+    # for the response head only.
+    result["slow"] = [a.decode() for a in slow(b"", metadata=(("x-user", users[0]),), timeout=10)]
     print(json.dumps(result), flush=True)
 
 

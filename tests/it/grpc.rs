@@ -81,8 +81,9 @@ async fn grpc_calls_keep_their_trailers_status_and_streams_and_a_users_calls_sta
         })
         .collect();
     let proxy = start_proxy(&format!(
-        "[[pools]]\nname = \"grpc\"\nkey = \"header:x-user\"\n\
-         upstream = {{ protocol = \"h2c\" }}\n\
+        "[listener]\naddress = \"127.0.0.1:0\"\n\
+         [[pools]]\nname = \"grpc\"\nkey = \"header:x-user\"\n\
+         upstream = {{ protocol = \"h2c\", request_timeout = \"1s\" }}\n\
          health_check = {{ interval = \"1h\", timeout = \"1s\" }}\n\
          backends = [{}]\n",
         backends.join(", ")
@@ -120,6 +121,10 @@ async fn grpc_calls_keep_their_trailers_status_and_streams_and_a_users_calls_sta
         used.insert(backend);
     }
     assert!(used.len() >= 2, "12 users on {used:?}");
+    // A stream that outlasts request_timeout (1 s) once it has started.
+    let slow = result["slow"].as_array().unwrap();
+    assert_eq!(slow.len(), 3, "{slow:?}");
+    assert!(slow[2].as_str().unwrap().ends_with(":slow-2"), "{slow:?}");
     // An error status and its message pass through.
     let error = result["error"].as_array().unwrap();
     assert_eq!(error[0], "NOT_FOUND");

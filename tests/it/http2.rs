@@ -370,7 +370,8 @@ async fn an_h2c_pool_multiplexes_requests_over_one_backend_connection_and_passes
 
     let (backend, connections) = h2c_backend("h2c-1").await;
     let proxy = start_proxy(&format!(
-        "[upstream]\nprotocol = \"h2c\"\n[health_check]\ninterval = \"1h\"\ntimeout = \"1s\"\n\
+        "[listener]\naddress = \"127.0.0.1:0\"\n\
+         [upstream]\nprotocol = \"h2c\"\n[health_check]\ninterval = \"1h\"\ntimeout = \"1s\"\n\
          [[backends]]\nname = \"h2c-1\"\nurl = \"http://{backend}\"\n"
     ))
     .await;
@@ -426,4 +427,29 @@ async fn an_h2c_pool_multiplexes_requests_over_one_backend_connection_and_passes
         1,
         "one connection carries every stream"
     );
+}
+
+/// An h2c pool probes its backends over HTTP/2: an HTTP/2-only backend stays
+/// healthy there, and is taken out by the HTTP/1.1 probes of an http1 pool.
+#[tokio::test]
+async fn an_h2c_pool_probes_its_backends_over_http2() {
+    let (backend, _) = h2c_backend("h2c-probed").await;
+    let pool = |protocol: &str| {
+        format!(
+            "[listener]\naddress = \"127.0.0.1:0\"\n\
+             [upstream]\nprotocol = \"{protocol}\"\n\
+             [health_check]\ninterval = \"50ms\"\ntimeout = \"40ms\"\n\
+             healthy_threshold = 1\nunhealthy_threshold = 2\n\
+             [[backends]]\nname = \"h2c-probed\"\nurl = \"http://{backend}\"\n"
+        )
+    };
+    let h2 = start_proxy(&pool("h2c")).await;
+    let h1 = start_proxy(&pool("http1")).await;
+    until_healthy_count(&h1.pool(), 0).await;
+    // Many probe rounds later, the h2c pool still has it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h2.pool().snapshot().healthy_count(), 1);
+    let record = h2.pool().snapshot().backends()[0].state().health();
+    let last = record.last_probe.expect("probed");
+    assert!(last.ok, "{}", last.detail);
 }
