@@ -131,6 +131,7 @@ pub(super) struct FileBalancer {
 pub(super) struct FileStickyCookie {
     pub(super) name: Option<Spanned<String>>,
     pub(super) max_age: Option<Spanned<DurationText>>,
+    pub(super) pin: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -356,6 +356,9 @@ pub struct StickyCookieConfig {
     pub name: String,
     /// `Max-Age` of the issued cookie; never zero.
     pub max_age: Duration,
+    /// The cookie also carries an opaque pin of the backend that served it,
+    /// which later requests go to while it is routable.
+    pub pin: bool,
 }
 
 impl Default for StickyCookieConfig {
@@ -363,6 +366,7 @@ impl Default for StickyCookieConfig {
         StickyCookieConfig {
             name: DEFAULT_STICKY_COOKIE_NAME.to_owned(),
             max_age: DEFAULT_STICKY_COOKIE_MAX_AGE,
+            pin: false,
         }
     }
 }

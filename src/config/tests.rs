@@ -200,6 +200,7 @@ fn a_file_that_sets_every_key_gets_every_value() {
             sticky_cookie: Some(StickyCookieConfig {
                 name: "sid".into(),
                 max_age: Duration::from_secs(30 * 60),
+                pin: false,
             }),
         }
     );

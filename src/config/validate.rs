@@ -944,7 +944,11 @@ impl Check<'_, '_> {
                 false,
             )
             .unwrap_or(DEFAULT_STICKY_COOKIE_MAX_AGE);
-        StickyCookieConfig { name, max_age }
+        StickyCookieConfig {
+            name,
+            max_age,
+            pin: file.pin.unwrap_or(false),
+        }
     }
 
     fn health_check(&mut self, file: &FileHealthCheck) -> HealthCheckConfig {

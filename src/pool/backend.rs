@@ -163,6 +163,7 @@ pub struct Backend {
     pub(super) authority: Authority,
     pub(super) host_header: HeaderValue,
     pub(super) target: Target,
+    pub(super) pin: u64,
     pub(super) weight: u32,
     pub(super) healthy: bool,
     pub(super) state: Arc<BackendState>,
@@ -182,6 +183,11 @@ impl Backend {
     /// The scheme requests are sent with (`http` or `https`).
     pub fn scheme(&self) -> &Scheme {
         &self.scheme
+    }
+
+    /// Its pin in sticky cookies (a keyed hash of its name).
+    pub fn pin(&self) -> u64 {
+        self.pin
     }
 
     /// How to connect to it: the address, and TLS for `https://`.

@@ -18,6 +18,7 @@ use crate::balance::selector::{BuildError, HashSelector, HashTable};
 use crate::config::{Algorithm, KeySource, PoolConfig};
 use crate::pool::backend::{Backend, BackendState};
 use crate::pool::target::{Target, UpstreamTls};
+use fnv::FnvHashMap;
 
 /// The seed of the `random` policy: the ASCII bytes of `affinity` read as a
 /// big-endian `u64`. Fixed so that a pool's sequence of picks is
@@ -155,6 +156,8 @@ fn next_bounded(
 #[derive(Debug)]
 pub struct Snapshot {
     config: Arc<PoolConfig>,
+    /// Each backend's pin (see [`pin_of`]), to its place.
+    pins: FnvHashMap<u64, usize>,
     /// The TLS client settings of its `https://` backends, if it has any.
     upstream_tls: Option<UpstreamTls>,
     key_source: KeySource,
@@ -199,6 +202,7 @@ impl Snapshot {
             .map(|i| healthy.get(i).copied().unwrap_or(false))
             .collect();
         let upstream_tls = upstream_tls(&config, previous)?;
+        let pin_hasher = KeyHasher::new(config.balancer.hash_key.unwrap_or(DEFAULT_HASH_KEY));
         let mut backends = Vec::with_capacity(config.backends.len());
         for (b, &up) in config.backends.iter().zip(&healthy) {
             let no_host = || PoolError::NoHost {
@@ -228,6 +232,7 @@ impl Snapshot {
                 .and_then(|p| p.backend(&b.name))
                 .map_or_else(|| Arc::new(BackendState::new()), |p| p.state.clone());
             backends.push(Backend {
+                pin: pin_of(&pin_hasher, &b.name),
                 name: Arc::from(b.name.as_str()),
                 url: b.url.clone(),
                 scheme,
@@ -257,7 +262,13 @@ impl Snapshot {
             Some(sticky) => KeySource::Cookie(sticky.name.clone()),
             None => config.balancer.key.clone(),
         };
+        let pins = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.pin, i))
+            .collect();
         Ok(Snapshot {
+            pins,
             healthy_count,
             panic,
             key_source,
@@ -317,6 +328,14 @@ impl Snapshot {
     /// The backend called `name`.
     pub fn backend(&self, name: &str) -> Option<&Backend> {
         self.backends.iter().find(|b| &*b.name == name)
+    }
+
+    /// The backend (place) that `pin` names, if it is routable now: healthy,
+    /// or any backend in panic mode.
+    pub fn pinned(&self, pin: u64) -> Option<usize> {
+        let index = *self.pins.get(&pin)?;
+        let backend = self.backends.get(index)?;
+        (backend.healthy || self.panic).then_some(index)
     }
 
     /// How many backends are healthy.
@@ -465,6 +484,16 @@ pub struct Detour {
     /// The key's healthy pick was at its bounded-load cap: the request went
     /// further down the fallback order.
     pub bounded_load: bool,
+}
+
+/// A backend's pin: a keyed hash of its name (the pool's `hash_key`), so a
+/// sticky cookie names its backend without giving away a name or an
+/// address, and every instance with the same config reads it the same way.
+pub fn pin_of(hasher: &KeyHasher, name: &str) -> u64 {
+    let mut bytes = Vec::with_capacity(name.len() + 13);
+    bytes.extend_from_slice(b"affinity-pin\0");
+    bytes.extend_from_slice(name.as_bytes());
+    hasher.hash(&bytes)
 }
 
 /// The TLS client settings for `config`'s `https://` backends: those of

@@ -62,6 +62,9 @@ pub struct Forwarding<'a> {
     pub limits: &'a LimitsConfig,
     /// The request's key hash (0 for the classic policies).
     pub key_hash: u64,
+    /// The routable backend its sticky cookie's pin names: the first
+    /// attempt goes there.
+    pub pinned: Option<usize>,
     /// What happened so far.
     pub attempts: &'a mut Attempts,
 }
@@ -141,8 +144,11 @@ fn next_backend<'s>(
     let snapshot = ctx.snapshot;
     let per_backend = u64::from(snapshot.config().max_in_flight_per_backend);
     loop {
-        let next =
-            state.next(|tried| snapshot.next_backend(ctx.key_hash, tried, ctx.pool.now_ns()));
+        let pinned = ctx.pinned;
+        let next = state.next(|tried| match pinned {
+            Some(pinned) if tried.is_empty() => Some(pinned),
+            _ => snapshot.next_backend(ctx.key_hash, tried, ctx.pool.now_ns()),
+        });
         let Some((index, backend)) = next.and_then(|i| Some((i, snapshot.backends().get(i)?)))
         else {
             return Err(stop_error(state.exhausted()));
@@ -152,7 +158,7 @@ fn next_backend<'s>(
             ctx.attempts.fallback.push(Fallback::Full);
             continue;
         }
-        if state.is_first() {
+        if state.is_first() && pinned.is_none() {
             let detour = snapshot.detour(ctx.key_hash, index);
             if detour.unhealthy {
                 ctx.attempts.fallback.push(Fallback::Unhealthy);

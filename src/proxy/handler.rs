@@ -27,7 +27,7 @@ use crate::proxy::headers;
 use crate::proxy::request::{check_request, prepare};
 use crate::proxy::request_body::ClientBody;
 use crate::proxy::response_body::{ProxyBody, UpstreamBody};
-use crate::proxy::session::{Keyed, set_cookie};
+use crate::proxy::session::{Keyed, pinned_value, set_cookie};
 use crate::proxy::tunnel::Tunnels;
 
 /// The request handler of one listener, shared by its client connections.
@@ -115,6 +115,7 @@ impl Proxy {
                     snapshot: &snapshot,
                     limits,
                     key_hash: keyed.hash.unwrap_or(0),
+                    pinned: keyed.pin.and_then(|pin| snapshot.pinned(pin)),
                     attempts: &mut attempts,
                 };
                 forward(&mut forwarding, parts, body)
@@ -134,7 +135,7 @@ impl Proxy {
         };
         match result {
             Ok(answer) => {
-                let cookie = session_cookie(&snapshot, &keyed);
+                let cookie = session_cookie(&snapshot, &keyed, &answer.backend);
                 respond(routed, answer, client_upgrade, cookie, ending, tunnels)
             }
             Err(error) => {
@@ -336,12 +337,22 @@ fn routed_record(
     }
 }
 
-/// The `Set-Cookie` header that hands a new client its session, if it got
-/// one.
-fn session_cookie(snapshot: &Snapshot, keyed: &Keyed) -> Option<HeaderValue> {
-    let id = keyed.new_session.as_ref()?;
+/// The `Set-Cookie` header of a response from `backend`: a new client's
+/// session; with pins, also a session that landed elsewhere than its pin
+/// says (so that it stays where it moved).
+fn session_cookie(snapshot: &Snapshot, keyed: &Keyed, backend: &str) -> Option<HeaderValue> {
     let sticky = snapshot.config().balancer.sticky_cookie.as_ref()?;
-    HeaderValue::from_str(&set_cookie(sticky, id)).ok()
+    let value = if sticky.pin {
+        let id = keyed.new_session.as_ref().or(keyed.session.as_ref())?;
+        let pin = snapshot.backend(backend)?.pin();
+        if keyed.new_session.is_none() && keyed.pin == Some(pin) {
+            return None;
+        }
+        pinned_value(id, pin)
+    } else {
+        keyed.new_session.clone()?
+    };
+    HeaderValue::from_str(&set_cookie(sticky, &value)).ok()
 }
 
 /// `answer`, unless it is a `101 Switching Protocols` that cannot start a

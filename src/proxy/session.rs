@@ -17,6 +17,12 @@ pub struct Keyed {
     pub fell_back: bool,
     /// A sticky-cookie session id issued to this request (its key).
     pub new_session: Option<String>,
+    /// With pinned sticky cookies: the session id the client sent, to pin
+    /// again where its request lands.
+    pub session: Option<String>,
+    /// The pin the client's cookie carried (not yet checked against the
+    /// pool).
+    pub pin: Option<u64>,
 }
 
 impl Keyed {
@@ -28,24 +34,74 @@ impl Keyed {
                 hash: None,
                 fell_back: false,
                 new_session: None,
+                session: None,
+                pin: None,
             };
         };
         let key = snapshot.request_key(&parts.uri, &parts.headers, peer);
         let fell_back = key.origin() == KeyOrigin::ClientIpFallback;
-        if fell_back && snapshot.config().balancer.sticky_cookie.is_some() {
+        let sticky = snapshot.config().balancer.sticky_cookie.as_ref();
+        if fell_back && sticky.is_some() {
             // A new client: its key is the session id it is about to get.
             let id = session_id();
             return Keyed {
                 hash: Some(hasher.hash(id.as_bytes())),
                 fell_back: false,
                 new_session: Some(id),
+                session: None,
+                pin: None,
+            };
+        }
+        if sticky.is_some_and(|s| s.pin) && !fell_back {
+            // The key is the session id; the pin rides beside it.
+            let (id, pin) = split_pin(key.as_bytes());
+            return Keyed {
+                hash: Some(hasher.hash(id)),
+                fell_back: false,
+                new_session: None,
+                session: Some(String::from_utf8_lossy(id).into_owned()),
+                pin,
             };
         }
         Keyed {
             hash: Some(hasher.hash(key.as_bytes())),
             fell_back,
             new_session: None,
+            session: None,
+            pin: None,
         }
+    }
+}
+
+/// What separates a pinned cookie's session id from its pin: the format's
+/// version, so that it can change later.
+const PIN_MARK: &[u8] = b".v1.";
+
+/// A pinned sticky cookie's value: `ID.v1.PIN`, the pin as 16 lowercase hex
+/// digits.
+pub fn pinned_value(id: &str, pin: u64) -> String {
+    format!("{id}.v1.{pin:016x}")
+}
+
+/// A sticky cookie's value as (session id, pin). A value without a
+/// well-formed pin (an unpinned cookie, another version, a tampered pin) is
+/// all session id: hashed as it is, never an error.
+pub fn split_pin(value: &[u8]) -> (&[u8], Option<u64>) {
+    let at = value.windows(PIN_MARK.len()).rposition(|w| w == PIN_MARK);
+    let Some(at) = at else {
+        return (value, None);
+    };
+    let pin = &value[at + PIN_MARK.len()..];
+    let well_formed = pin.len() == 16
+        && pin
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    match std::str::from_utf8(pin).ok().filter(|_| well_formed) {
+        Some(hex) => match u64::from_str_radix(hex, 16) {
+            Ok(pin) => (&value[..at], Some(pin)),
+            Err(_) => (value, None),
+        },
+        None => (value, None),
     }
 }
 
@@ -72,6 +128,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pinned_value_splits_into_its_id_and_pin_and_anything_else_is_all_id() {
+        let value = pinned_value("00ff", 0xdead_beef);
+        assert_eq!(value, "00ff.v1.00000000deadbeef");
+        assert_eq!(
+            split_pin(value.as_bytes()),
+            (&b"00ff"[..], Some(0xdead_beef))
+        );
+        for odd in [
+            "00ff",
+            "00ff.v1.",
+            "00ff.v1.DEADBEEF00000000",
+            "00ff.v1.00000000deadbee",
+            "00ff.v2.00000000deadbeef",
+            "00ff.v1.00000000deadbeefa",
+            "00ff.v1.0000000xdeadbeef",
+        ] {
+            assert_eq!(split_pin(odd.as_bytes()), (odd.as_bytes(), None), "{odd}");
+        }
+    }
+
+    #[test]
     fn a_session_cookie_is_32_hex_characters_with_max_age_path_and_flags() {
         let id = session_id();
         assert_eq!(id.len(), 32);
@@ -83,6 +160,7 @@ mod tests {
         let sticky = StickyCookieConfig {
             name: "sid".into(),
             max_age: Duration::from_secs(90),
+            pin: false,
         };
         assert_eq!(
             set_cookie(&sticky, "00ff"),
@@ -91,6 +169,7 @@ mod tests {
         let short = StickyCookieConfig {
             name: "sid".into(),
             max_age: Duration::from_millis(10),
+            pin: false,
         };
         assert!(set_cookie(&short, "1").contains("Max-Age=1;"));
     }

@@ -27,5 +27,6 @@ mod lifecycle;
 mod live_pool;
 mod policies;
 mod routes;
+mod sessions;
 mod tls;
 mod upgrade;

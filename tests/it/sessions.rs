@@ -1,0 +1,126 @@
+//! Pinned sticky cookies (`sticky_cookie.pin = true`): a session stays on
+//! the backend that served it, moves only when that backend is not
+//! routable, and then stays where it moved.
+
+use crate::common::*;
+
+const PINNED: &str = "[balancer]\nsticky_cookie = { name = \"sid\", pin = true }\n\
+                      [health_check]\ninterval = \"50ms\"\ntimeout = \"40ms\"\n\
+                      healthy_threshold = 1\nunhealthy_threshold = 1\n";
+
+/// The cookie value a `Set-Cookie` header gives, if any.
+fn cookie_of(reply: &Reply) -> Option<String> {
+    let header = reply.header("set-cookie")?;
+    let pair = header.split(';').next()?;
+    pair.strip_prefix("sid=").map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_pinned_session_stays_where_it_moved_when_its_first_backend_returns() {
+    let backends = TestBackend::start_many(4).await;
+    let proxy = start_proxy(&config_text(PINNED, &pool(&backends))).await;
+    let mut client = Client::connect(proxy.local_addr()).await;
+
+    // A new client gets a session pinned where it landed.
+    let first = client.get("/login", &[]).await;
+    assert_eq!(first.status, 200);
+    let home = first.backend().to_owned();
+    let cookie = cookie_of(&first).expect("a new session");
+    let (id, pin) = cookie.split_once(".v1.").expect("ID.v1.PIN");
+    assert_eq!(id.len(), 32, "{cookie}");
+    assert_eq!(pin.len(), 16, "{cookie}");
+    assert!(
+        !cookie.contains(&home),
+        "the pin names no backend: {cookie}"
+    );
+    let with = |value: &str| format!("sid={value}");
+    for _ in 0..5 {
+        let reply = client.get("/page", &[("cookie", &with(&cookie))]).await;
+        assert_eq!(reply.backend(), home);
+        assert!(cookie_of(&reply).is_none(), "no new cookie while it stays");
+    }
+
+    // Its backend goes down: the session moves along its key's fallback
+    // order, and is pinned where it lands.
+    let holder = backends.iter().find(|b| b.name == home).unwrap();
+    holder.set_health(false);
+    until_healthy_count(&proxy.pool(), 3).await;
+    let moved = client.get("/page", &[("cookie", &with(&cookie))]).await;
+    assert_eq!(moved.status, 200);
+    let refuge = moved.backend().to_owned();
+    assert_ne!(refuge, home);
+    let repinned = cookie_of(&moved).expect("pinned again where it landed");
+    assert!(
+        repinned.starts_with(&format!("{id}.v1.")),
+        "same session: {repinned}"
+    );
+    assert_ne!(repinned, cookie);
+
+    // It comes back: the moved session stays where it moved...
+    holder.set_health(true);
+    until_healthy_count(&proxy.pool(), 4).await;
+    for _ in 0..5 {
+        let reply = client.get("/page", &[("cookie", &with(&repinned))]).await;
+        assert_eq!(reply.backend(), refuge);
+        assert!(cookie_of(&reply).is_none());
+    }
+    // ... while the old pin, and a cookie without one, go home (exact
+    // restore for keys that never moved).
+    let reply = client.get("/page", &[("cookie", &with(&cookie))]).await;
+    assert_eq!(reply.backend(), home);
+    let reply = client.get("/page", &[("cookie", &with(id))]).await;
+    assert_eq!(reply.backend(), home);
+    assert_eq!(
+        cookie_of(&reply).as_deref(),
+        Some(cookie.as_str()),
+        "pinned"
+    );
+
+    // A pin that names no backend, or is not a pin at all, is ignored: the
+    // key decides, and the answer pins it properly.
+    for tampered in [format!("{id}.v1.0000000000000000"), format!("{id}.v1.zz")] {
+        let reply = client.get("/page", &[("cookie", &with(&tampered))]).await;
+        assert_eq!(reply.status, 200, "{tampered}");
+        if tampered.ends_with("zz") {
+            // Not a pin: the whole value is the key.
+            continue;
+        }
+        assert_eq!(reply.backend(), home, "{tampered}");
+        assert_eq!(cookie_of(&reply).as_deref(), Some(cookie.as_str()));
+    }
+}
+
+/// A pin is a keyed hash of the backend's name: any instance with the same
+/// config (and `hash_key`) reads it the same way, whatever its own hashing
+/// would choose.
+#[tokio::test]
+async fn two_instances_honour_each_others_pins() {
+    use affinity::balance::hash::KeyHasher;
+    use affinity::pool::snapshot::pin_of;
+
+    let backends = TestBackend::start_many(4).await;
+    let text = config_text(PINNED, &pool(&backends));
+    let one = start_proxy(&text).await;
+    let two = start_proxy(&text).await;
+    let mut first = Client::connect(one.local_addr()).await;
+    let mut second = Client::connect(two.local_addr()).await;
+    for i in 0..8 {
+        let reply = first.get(&format!("/new/{i}"), &[]).await;
+        let cookie = cookie_of(&reply).unwrap();
+        let (id, _) = cookie.split_once(".v1.").unwrap();
+        // Pinned by "another instance" to a backend the key would not choose.
+        let other = &backends[(i + 1) % 4];
+        let other = if other.name == reply.backend() {
+            &backends[(i + 2) % 4]
+        } else {
+            other
+        };
+        let pin = pin_of(&KeyHasher::default(), &other.name);
+        let pinned = format!("sid={id}.v1.{pin:016x}");
+        for client in [&mut first, &mut second] {
+            let again = client.get("/page", &[("cookie", &pinned)]).await;
+            assert_eq!(again.backend(), other.name, "{pinned}");
+            assert!(cookie_of(&again).is_none());
+        }
+    }
+}
