@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin::metrics::{Format, Metrics};
-use crate::balance::key;
+use crate::balance::key::{self, split_pin};
 use crate::balance::selector::HashTable;
 use crate::config::KeySource;
 use crate::pool::routing::{Pools, Routed, Routing};
@@ -476,6 +476,9 @@ struct Lookup<'a> {
     fallback: Vec<&'a str>,
     /// The bounded-load factor (0: off).
     bounded_load: f64,
+    /// A pinned sticky cookie's pin named a routable backend, which
+    /// `backend` is.
+    pinned: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<&'static str>,
 }
@@ -601,11 +604,29 @@ fn lookup<'a>(snapshot: &'a Snapshot, query: &str) -> Result<Lookup<'a>, LookupE
         }
         _ => value,
     };
-    let hash = hasher.hash(&bytes);
-    let order = snapshot.fallback_order(hash);
+    // A pinned sticky cookie's value: the session id is the key, and a pin
+    // that names a routable backend decides.
+    let pins = snapshot
+        .config()
+        .balancer
+        .sticky_cookie
+        .as_ref()
+        .is_some_and(|s| s.pin);
+    let (bytes, pin) = match pins {
+        true => split_pin(&bytes),
+        false => (&bytes[..], None),
+    };
+    let hash = hasher.hash(bytes);
+    let mut order = snapshot.fallback_order(hash);
+    let pinned = pin.and_then(|pin| snapshot.pinned(pin));
+    if let Some(pinned) = pinned.and_then(|i| snapshot.backends().get(i)) {
+        order.retain(|b| b.name() != pinned.name());
+        order.insert(0, pinned);
+    }
     let bounded_load = snapshot.config().balancer.bounded_load;
     Ok(Lookup {
-        key: String::from_utf8_lossy(&bytes).into_owned(),
+        pinned: pinned.is_some(),
+        key: String::from_utf8_lossy(bytes).into_owned(),
         key_source: source.to_string(),
         given_as,
         pool: &snapshot.config().name,

@@ -15,6 +15,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Uri};
 
 use crate::balance::key;
+use crate::balance::key::pinned_value;
 use crate::balance::route::resolve_dot_segments;
 use crate::pool::routing::{Destination, Pools, Routed, Routing};
 use crate::pool::stats::Stats;
@@ -27,7 +28,7 @@ use crate::proxy::headers;
 use crate::proxy::request::{check_request, prepare};
 use crate::proxy::request_body::ClientBody;
 use crate::proxy::response_body::{ProxyBody, UpstreamBody};
-use crate::proxy::session::{Keyed, pinned_value, set_cookie};
+use crate::proxy::session::{Keyed, set_cookie};
 use crate::proxy::tunnel::Tunnels;
 
 /// The request handler of one listener, shared by its client connections.

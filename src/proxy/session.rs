@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use hyper::http::request::Parts;
 
-use crate::balance::key::KeyOrigin;
+use crate::balance::key::{KeyOrigin, split_pin};
 use crate::config::StickyCookieConfig;
 use crate::pool::Snapshot;
 
@@ -73,38 +73,6 @@ impl Keyed {
     }
 }
 
-/// What separates a pinned cookie's session id from its pin: the format's
-/// version, so that it can change later.
-const PIN_MARK: &[u8] = b".v1.";
-
-/// A pinned sticky cookie's value: `ID.v1.PIN`, the pin as 16 lowercase hex
-/// digits.
-pub fn pinned_value(id: &str, pin: u64) -> String {
-    format!("{id}.v1.{pin:016x}")
-}
-
-/// A sticky cookie's value as (session id, pin). A value without a
-/// well-formed pin (an unpinned cookie, another version, a tampered pin) is
-/// all session id: hashed as it is, never an error.
-pub fn split_pin(value: &[u8]) -> (&[u8], Option<u64>) {
-    let at = value.windows(PIN_MARK.len()).rposition(|w| w == PIN_MARK);
-    let Some(at) = at else {
-        return (value, None);
-    };
-    let pin = &value[at + PIN_MARK.len()..];
-    let well_formed = pin.len() == 16
-        && pin
-            .iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
-    match std::str::from_utf8(pin).ok().filter(|_| well_formed) {
-        Some(hex) => match u64::from_str_radix(hex, 16) {
-            Ok(pin) => (&value[..at], Some(pin)),
-            Err(_) => (value, None),
-        },
-        None => (value, None),
-    }
-}
-
 /// A new session id: 128 random bits as 32 lowercase hex characters, from
 /// `fastrand` (seeded per thread from the OS). It only chooses a backend, so
 /// it need not be secret: a client can send any cookie it likes anyway.
@@ -126,27 +94,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    #[test]
-    fn a_pinned_value_splits_into_its_id_and_pin_and_anything_else_is_all_id() {
-        let value = pinned_value("00ff", 0xdead_beef);
-        assert_eq!(value, "00ff.v1.00000000deadbeef");
-        assert_eq!(
-            split_pin(value.as_bytes()),
-            (&b"00ff"[..], Some(0xdead_beef))
-        );
-        for odd in [
-            "00ff",
-            "00ff.v1.",
-            "00ff.v1.DEADBEEF00000000",
-            "00ff.v1.00000000deadbee",
-            "00ff.v2.00000000deadbeef",
-            "00ff.v1.00000000deadbeefa",
-            "00ff.v1.0000000xdeadbeef",
-        ] {
-            assert_eq!(split_pin(odd.as_bytes()), (odd.as_bytes(), None), "{odd}");
-        }
-    }
 
     #[test]
     fn a_session_cookie_is_32_hex_characters_with_max_age_path_and_flags() {

@@ -4,7 +4,8 @@
 
 use crate::common::*;
 
-const PINNED: &str = "[balancer]\nsticky_cookie = { name = \"sid\", pin = true }\n\
+const PINNED: &str = "[admin]\naddress = \"127.0.0.1:0\"\n\
+                      [balancer]\nsticky_cookie = { name = \"sid\", pin = true }\n\
                       [health_check]\ninterval = \"50ms\"\ntimeout = \"40ms\"\n\
                       healthy_threshold = 1\nunhealthy_threshold = 1\n";
 
@@ -64,6 +65,18 @@ async fn a_pinned_session_stays_where_it_moved_when_its_first_backend_returns() 
         assert_eq!(reply.backend(), refuge);
         assert!(cookie_of(&reply).is_none());
     }
+    // /lookup of the cookie's value answers the same, and says the pin
+    // decided.
+    let mut admin = Client::connect(proxy.admin_addr().unwrap()).await;
+    let lookup = admin.get(&format!("/lookup?key={repinned}"), &[]).await;
+    let lookup: serde_json::Value = serde_json::from_str(lookup.text()).unwrap();
+    assert_eq!(lookup["backend"], refuge.as_str(), "{lookup}");
+    assert_eq!(lookup["pinned"], true, "{lookup}");
+    assert_eq!(lookup["key"], id, "{lookup}");
+    let lookup = admin.get(&format!("/lookup?key={id}"), &[]).await;
+    let lookup: serde_json::Value = serde_json::from_str(lookup.text()).unwrap();
+    assert_eq!(lookup["backend"], home.as_str(), "{lookup}");
+    assert_eq!(lookup["pinned"], false, "{lookup}");
     // ... while the old pin, and a cookie without one, go home (exact
     // restore for keys that never moved).
     let reply = client.get("/page", &[("cookie", &with(&cookie))]).await;
