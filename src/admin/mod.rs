@@ -300,6 +300,7 @@ fn pool_status<'a>(pool: &Pool, snapshot: &'a Snapshot) -> PoolStatus<'a> {
                 url: b.url().to_string(),
                 weight: b.weight(),
                 healthy: b.is_healthy(),
+                draining: b.is_draining(),
                 since: timestamp(health.since),
                 last_probe: health.last_probe.map(|p| ProbeStatus {
                     at: timestamp(p.at),
@@ -427,6 +428,9 @@ struct BackendStatus<'a> {
     url: String,
     weight: u32,
     healthy: bool,
+    /// No new keys or sessions; pinned sessions and requests in flight still
+    /// reach it.
+    draining: bool,
     /// When its health last changed (or the pool first had it).
     since: String,
     last_probe: Option<ProbeStatus>,

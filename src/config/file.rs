@@ -173,6 +173,7 @@ pub(super) struct FileBackend {
     pub(super) name: Spanned<String>,
     pub(super) url: Spanned<String>,
     pub(super) weight: Option<Spanned<i64>>,
+    pub(super) state: Option<Spanned<String>>,
 }
 
 /// A duration as written (`"500ms"`), parsed in the validation pass. Its own

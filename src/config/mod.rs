@@ -545,6 +545,9 @@ pub struct BackendConfig {
     pub url: Uri,
     /// Relative share of keys, `1..=MAX_WEIGHT`.
     pub weight: u32,
+    /// `state = "drain"`: no new keys or sessions; pinned sessions and
+    /// requests in flight still reach it.
+    pub drain: bool,
 }
 
 impl Config {

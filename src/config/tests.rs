@@ -112,6 +112,7 @@ fn a_file_with_one_backend_gets_every_default() {
             name: "server-1".into(),
             url: Uri::from_static("http://127.0.0.1:9001"),
             weight: 1,
+            drain: false,
         }]
     );
 }
@@ -1705,5 +1706,23 @@ fn the_summary_prints_each_listeners_routes_in_match_order_and_each_pool() {
     assert!(
         summary.contains("pool          static\n  balancer      round_robin\n"),
         "{summary}"
+    );
+}
+
+#[test]
+fn a_backend_state_is_active_or_drain() {
+    let config =
+        parse("[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\nstate = \"drain\"\n")
+            .unwrap();
+    assert!(config.pools[0].backends[0].drain);
+    let config =
+        parse("[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\nstate = \"active\"\n")
+            .unwrap();
+    assert!(!config.pools[0].backends[0].drain);
+    assert_rejected(
+        "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\nstate = \"paused\"\n",
+        "backends[0].state",
+        4,
+        "expected \"active\" or \"drain\"",
     );
 }

@@ -1233,12 +1233,31 @@ impl Check<'_, '_> {
             if let Some(url) = &url {
                 self.same_address(i, url, entries, &mut addresses);
             }
-            match (name, weight, url) {
-                (Some(name), Some(weight), Some(url)) => backends.push(BackendConfig {
-                    name: name.to_owned(),
-                    url,
-                    weight,
-                }),
+            let drain = match &entry.state {
+                None => Some(false),
+                Some(state) => match state.get_ref().as_str() {
+                    "active" => Some(false),
+                    "drain" => Some(true),
+                    other => {
+                        let error = self.source.error_at(
+                            format!("backends[{i}].state"),
+                            state,
+                            format!("unknown state {other:?}; expected \"active\" or \"drain\""),
+                        );
+                        self.report(error);
+                        None
+                    }
+                },
+            };
+            match (name, weight, url, drain) {
+                (Some(name), Some(weight), Some(url), Some(drain)) => {
+                    backends.push(BackendConfig {
+                        name: name.to_owned(),
+                        url,
+                        weight,
+                        drain,
+                    })
+                }
                 _ => valid = false,
             }
         }

@@ -164,6 +164,7 @@ pub struct Backend {
     pub(super) host_header: HeaderValue,
     pub(super) target: Target,
     pub(super) pin: u64,
+    pub(super) draining: bool,
     pub(super) weight: u32,
     pub(super) healthy: bool,
     pub(super) state: Arc<BackendState>,
@@ -183,6 +184,12 @@ impl Backend {
     /// The scheme requests are sent with (`http` or `https`).
     pub fn scheme(&self) -> &Scheme {
         &self.scheme
+    }
+
+    /// Whether it is draining: no new keys or sessions, while its pinned
+    /// sessions and requests in flight still reach it.
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 
     /// Its pin in sticky cookies (a keyed hash of its name).

@@ -232,6 +232,7 @@ impl Snapshot {
                 .and_then(|p| p.backend(&b.name))
                 .map_or_else(|| Arc::new(BackendState::new()), |p| p.state.clone());
             backends.push(Backend {
+                draining: b.drain,
                 pin: pin_of(&pin_hasher, &b.name),
                 name: Arc::from(b.name.as_str()),
                 url: b.url.clone(),
@@ -250,12 +251,15 @@ impl Snapshot {
             healthy_count,
             healthy.len(),
         );
-        // In panic mode the selector routes over every backend.
-        let routable = if panic {
-            vec![true; healthy.len()]
-        } else {
-            healthy
-        };
+        // In panic mode the selector routes over every backend; a draining
+        // backend takes no new keys either way (it leaves the table as an
+        // unhealthy one does), though its pinned sessions still reach it.
+        let routable: Vec<bool> = config
+            .backends
+            .iter()
+            .zip(&healthy)
+            .map(|(b, &up)| (up || panic) && !b.drain)
+            .collect();
         let selector = build_selector(&config, &routable, previous)?;
         // A sticky cookie replaces the configured key with itself.
         let key_source = match &config.balancer.sticky_cookie {
@@ -452,7 +456,7 @@ impl Snapshot {
         match &self.selector {
             Selector::Hash { selector, .. } => selector.shares(),
             Selector::Policy(_) => {
-                let routable = |b: &Backend| b.healthy || self.in_panic();
+                let routable = |b: &Backend| (b.healthy || self.in_panic()) && !b.draining;
                 let healthy_weight: u64 = self
                     .backends
                     .iter()

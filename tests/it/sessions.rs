@@ -137,3 +137,67 @@ async fn two_instances_honour_each_others_pins() {
         }
     }
 }
+
+/// A backend set to `state = "drain"` by a reload: its pinned sessions
+/// still reach it, new sessions never do, and of the keys without a pin
+/// only its own move.
+#[tokio::test]
+async fn a_draining_backend_keeps_its_pinned_sessions_and_takes_no_new_ones() {
+    let backends = TestBackend::start_many(4).await;
+    let members = pool(&backends);
+    let proxy = start_proxy(&config_text(PINNED, &members)).await;
+    let mut client = Client::connect(proxy.local_addr()).await;
+    // 40 users, each with a pinned session.
+    let mut users = Vec::new();
+    for i in 0..40 {
+        let reply = client.get(&format!("/login/{i}"), &[]).await;
+        users.push((cookie_of(&reply).unwrap(), reply.backend().to_owned()));
+    }
+    let count = |name: &str| users.iter().filter(|(_, b)| b == name).count();
+    let drained = backends
+        .iter()
+        .map(|b| b.name.clone())
+        .max_by_key(|name| count(name))
+        .unwrap();
+    assert!(count(&drained) > 0);
+
+    let mut text = config_text(PINNED, &members);
+    text = text.replace(
+        &format!("name = \"{drained}\"\n"),
+        &format!("name = \"{drained}\"\nstate = \"drain\"\n"),
+    );
+    proxy.reload(parse(&text)).await.unwrap();
+
+    let with = |value: &str| format!("sid={value}");
+    for (cookie, home) in &users {
+        // Every session stays where it lives, the drained backend's too.
+        let reply = client.get("/page", &[("cookie", &with(cookie))]).await;
+        assert_eq!(&reply.backend(), home, "{cookie}");
+        assert!(cookie_of(&reply).is_none());
+        // Without its pin, a key moves only if it was the drained one's.
+        let (id, _) = cookie.split_once(".v1.").unwrap();
+        let bare = client.get("/page", &[("cookie", &with(id))]).await;
+        if *home == drained {
+            assert_ne!(bare.backend(), drained, "{id}");
+        } else {
+            assert_eq!(&bare.backend(), home, "{id}");
+        }
+    }
+    // New sessions never land on it.
+    for i in 0..40 {
+        let reply = client.get(&format!("/new/{i}"), &[]).await;
+        assert_ne!(reply.backend(), drained);
+    }
+    let mut admin = Client::connect(proxy.admin_addr().unwrap()).await;
+    let status: serde_json::Value =
+        serde_json::from_str(admin.get("/status", &[]).await.text()).unwrap();
+    let row = status["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == drained.as_str())
+        .unwrap();
+    assert_eq!(row["draining"], true, "{row}");
+    assert_eq!(row["healthy"], true, "{row}");
+    assert_eq!(row["share"], 0.0, "{row}");
+}
