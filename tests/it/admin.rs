@@ -1117,7 +1117,7 @@ fn escaped(text: &str) -> String {
 /// The status page at `admin` as headless Chromium renders it after its
 /// first refresh (`--dump-dom`), or `None` (after printing SKIP for `test`)
 /// when chromium is not installed.
-async fn rendered_page(admin: SocketAddr, test: &str) -> Option<String> {
+pub(crate) async fn rendered_page(admin: SocketAddr, test: &str) -> Option<String> {
     let Some(chromium) = chromium() else {
         // Straight to stderr, past the test harness's capture, so that the
         // skip shows in a plain `cargo test` run.

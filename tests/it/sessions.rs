@@ -201,3 +201,34 @@ async fn a_draining_backend_keeps_its_pinned_sessions_and_takes_no_new_ones() {
     assert_eq!(row["healthy"], true, "{row}");
     assert_eq!(row["share"], 0.0, "{row}");
 }
+
+#[tokio::test]
+async fn the_status_page_shows_a_draining_backend() {
+    let backends = TestBackend::start_many(2).await;
+    let text = config_text(PINNED, &pool(&backends)).replace(
+        "name = \"server-2\"\n",
+        "name = \"server-2\"\nstate = \"drain\"\n",
+    );
+    let proxy = start_proxy(&text).await;
+    let Some(dom) = crate::admin::rendered_page(
+        proxy.admin_addr().unwrap(),
+        "the_status_page_shows_a_draining_backend",
+    )
+    .await
+    else {
+        return;
+    };
+    assert!(
+        dom.contains("<span class=\"state\">draining</span>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("draining: no new sessions; 0 in flight"),
+        "{dom}"
+    );
+    assert_eq!(
+        dom.matches("<span class=\"state\">healthy</span>").count(),
+        1,
+        "{dom}"
+    );
+}
