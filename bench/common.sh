@@ -23,6 +23,17 @@ wait_port() {
   return 1
 }
 
+# CPU clock ticks (user, system) of process $1 and its children (nginx's
+# workers).
+proc_ticks() {
+  local u=0 s=0 p a b
+  for p in $1 $(ps -o pid= --ppid "$1"); do
+    read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
+    u=$((u + a)); s=$((s + b))
+  done
+  echo "$u $s"
+}
+
 # BACKENDS backends on BASE_PORT+1.., one nginx with a server per port, each
 # answering every path with its own name.
 start_backends() {

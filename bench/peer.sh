@@ -45,17 +45,8 @@ work=$(mktemp -d)
 start_backends
 write_urls
 
-# CPU clock ticks (user, system) of a process and its children (nginx's
-# workers), and the whole machine's busy ticks (all cores; idle, I/O wait and
-# time stolen by the hypervisor left out).
-proc_ticks() {
-  local u=0 s=0 p a b
-  for p in $1 $(ps -o pid= --ppid "$1"); do
-    read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
-    u=$((u + a)); s=$((s + b))
-  done
-  echo "$u $s"
-}
+# The whole machine's busy ticks (all cores; idle, I/O wait and time
+# stolen by the hypervisor left out).
 machine_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat; }
 
 results=()

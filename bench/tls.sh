@@ -44,15 +44,6 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
   -addext "subjectAltName=DNS:bench.example.com" 2>/dev/null
 cat "$work/site.pem" "$work/site.key" > "$work/site-haproxy.pem"
 
-proc_ticks() { # user and system ticks of $1 and its children
-  local u=0 s=0 p a b
-  for p in $1 $(ps -o pid= --ppid "$1"); do
-    read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
-    u=$((u + a)); s=$((s + b))
-  done
-  echo "$u $s"
-}
-
 results=()
 measure() { # name pid
   local name=$1 pid=$2 u1 s1 u2 s2 out rate per

@@ -315,7 +315,17 @@ pub fn resolve_dot_segments(path: &str) -> Option<Cow<'_, str>> {
             None
         }
     };
-    let suspicious = path.contains("/.") || path.contains("%2e") || path.contains("%2E");
+    // One pass: a segment that starts with `.` or `%2e` is the only kind
+    // that can be a dot segment.
+    let bytes = path.as_bytes();
+    let suspicious = bytes.windows(2).enumerate().any(|(i, w)| {
+        w[0] == b'/'
+            && (w[1] == b'.'
+                || (w[1] == b'%'
+                    && bytes
+                        .get(i + 2..i + 4)
+                        .is_some_and(|e| e.eq_ignore_ascii_case(b"2e"))))
+    });
     if !suspicious || rest.split('/').all(|segment| dotted(segment).is_none()) {
         return Some(Cow::Borrowed(path));
     }

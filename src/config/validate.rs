@@ -1283,28 +1283,9 @@ impl Check<'_, '_> {
         entries: &'e [FileBackend],
         names: &mut HashMap<&'e str, usize>,
     ) -> Option<&'e str> {
-        let spanned = &entries[i].name;
-        let name = spanned.get_ref().as_str();
-        let field = format!("backends[{i}].name");
-        if let Some(problem) = name_problem(name) {
-            let error = self.source.error_at(field, spanned, problem);
-            self.report(error);
-            return None;
-        }
-        if let Some(&first) = names.get(name) {
-            let error = self.source.error_at(
-                field,
-                spanned,
-                format!(
-                    "name {name:?} is already used by backends[{first}] (line {}); names must be unique",
-                    self.source.line_of(entries[first].name.span())
-                ),
-            );
-            self.report(error);
-            return None;
-        }
-        names.insert(name, i);
-        Some(name)
+        let name = &entries[i].name;
+        self.unique_name("backends", name, names, i, |j| entries[j].name.span())
+            .then_some(name.get_ref().as_str())
     }
 
     fn weight(&mut self, i: usize, weight: &Spanned<i64>) -> Option<u32> {

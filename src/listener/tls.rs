@@ -40,6 +40,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::config::{CertificateFiles, TlsConfig};
 use crate::pool::stats::{CertificateRecord, Stats};
+use crate::pool::target::provider;
 
 /// A certificate that expires sooner than this is a warning.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 60 * 60);
@@ -397,14 +398,6 @@ fn settings(
         config: Arc::new(config),
         handshake_timeout: tls.handshake_timeout,
     })
-}
-
-/// The cryptography: *ring*'s. rustls prefers aws-lc-rs now (for its
-/// post-quantum key exchange), which needs a heavier build (CMake, NASM);
-/// *ring* has everything TLS 1.2 and 1.3 with classical key exchange need.
-#[allow(deprecated)]
-fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
 }
 
 /// The `version` label of a handshake.

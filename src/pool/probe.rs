@@ -15,14 +15,7 @@ use crate::pool::target::Target;
 /// One probe: `GET http://<authority><path>` with `Host: <authority>` on a
 /// new connection, within `timeout`.
 pub async fn probe(target: &Target, h2: bool, path: &str, timeout: Duration) -> Observation {
-    let exchange = async {
-        if h2 {
-            exchange_h2(target, path, timeout).await
-        } else {
-            exchange(target, path, timeout).await
-        }
-    };
-    match tokio::time::timeout(timeout, exchange).await {
+    match tokio::time::timeout(timeout, exchange(target, h2, path, timeout)).await {
         Err(_elapsed) => Observation::ProbeTimeout,
         Ok(Err(error)) => Observation::ProbeError(error),
         Ok(Ok(status)) if status.is_success() || status.is_redirection() => {
@@ -32,45 +25,45 @@ pub async fn probe(target: &Target, h2: bool, path: &str, timeout: Duration) -> 
     }
 }
 
-/// One probe over HTTP/2 (prior knowledge, or TLS with ALPN `h2`), for
-/// pools that send their requests so.
-async fn exchange_h2(target: &Target, path: &str, timeout: Duration) -> Result<StatusCode, String> {
-    let scheme = if target.is_tls() { "https" } else { "http" };
-    let uri = format!("{scheme}://{}{path}", target.authority());
-    let request = Request::get(uri)
-        .version(hyper::Version::HTTP_2)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
+/// One probe: a `GET` of `path` over a new connection, HTTP/2 when `h2`
+/// (prior knowledge, or TLS with ALPN `h2`: pools that send their requests
+/// so), else HTTP/1.1; the status it answered.
+async fn exchange(
+    target: &Target,
+    h2: bool,
+    path: &str,
+    timeout: Duration,
+) -> Result<StatusCode, String> {
+    let authority = target.authority();
     let stream = target
         .connect(timeout)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    // Ends when the sender is dropped, after the answer.
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(request)
+    if h2 {
+        let scheme = if target.is_tls() { "https" } else { "http" };
+        let request = Request::get(format!("{scheme}://{authority}{path}"))
+            .version(hyper::Version::HTTP_2)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
         .await
         .map_err(|e| e.to_string())?;
-    Ok(response.status())
-}
-
-async fn exchange(target: &Target, path: &str, timeout: Duration) -> Result<StatusCode, String> {
-    let authority = target.authority();
+        // Ends when the sender is dropped, after the answer.
+        tokio::spawn(connection);
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(response.status());
+    }
     let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
     let request = Request::get(path)
         .header(HOST, host)
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    let stream = target
-        .connect(timeout)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;

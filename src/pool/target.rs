@@ -109,9 +109,12 @@ impl UpstreamTls {
     }
 }
 
-/// The cryptography: *ring*'s (see [`crate::listener`]'s TLS for why).
+/// The cryptography of every TLS connection, to clients and to backends:
+/// *ring*'s. rustls prefers aws-lc-rs now (for its post-quantum key
+/// exchange), which needs a heavier build (CMake, NASM); *ring* has
+/// everything TLS 1.2 and 1.3 with classical key exchange need.
 #[allow(deprecated)]
-fn provider() -> rustls::crypto::CryptoProvider {
+pub fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 

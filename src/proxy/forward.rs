@@ -35,6 +35,8 @@ pub struct Answer {
     pub in_flight: InFlight,
     /// The backend that answered.
     pub backend: Arc<str>,
+    /// Its pin, for a pinned sticky cookie.
+    pub pin: u64,
 }
 
 /// What happened to the attempts of one request, for the access log.
@@ -221,6 +223,7 @@ async fn attempt(
                 connection,
                 in_flight,
                 backend: backend.name().clone(),
+                pin: backend.pin(),
             })
         }
         Ok(Err(error)) => Err(Missed::Failed(error, recovery)),

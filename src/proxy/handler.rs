@@ -136,7 +136,7 @@ impl Proxy {
         };
         match result {
             Ok(answer) => {
-                let cookie = session_cookie(&snapshot, &keyed, &answer.backend);
+                let cookie = session_cookie(&snapshot, &keyed, answer.pin);
                 respond(routed, answer, client_upgrade, cookie, ending, tunnels)
             }
             Err(error) => {
@@ -209,6 +209,7 @@ fn respond(
         connection,
         in_flight,
         backend,
+        ..
     } = answer;
     // `checked_switch` let a `101` through only for an upgrade request.
     let upgrades = match client_upgrade {
@@ -338,14 +339,13 @@ fn routed_record(
     }
 }
 
-/// The `Set-Cookie` header of a response from `backend`: a new client's
-/// session; with pins, also a session that landed elsewhere than its pin
-/// says (so that it stays where it moved).
-fn session_cookie(snapshot: &Snapshot, keyed: &Keyed, backend: &str) -> Option<HeaderValue> {
+/// The `Set-Cookie` header of a response from the backend pinned `pin`: a
+/// new client's session; with pins, also a session that landed elsewhere
+/// than its pin says (so that it stays where it moved).
+fn session_cookie(snapshot: &Snapshot, keyed: &Keyed, pin: u64) -> Option<HeaderValue> {
     let sticky = snapshot.config().balancer.sticky_cookie.as_ref()?;
     let value = if sticky.pin {
         let id = keyed.new_session.as_ref().or(keyed.session.as_ref())?;
-        let pin = snapshot.backend(backend)?.pin();
         if keyed.new_session.is_none() && keyed.pin == Some(pin) {
             return None;
         }
