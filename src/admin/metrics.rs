@@ -52,6 +52,10 @@
 //! * `affinity_backend_healthy{backend}`: 1 or 0;
 //! * `affinity_backend_in_flight{backend}`: requests sent to it whose
 //!   response has not finished;
+//! * `affinity_backend_draining{backend}`: 1 while it drains;
+//! * `affinity_backend_weight{backend}`: its weight, overrides included;
+//! * `affinity_backend_slow_start_ratio{backend}`: its slow-start progress,
+//!   0 to 1 (1 when it is not ramping);
 //! * `affinity_table_share{backend}`: its share of the key space now (hash
 //!   algorithms), or of the healthy weight (classic policies).
 //!
@@ -318,6 +322,24 @@ impl Collector for SnapshotGauges {
             "affinity_backend_in_flight",
             "Requests sent to the backend whose response has not finished.",
             |p, i| ConstGauge::new(pools[p].backends()[i].state().in_flight()),
+        )?;
+        self.family(
+            &mut encoder,
+            "affinity_backend_draining",
+            "Whether the backend drains (1): no new keys or sessions, pinned sessions still reach it.",
+            |p, i| ConstGauge::new(i64::from(pools[p].backends()[i].is_draining())),
+        )?;
+        self.family(
+            &mut encoder,
+            "affinity_backend_weight",
+            "The backend's weight now: the file's, or the admin API's override.",
+            |p, i| ConstGauge::new(i64::from(pools[p].backends()[i].weight())),
+        )?;
+        self.family(
+            &mut encoder,
+            "affinity_backend_slow_start_ratio",
+            "Slow-start progress: the part of its share the backend has taken back (1: all of it).",
+            |p, i| ConstGauge::new(pools[p].backends()[i].progress()),
         )?;
         let shares: Vec<Vec<f64>> = pools.iter().map(|s| s.shares()).collect();
         self.family(

@@ -23,6 +23,7 @@
 
 pub mod metrics;
 pub mod process;
+pub mod write;
 
 use std::convert::Infallible;
 use std::io;
@@ -110,12 +111,14 @@ async fn accept_loop(listener: TcpListener, admin: Arc<Admin>) {
                 Ok((stream, peer)) => {
                     let admin = admin.clone();
                     let service = service_fn(move |request: Request<Incoming>| {
-                        let response = admin.respond(
-                            request.method(),
-                            request.uri(),
-                            request.headers(),
-                        );
-                        async move { Ok::<_, Infallible>(response) }
+                        let admin = admin.clone();
+                        async move {
+                            if write::is_write_path(request.uri().path()) {
+                                let response = write::respond(&admin.pools, request, peer).await;
+                                return Ok::<_, Infallible>(response);
+                            }
+                            Ok(admin.respond(request.method(), request.uri(), request.headers()))
+                        }
                     });
                     let connection = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
@@ -301,6 +304,11 @@ fn pool_status<'a>(pool: &Pool, snapshot: &'a Snapshot) -> PoolStatus<'a> {
                 weight: b.weight(),
                 healthy: b.is_healthy(),
                 draining: b.is_draining(),
+                slow_start: b.progress(),
+                overrides: write::Overrides {
+                    drain: b.overrides().drain,
+                    weight: b.overrides().weight,
+                },
                 since: timestamp(health.since),
                 last_probe: health.last_probe.map(|p| ProbeStatus {
                     at: timestamp(p.at),
@@ -313,6 +321,8 @@ fn pool_status<'a>(pool: &Pool, snapshot: &'a Snapshot) -> PoolStatus<'a> {
                     requests: minute.requests,
                     errors_5xx_share: minute.errors_5xx_share(),
                     p99_ms: minute.p99.map(|p99| p99.as_secs_f64() * 1e3),
+                    pinned_requests: minute.pinned,
+                    pinned_per_second: minute.pinned as f64 / LAST_MINUTE_SECONDS,
                 },
                 share,
             }
@@ -431,6 +441,11 @@ struct BackendStatus<'a> {
     /// No new keys or sessions; pinned sessions and requests in flight still
     /// reach it.
     draining: bool,
+    /// Slow-start progress, 0 to 1: the part of its share it has taken back
+    /// (1: all of it, or not ramping).
+    slow_start: f64,
+    /// What the admin write API overrides of the file's settings.
+    overrides: write::Overrides,
     /// When its health last changed (or the pool first had it).
     since: String,
     last_probe: Option<ProbeStatus>,
@@ -452,7 +467,16 @@ struct LastMinuteStatus {
     /// response, within a bucket (a third to a half of its value); `null`
     /// without requests.
     p99_ms: Option<f64>,
+    /// Requests a pinned sticky cookie sent here: when a draining backend's
+    /// are near 0 (and so is `in_flight`), it can be stopped without losing
+    /// a session.
+    pinned_requests: u64,
+    /// The same, per second.
+    pinned_per_second: f64,
 }
+
+/// The seconds the last minute covers, for rates.
+const LAST_MINUTE_SECONDS: f64 = 60.0;
 
 #[derive(Debug, Clone, Serialize)]
 struct ProbeStatus {
@@ -483,8 +507,25 @@ struct Lookup<'a> {
     /// A pinned sticky cookie's pin named a routable backend, which
     /// `backend` is.
     pinned: bool,
+    /// The key's backend with every backend healthy, none draining or
+    /// ramping.
+    first_choice: Option<&'a str>,
+    /// Why `backend` is not `first_choice` (without a pin): `unhealthy`,
+    /// `draining`, `slow_start`.
+    detour: Vec<&'static str>,
+    /// When the key's pick is in slow start: it, its progress, and whether
+    /// the key has gone back to it yet (else it is held back on `backend`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slow_start: Option<RampStatus<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+struct RampStatus<'a> {
+    backend: &'a str,
+    progress: f64,
+    admitted: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -628,7 +669,38 @@ fn lookup<'a>(snapshot: &'a Snapshot, query: &str) -> Result<Lookup<'a>, LookupE
         order.insert(0, pinned);
     }
     let bounded_load = snapshot.config().balancer.bounded_load;
+    let name = |i: usize| snapshot.backends().get(i).map(|b| &**b.name());
+    let chosen = order.first().and_then(|b| {
+        snapshot
+            .backends()
+            .iter()
+            .position(|c| c.name() == b.name())
+    });
+    let mut detour = Vec::new();
+    if let (Some(chosen), None) = (chosen, pinned) {
+        let d = snapshot.detour(hash, chosen);
+        for (on, reason) in [
+            (d.unhealthy, "unhealthy"),
+            (d.draining, "draining"),
+            (d.slow_start, "slow_start"),
+        ] {
+            if on {
+                detour.push(reason);
+            }
+        }
+    }
+    let slow_start = snapshot.ramp_of(hash).and_then(|(b, admitted)| {
+        let backend = snapshot.backends().get(b)?;
+        Some(RampStatus {
+            backend: backend.name(),
+            progress: backend.progress(),
+            admitted,
+        })
+    });
     Ok(Lookup {
+        first_choice: snapshot.first_choice(hash).and_then(name),
+        detour,
+        slow_start,
         pinned: pinned.is_some(),
         key: String::from_utf8_lossy(bytes).into_owned(),
         key_source: source.to_string(),

@@ -30,3 +30,4 @@ pub mod policy;
 pub mod ring;
 pub mod route;
 pub mod selector;
+pub mod slow_start;

@@ -312,7 +312,7 @@ impl HealthyRing {
 
     /// The ring as half-open arcs `[start, end)` of key points (in 0..2^32,
     /// the wrap-around arc split in two) with their owners.
-    fn arcs(&self) -> Vec<(u64, u64, usize)> {
+    pub fn arcs(&self) -> Vec<(u64, u64, usize)> {
         let p = &self.points;
         let n = p.len();
         if n == 0 {

@@ -92,11 +92,12 @@ impl HashTable {
 /// a key hash, and lists the key's fallback order.
 #[derive(Debug, Clone)]
 pub struct HashSelector {
-    view: View,
+    pub(crate) view: View,
 }
 
+/// The algorithm-specific view inside a [`HashSelector`].
 #[derive(Debug, Clone)]
-enum View {
+pub(crate) enum View {
     Maglev(HealthyMaglev),
     Ring(HealthyRing),
 }

@@ -83,6 +83,7 @@ pub(super) struct FilePool {
     pub(super) bounded_load: Option<Spanned<f64>>,
     pub(super) panic_threshold: Option<Spanned<f64>>,
     pub(super) sticky_cookie: Option<FileStickyCookie>,
+    pub(super) slow_start: Option<Spanned<DurationText>>,
     pub(super) max_in_flight_per_backend: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) health_check: FileHealthCheck,
@@ -103,6 +104,7 @@ impl FilePool {
             bounded_load: self.bounded_load.clone(),
             panic_threshold: self.panic_threshold.clone(),
             sticky_cookie: self.sticky_cookie.clone(),
+            slow_start: self.slow_start.clone(),
         }
     }
 }
@@ -111,6 +113,7 @@ impl FilePool {
 #[serde(deny_unknown_fields, expecting = "an [admin] table")]
 pub(super) struct FileAdmin {
     pub(super) address: Option<Spanned<String>>,
+    pub(super) token_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -124,6 +127,7 @@ pub(super) struct FileBalancer {
     pub(super) bounded_load: Option<Spanned<f64>>,
     pub(super) panic_threshold: Option<Spanned<f64>>,
     pub(super) sticky_cookie: Option<FileStickyCookie>,
+    pub(super) slow_start: Option<Spanned<DurationText>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -277,12 +277,17 @@ pub const DEFAULT_ADMIN_ADDRESS: SocketAddr =
 pub struct AdminConfig {
     /// Address of the admin HTTP endpoint.
     pub address: SocketAddr,
+    /// The file holding the bearer token of the write API (`POST
+    /// /pools/P/backends/B/drain` and the like); `None` turns the write API
+    /// off. Read when a write arrives, so a new token takes effect at once.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             address: DEFAULT_ADMIN_ADDRESS,
+            token_file: None,
         }
     }
 }
@@ -319,6 +324,9 @@ pub struct BalancerConfig {
     pub panic_threshold: f64,
     /// Issue a session cookie to clients that have none.
     pub sticky_cookie: Option<StickyCookieConfig>,
+    /// How long a backend that joins or returns takes to take back its
+    /// full share (zero: at once).
+    pub slow_start: Duration,
 }
 
 impl Default for BalancerConfig {
@@ -332,6 +340,7 @@ impl Default for BalancerConfig {
             bounded_load: DEFAULT_BOUNDED_LOAD,
             panic_threshold: DEFAULT_PANIC_THRESHOLD,
             sticky_cookie: None,
+            slow_start: Duration::ZERO,
         }
     }
 }

@@ -126,6 +126,7 @@ fn a_file_that_sets_every_key_gets_every_value() {
 
             [admin]
             address = "[::1]:9901"
+            token_file = "secrets/admin.token"
 
             [balancer]
             algorithm = "ring_hash"
@@ -135,6 +136,7 @@ fn a_file_that_sets_every_key_gets_every_value() {
             hash_key = "000102030405060708090a0b0c0d0E0F"
             bounded_load = 1.25
             panic_threshold = 40
+            slow_start = "45s"
 
             [balancer.sticky_cookie]
             name = "sid"
@@ -181,7 +183,8 @@ fn a_file_that_sets_every_key_gets_every_value() {
     assert_eq!(
         config.admin,
         Some(AdminConfig {
-            address: "[::1]:9901".parse().unwrap()
+            address: "[::1]:9901".parse().unwrap(),
+            token_file: Some(PathBuf::from("secrets/admin.token")),
         })
     );
     assert_eq!(
@@ -203,6 +206,7 @@ fn a_file_that_sets_every_key_gets_every_value() {
                 max_age: Duration::from_secs(30 * 60),
                 pin: false,
             }),
+            slow_start: Duration::from_secs(45),
         }
     );
     assert_eq!(

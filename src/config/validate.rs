@@ -756,6 +756,7 @@ impl Check<'_, '_> {
         }
         AdminConfig {
             address: address.unwrap_or(DEFAULT_ADMIN_ADDRESS),
+            token_file: file.token_file.as_ref().map(|p| self.file_path(p)),
         }
     }
 
@@ -859,7 +860,14 @@ impl Check<'_, '_> {
             }
             self.sticky_cookie(sticky)
         });
+        let slow_start = self.duration(
+            &file.slow_start,
+            "balancer.slow_start",
+            Duration::ZERO,
+            true,
+        );
         BalancerConfig {
+            slow_start: slow_start.unwrap_or(Duration::ZERO),
             algorithm: algorithm.unwrap_or(DEFAULT_ALGORITHM),
             key: key.unwrap_or(DEFAULT_KEY),
             table_size: table_size.unwrap_or(DEFAULT_TABLE_SIZE),

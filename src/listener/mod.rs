@@ -103,6 +103,9 @@ pub enum StartError {
     /// A worker thread or its runtime could not be started.
     #[error("cannot start a worker: {0}")]
     Runtime(String),
+    /// The admin write API's token file cannot be used.
+    #[error("{0}")]
+    AdminToken(String),
 }
 
 impl StartError {
@@ -396,6 +399,7 @@ pub async fn start_with(
         local_addrs.push((listener_config.name.clone(), local_addr));
     }
     let tls = start_tls(&config)?;
+    check_admin_token(&config).map_err(StartError::AdminToken)?;
     let pools = Arc::new(Pools::start(config.clone())?);
     for listener in tls.iter().flatten() {
         let records = listener.certificates().records(listener.name());
@@ -475,7 +479,8 @@ pub async fn start_with(
 }
 
 /// What `affinity --check` checks beyond the file: every TLS listener's
-/// certificates (read, key matching, not expired) and every pool as the
+/// certificates (read, key matching, not expired), the admin token file,
+/// and every pool as the
 /// proxy would build it (its hash table, its backends' TLS settings: a
 /// `ca_file` or client certificate that cannot be read). The certificates
 /// read, by listener name, or what is wrong.
@@ -487,8 +492,18 @@ pub fn check(config: &Config) -> Result<Vec<(String, Certificates)>, String> {
             certificates.push((listener.name.clone(), loaded));
         }
     }
+    check_admin_token(config)?;
     Pools::unchecked(Arc::new(config.clone())).map_err(|e| e.to_string())?;
     Ok(certificates)
+}
+
+/// Whether the admin write API's token file, when one is configured, can
+/// be read and holds a token.
+fn check_admin_token(config: &Config) -> Result<(), String> {
+    match config.admin.as_ref().and_then(|a| a.token_file.as_deref()) {
+        Some(path) => admin::write::check_token_file(path),
+        None => Ok(()),
+    }
 }
 
 /// The TLS of each listener of `config` (in its order), its certificates

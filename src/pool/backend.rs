@@ -123,6 +123,12 @@ impl BackendState {
         self.recent.record(status, elapsed, now_ns);
     }
 
+    /// Counts a request that a pinned sticky cookie sends here at `now_ns`
+    /// (on [`Pool::now_ns`](crate::pool::Pool::now_ns)'s clock).
+    pub fn record_pinned(&self, now_ns: u64) {
+        self.recent.record_pinned(now_ns);
+    }
+
     /// Its requests of the last minute as of `now_ns`.
     pub fn last_minute(&self, now_ns: u64) -> LastMinute {
         self.recent.last_minute(now_ns)
@@ -154,6 +160,23 @@ impl Drop for InFlight {
     }
 }
 
+/// A backend's runtime overrides of its file settings (the admin write
+/// API): kept while the backend's name stays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Override {
+    /// Draining (`true`) or not (`false`), whatever the file says.
+    pub drain: Option<bool>,
+    /// This weight instead of the file's.
+    pub weight: Option<u32>,
+}
+
+impl Override {
+    /// Whether it overrides nothing.
+    pub fn is_empty(&self) -> bool {
+        self.drain.is_none() && self.weight.is_none()
+    }
+}
+
 /// A backend of the pool, as a snapshot holds it.
 #[derive(Debug)]
 pub struct Backend {
@@ -167,6 +190,9 @@ pub struct Backend {
     pub(super) draining: bool,
     pub(super) weight: u32,
     pub(super) healthy: bool,
+    pub(super) overrides: Override,
+    /// Slow-start progress in `[0, 1]`; 1: its full share.
+    pub(super) progress: f64,
     pub(super) state: Arc<BackendState>,
 }
 
@@ -213,9 +239,21 @@ impl Backend {
         &self.host_header
     }
 
-    /// Configured weight.
+    /// Its weight: the file's, or the admin API's override.
     pub fn weight(&self) -> u32 {
         self.weight
+    }
+
+    /// What the admin API overrides of its file settings.
+    pub fn overrides(&self) -> Override {
+        self.overrides
+    }
+
+    /// Its slow-start progress in `[0, 1]`: the share of its keys (or of
+    /// its weight, for the classic policies) it has taken back; 1 when it
+    /// is not ramping.
+    pub fn progress(&self) -> f64 {
+        self.progress
     }
 
     /// Whether the selector of this snapshot may pick it.

@@ -36,7 +36,8 @@ use crate::config::{HealthCheckConfig, PoolConfig};
 use crate::pool::Pool;
 use crate::pool::health::{HealthState, Observation, Thresholds, Transition};
 use crate::pool::probe::probe;
-use crate::pool::snapshot::{PoolError, Rebuild, Snapshot};
+use crate::pool::runtime::{Change, Runtime};
+use crate::pool::snapshot::{Conditions, PoolError, Rebuild, Snapshot};
 use crate::pool::target::Target;
 
 /// One observation of the backend called `backend` at `authority`.
@@ -58,6 +59,23 @@ enum Command {
     Observe(HealthEvent),
     /// Adopt a new config; answer whether it was published.
     Reload(Arc<PoolConfig>, oneshot::Sender<Result<(), PoolError>>),
+    /// Change a backend at runtime (the admin API); answer whether it was
+    /// published.
+    Set(Arc<str>, Change, oneshot::Sender<Result<(), SetError>>),
+}
+
+/// Why a runtime change was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    /// The pool has no backend of that name.
+    #[error("the pool has no backend {0:?}")]
+    UnknownBackend(Arc<str>),
+    /// The new snapshot could not be built.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// The proxy is shutting down.
+    #[error("the proxy is shutting down")]
+    Stopped,
 }
 
 /// How the request path reports connect failures: a cheap, non-blocking
@@ -92,6 +110,17 @@ impl HealthReporter {
             Ok(Err(error)) => Err(ReloadError::Pool(error)),
             Err(_) => Err(ReloadError::Stopped),
         }
+    }
+
+    /// Applies `change` to the backend called `backend` and publishes the
+    /// result; it lasts while the backend's name stays in the pool, across
+    /// reloads.
+    pub async fn set(&self, backend: Arc<str>, change: Change) -> Result<(), SetError> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(Command::Set(backend, change, reply))
+            .map_err(|_| SetError::Stopped)?;
+        answer.await.unwrap_or(Err(SetError::Stopped))
     }
 
     fn observe(&self, backend: &Arc<str>, authority: &Authority, observation: Observation) {
@@ -198,6 +227,14 @@ struct Probe {
     task: AbortHandle,
 }
 
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The only owner of the health states and the probe tasks: applies every
 /// observation, adopts reloads, and publishes the snapshots.
 struct Controller {
@@ -209,13 +246,15 @@ struct Controller {
     tasks: JoinSet<()>,
     probe_events: mpsc::UnboundedSender<HealthEvent>,
     probe_received: mpsc::UnboundedReceiver<HealthEvent>,
+    /// Overrides and slow-start ramps.
+    runtime: Runtime,
     published: usize,
 }
 
 impl Controller {
     /// A controller for the pool's current config, every backend healthy.
     fn new(pool: Arc<Pool>) -> Controller {
-        let config = pool.snapshot().config().clone();
+        let config = pool.snapshot().file_config().clone();
         let (probe_events, probe_received) = mpsc::unbounded_channel();
         let states = config
             .backends
@@ -230,6 +269,7 @@ impl Controller {
             tasks: JoinSet::new(),
             probe_events,
             probe_received,
+            runtime: Runtime::new(),
             published: 0,
         }
     }
@@ -239,25 +279,39 @@ impl Controller {
     /// cost one rebuild; a reload is built and published on its own.
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) -> usize {
         loop {
+            let step = self.runtime.next_step(&self.config, Instant::now());
             let first = tokio::select! {
                 command = commands.recv() => match command {
-                    Some(command) => command,
+                    Some(command) => Some(command),
                     None => break,
                 },
-                Some(event) = self.probe_received.recv() => Command::Observe(event),
+                Some(event) = self.probe_received.recv() => Some(Command::Observe(event)),
                 // Reap ended probe tasks (only aborted ones end).
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => continue,
+                // The next step of a slow-start ramp.
+                () = sleep_until(step), if step.is_some() => None,
             };
-            let mut changed = false;
-            let mut next = Some(first);
+            let mut cause = first.is_none().then_some("slow_start");
+            let mut next = first;
             while let Some(command) = next.take() {
                 match command {
-                    Command::Observe(event) => changed |= self.observe(event),
+                    Command::Observe(event) => {
+                        if self.observe(event) {
+                            cause = Some("health");
+                        }
+                    }
                     Command::Reload(config, reply) => {
                         let result = self.reload(config).await;
                         if result.is_ok() {
-                            // Pending health changes went out with it.
-                            changed = false;
+                            // Pending changes went out with it.
+                            cause = None;
+                        }
+                        let _ = reply.send(result);
+                    }
+                    Command::Set(backend, change, reply) => {
+                        let result = self.set(&backend, change).await;
+                        if result.is_ok() {
+                            cause = None;
                         }
                         let _ = reply.send(result);
                     }
@@ -267,22 +321,45 @@ impl Controller {
                     Err(_) => self.probe_received.try_recv().ok().map(Command::Observe),
                 };
             }
-            if changed {
-                let healthy = self.healthy();
-                if publish(&self.pool, self.config.clone(), healthy, "health")
-                    .await
-                    .is_ok()
-                {
-                    self.published += 1;
-                }
+            if let Some(cause) = cause {
+                let runtime = self.runtime.clone();
+                let _ = self.publish(runtime, self.config.clone(), cause).await;
             }
         }
         self.published
     }
 
-    /// The health flag of every configured backend, in config order.
-    fn healthy(&self) -> Vec<bool> {
-        healthy_flags(&self.config, &self.states)
+    /// Builds and publishes the snapshot of `config` with `runtime` (ending
+    /// the ramps that are done) and the current health; on success both
+    /// become the controller's.
+    async fn publish(
+        &mut self,
+        mut runtime: Runtime,
+        config: Arc<PoolConfig>,
+        cause: &'static str,
+    ) -> Result<(), PoolError> {
+        let now = Instant::now();
+        let finished = runtime.finish_ramps(&config, now);
+        let healthy = healthy_flags(&config, &self.states);
+        let conditions = runtime.conditions(&config, healthy, now);
+        publish(&self.pool, config.clone(), conditions, cause).await?;
+        for backend in finished {
+            tracing::info!(pool = %self.pool.name(), %backend, "slow start complete: the backend has its full share");
+        }
+        self.runtime = runtime;
+        self.config = config;
+        self.published += 1;
+        Ok(())
+    }
+
+    /// Applies an admin change to `backend` and publishes it.
+    async fn set(&mut self, backend: &Arc<str>, change: Change) -> Result<(), SetError> {
+        let mut runtime = self.runtime.clone();
+        if !runtime.set(&self.config, backend, change, Instant::now()) {
+            return Err(SetError::UnknownBackend(backend.clone()));
+        }
+        self.publish(runtime, self.config.clone(), "admin").await?;
+        Ok(())
     }
 
     /// Starts a probe for every configured backend that has none running
@@ -379,6 +456,9 @@ impl Controller {
         self.pool
             .stats()
             .health_transition(self.pool.name(), &event.backend, transition);
+        let up = transition == Transition::Up;
+        self.runtime
+            .health_changed(&self.config, &event.backend, up, Instant::now());
         true
     }
 
@@ -393,11 +473,14 @@ impl Controller {
                 (Arc::from(b.name.as_str()), state.unwrap_or_default())
             })
             .collect();
-        let healthy = healthy_flags(&config, &states);
-        publish(&self.pool, config.clone(), healthy, "reload").await?;
-        self.published += 1;
-        self.config = config;
-        self.states = states;
+        let mut runtime = self.runtime.clone();
+        let is_healthy = |name: &str| states.get(name).is_none_or(|s| s.healthy);
+        runtime.reload(&self.config, &config, is_healthy, Instant::now());
+        let previous_states = std::mem::replace(&mut self.states, states);
+        if let Err(error) = self.publish(runtime, config, "reload").await {
+            self.states = previous_states;
+            return Err(error);
+        }
         self.start_probes();
         Ok(())
     }
@@ -420,13 +503,13 @@ fn healthy_flags(config: &PoolConfig, states: &HashMap<Arc<str>, HealthState>) -
 async fn publish(
     pool: &Arc<Pool>,
     config: Arc<PoolConfig>,
-    healthy: Vec<bool>,
+    conditions: Conditions,
     cause: &'static str,
 ) -> Result<(), PoolError> {
     let current = pool.snapshot();
     let built = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let next = Snapshot::build(config, &healthy, Some(&current))?;
+        let next = Snapshot::build_with(config, &conditions, Some(&current))?;
         let moved = next.moved_from(&current);
         Ok::<_, PoolError>(next.with_rebuild(Rebuild {
             at: SystemTime::now(),

@@ -20,6 +20,7 @@
 //! | [`health`] | the pure health state machine: thresholds and transitions |
 //! | [`checks`] | the health-check task: probes, passive reports, reloads, publishing |
 //! | [`probe`] | one HTTP health probe |
+//! | [`runtime`] | the admin API's overrides (drain, weight) and the slow-start ramps, by backend name |
 //! | [`recent`] | the last minute of a backend's requests, for the status page |
 //! | [`stats`] | the counters the pool and the proxy record, which [`crate::admin`] renders |
 
@@ -29,6 +30,7 @@ pub mod health;
 pub mod probe;
 pub mod recent;
 pub mod routing;
+pub mod runtime;
 pub mod snapshot;
 pub mod stats;
 pub mod target;
@@ -38,8 +40,8 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-pub use backend::{Backend, BackendState, HealthRecord, InFlight, ProbeRecord};
-pub use snapshot::{Detour, PoolError, RANDOM_SEED, Rebuild, Selector, Snapshot};
+pub use backend::{Backend, BackendState, HealthRecord, InFlight, Override, ProbeRecord};
+pub use snapshot::{Conditions, Detour, PoolError, RANDOM_SEED, Rebuild, Selector, Snapshot};
 use stats::Stats;
 
 /// One pool: its current snapshot, swapped atomically, its name, the

@@ -46,6 +46,8 @@ struct Slot {
     step: AtomicU64,
     requests: AtomicU32,
     errors_5xx: AtomicU32,
+    /// Requests that a pinned sticky cookie sent here (counted when sent).
+    pinned: AtomicU32,
     latency: [AtomicU32; LATENCY_BUCKETS],
 }
 
@@ -55,6 +57,7 @@ impl Slot {
             step: AtomicU64::new(0),
             requests: AtomicU32::new(0),
             errors_5xx: AtomicU32::new(0),
+            pinned: AtomicU32::new(0),
             latency: std::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
@@ -62,6 +65,7 @@ impl Slot {
     fn zero(&self) {
         self.requests.store(0, Ordering::Relaxed);
         self.errors_5xx.store(0, Ordering::Relaxed);
+        self.pinned.store(0, Ordering::Relaxed);
         for bucket in &self.latency {
             bucket.store(0, Ordering::Relaxed);
         }
@@ -83,6 +87,9 @@ pub struct LastMinute {
     pub errors_5xx: u64,
     /// Their 99th percentile latency; `None` without requests.
     pub p99: Option<Duration>,
+    /// Requests a pinned sticky cookie sent here (counted when sent, so
+    /// not necessarily among `requests`).
+    pub pinned: u64,
 }
 
 impl LastMinute {
@@ -109,15 +116,33 @@ impl RecentRequests {
     /// Counts a request that finished with `status` after `elapsed`, at
     /// `now_ns` on the pool's clock ([`crate::pool::Pool::now_ns`]).
     pub fn record(&self, status: u16, elapsed: Duration, now_ns: u64) {
+        let Some(slot) = self.slot(now_ns) else {
+            return;
+        };
+        slot.requests.fetch_add(1, Ordering::Relaxed);
+        if (500..600).contains(&status) {
+            slot.errors_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+        slot.latency[latency_bucket(elapsed)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request that a pinned sticky cookie sends here at `now_ns`.
+    pub fn record_pinned(&self, now_ns: u64) {
+        if let Some(slot) = self.slot(now_ns) {
+            slot.pinned.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The slot of `now_ns`, taken over (and zeroed) if it holds an older
+    /// step; `None` when it is already a minute ahead of this clock reading
+    /// (a thread stalled for that long): too old to count.
+    fn slot(&self, now_ns: u64) -> Option<&Slot> {
         let step = now_ns / SLOT_NS + 1;
         let slot = &self.slots[slot_index(step)];
         let seen = slot.step.load(Ordering::Acquire);
         if seen != step {
             if seen > step {
-                // The slot is already a minute ahead of this request's
-                // clock reading (a thread stalled for that long): too old to
-                // count.
-                return;
+                return None;
             }
             if slot
                 .step
@@ -127,11 +152,7 @@ impl RecentRequests {
                 slot.zero();
             }
         }
-        slot.requests.fetch_add(1, Ordering::Relaxed);
-        if (500..600).contains(&status) {
-            slot.errors_5xx.fetch_add(1, Ordering::Relaxed);
-        }
-        slot.latency[latency_bucket(elapsed)].fetch_add(1, Ordering::Relaxed);
+        Some(slot)
     }
 
     /// The requests of the last minute as of `now_ns`.
@@ -139,6 +160,7 @@ impl RecentRequests {
         let current = now_ns / SLOT_NS + 1;
         let mut requests = 0u64;
         let mut errors_5xx = 0u64;
+        let mut pinned = 0u64;
         let mut latency = [0u64; LATENCY_BUCKETS];
         for slot in &self.slots {
             let step = slot.step.load(Ordering::Acquire);
@@ -147,6 +169,7 @@ impl RecentRequests {
             }
             requests += u64::from(slot.requests.load(Ordering::Relaxed));
             errors_5xx += u64::from(slot.errors_5xx.load(Ordering::Relaxed));
+            pinned += u64::from(slot.pinned.load(Ordering::Relaxed));
             for (sum, bucket) in latency.iter_mut().zip(&slot.latency) {
                 *sum += u64::from(bucket.load(Ordering::Relaxed));
             }
@@ -155,6 +178,7 @@ impl RecentRequests {
             requests,
             errors_5xx,
             p99: quantile(&latency, 990),
+            pinned,
         }
     }
 }

@@ -262,7 +262,7 @@ impl Pools {
                 pools.push(routed);
                 continue;
             };
-            if old.pool.snapshot().config() != pool_config {
+            if old.pool.snapshot().file_config() != pool_config {
                 match &old.health {
                     Some(health) => health.reload(pool_config.clone()).await?,
                     None => {

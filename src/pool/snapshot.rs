@@ -15,8 +15,9 @@ use crate::balance::policy::{
     LeastConnections, LeastResponseTime, Load, Policy, Random, RoundRobin, WeightedRoundRobin,
 };
 use crate::balance::selector::{BuildError, HashSelector, HashTable};
+use crate::balance::slow_start::{self, Ramp};
 use crate::config::{Algorithm, KeySource, PoolConfig};
-use crate::pool::backend::{Backend, BackendState};
+use crate::pool::backend::{Backend, BackendState, Override};
 use crate::pool::target::{Target, UpstreamTls};
 use fnv::FnvHashMap;
 
@@ -77,6 +78,9 @@ pub enum Selector {
         bounded_load: f64,
         /// Weight of each backend (pool index), 0 for an unhealthy one.
         weights: Vec<u32>,
+        /// Backends in slow start, if any: keys they hold back route with
+        /// the table without them.
+        ramp: Option<Box<Ramp>>,
     },
     /// A classic policy; requests have no key.
     Policy(Policy),
@@ -110,8 +114,10 @@ impl Selector {
                 selector,
                 bounded_load,
                 weights,
+                ramp,
                 ..
             } => {
+                let selector = slow_start::view(selector, ramp.as_deref(), key_hash);
                 if *bounded_load > 0.0 {
                     return next_bounded(selector, weights, *bounded_load, key_hash, load, tried);
                 }
@@ -155,7 +161,10 @@ fn next_bounded(
 /// Everything a request needs, immutable once built.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// The config in effect: the file's, with the runtime overrides.
     config: Arc<PoolConfig>,
+    /// The config as the file has it.
+    file: Arc<PoolConfig>,
     /// Each backend's pin (see [`pin_of`]), to its place.
     pins: FnvHashMap<u64, usize>,
     /// The TLS client settings of its `https://` backends, if it has any.
@@ -182,6 +191,44 @@ pub struct Rebuild {
     pub cause: &'static str,
 }
 
+/// What a snapshot is built from besides its config, one entry per
+/// configured backend (config order); missing entries mean unhealthy, no
+/// override, no ramp.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    /// Whether each backend is healthy.
+    pub healthy: Vec<bool>,
+    /// Each backend's runtime overrides.
+    pub overrides: Vec<Override>,
+    /// Each backend's slow-start progress in `[0, 1]`; 1 (or missing): its
+    /// full share.
+    pub progress: Vec<f64>,
+}
+
+impl Conditions {
+    /// Backends healthy as given, without overrides or ramps.
+    pub fn healthy(healthy: &[bool]) -> Conditions {
+        Conditions {
+            healthy: healthy.to_vec(),
+            ..Conditions::default()
+        }
+    }
+}
+
+/// `file` with `overrides` (config order) applied; `file` itself when they
+/// change nothing.
+fn effective(file: &Arc<PoolConfig>, overrides: &[Override]) -> Arc<PoolConfig> {
+    if overrides.iter().all(Override::is_empty) {
+        return file.clone();
+    }
+    let mut config = PoolConfig::clone(file);
+    for (backend, o) in config.backends.iter_mut().zip(overrides) {
+        backend.drain = o.drain.unwrap_or(backend.drain);
+        backend.weight = o.weight.unwrap_or(backend.weight);
+    }
+    Arc::new(config)
+}
+
 impl Snapshot {
     /// Builds a snapshot of `config`'s pool in which backend `i` (config
     /// order) is healthy when `healthy[i]` is true; missing entries count as
@@ -198,52 +245,39 @@ impl Snapshot {
         healthy: &[bool],
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, PoolError> {
+        Snapshot::build_with(config, &Conditions::healthy(healthy), previous)
+    }
+
+    /// Builds a snapshot of `file`'s pool under `conditions`: health,
+    /// runtime overrides (a drain or weight set through the admin API) and
+    /// slow-start progress. Otherwise as [`build`](Self::build).
+    pub fn build_with(
+        file: Arc<PoolConfig>,
+        conditions: &Conditions,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, PoolError> {
+        let config = effective(&file, &conditions.overrides);
         let healthy: Vec<bool> = (0..config.backends.len())
-            .map(|i| healthy.get(i).copied().unwrap_or(false))
+            .map(|i| conditions.healthy.get(i).copied().unwrap_or(false))
+            .collect();
+        let progress: Vec<f64> = (0..config.backends.len())
+            .map(|i| {
+                conditions
+                    .progress
+                    .get(i)
+                    .map_or(1.0, |p| p.clamp(0.0, 1.0))
+            })
             .collect();
         let upstream_tls = upstream_tls(&config, previous)?;
         let pin_hasher = KeyHasher::new(config.balancer.hash_key.unwrap_or(DEFAULT_HASH_KEY));
         let mut backends = Vec::with_capacity(config.backends.len());
-        for (b, &up) in config.backends.iter().zip(&healthy) {
-            let no_host = || PoolError::NoHost {
-                name: b.name.clone(),
-                url: b.url.clone(),
-            };
-            let authority = b.url.authority().cloned().ok_or_else(no_host)?;
-            let scheme = b.url.scheme().cloned().unwrap_or(Scheme::HTTP);
-            let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
-            let host = match authority.port_u16() {
-                Some(port) if port != default_port => format!("{}:{port}", authority.host()),
-                _ => authority.host().to_owned(),
-            };
-            let host_header = HeaderValue::from_str(&host).map_err(|_| no_host())?;
-            let target = match (&upstream_tls, scheme == Scheme::HTTPS) {
-                (Some(tls), true) => {
-                    Target::tls(authority.clone(), tls.clone()).map_err(|problem| {
-                        PoolError::UpstreamTls {
-                            pool: config.name.clone(),
-                            problem: format!("backend {:?}: {problem}", b.name),
-                        }
-                    })?
-                }
-                _ => Target::plain(authority.clone()),
-            };
-            let state = previous
-                .and_then(|p| p.backend(&b.name))
-                .map_or_else(|| Arc::new(BackendState::new()), |p| p.state.clone());
-            backends.push(Backend {
-                draining: b.drain,
-                pin: pin_of(&pin_hasher, &b.name),
-                name: Arc::from(b.name.as_str()),
-                url: b.url.clone(),
-                scheme,
-                authority,
-                host_header,
-                target,
-                weight: b.weight,
-                healthy: up,
-                state,
-            });
+        for (i, (b, &up)) in config.backends.iter().zip(&healthy).enumerate() {
+            let mut backend = new_backend(&config, b, &upstream_tls, previous)?;
+            backend.pin = pin_of(&pin_hasher, &b.name);
+            backend.healthy = up;
+            backend.overrides = conditions.overrides.get(i).copied().unwrap_or_default();
+            backend.progress = if up { progress[i] } else { 1.0 };
+            backends.push(backend);
         }
         let healthy_count = healthy.iter().filter(|&&h| h).count();
         let panic = in_panic(
@@ -260,7 +294,7 @@ impl Snapshot {
             .zip(&healthy)
             .map(|(b, &up)| (up || panic) && !b.drain)
             .collect();
-        let selector = build_selector(&config, &routable, previous)?;
+        let selector = build_selector(&config, &routable, &progress, previous)?;
         // A sticky cookie replaces the configured key with itself.
         let key_source = match &config.balancer.sticky_cookie {
             Some(sticky) => KeySource::Cookie(sticky.name.clone()),
@@ -278,6 +312,7 @@ impl Snapshot {
             key_source,
             upstream_tls,
             config,
+            file,
             backends,
             selector,
             rebuild: None,
@@ -301,16 +336,37 @@ impl Snapshot {
     pub fn moved_from(&self, previous: &Snapshot) -> f64 {
         match (&self.selector, &previous.selector) {
             (
-                Selector::Hash { selector: now, .. },
                 Selector::Hash {
-                    selector: before, ..
+                    selector: now,
+                    ramp: now_ramp,
+                    ..
                 },
-            ) => now.moved_fraction(before, |i| {
-                let name = previous.backends.get(i)?.name();
-                self.backends.iter().position(|b| b.name() == name)
-            }),
+                Selector::Hash {
+                    selector: before,
+                    ramp: before_ramp,
+                    ..
+                },
+            ) => slow_start::moved(
+                (now, now_ramp.as_deref()),
+                (before, before_ramp.as_deref()),
+                |i| {
+                    let name = previous.backends.get(i)?.name();
+                    self.backends.iter().position(|b| b.name() == name)
+                },
+            ),
             _ => 0.0,
         }
+    }
+
+    /// The config as the file has it, without the runtime overrides that
+    /// [`config`](Self::config) has.
+    pub fn file_config(&self) -> &Arc<PoolConfig> {
+        &self.file
+    }
+
+    /// Whether a backend is in slow start.
+    pub fn ramping(&self) -> bool {
+        self.backends.iter().any(|b| b.progress < 1.0)
     }
 
     /// A snapshot in which every backend is healthy, as at startup.
@@ -415,11 +471,39 @@ impl Snapshot {
     /// first choice first. Empty for the classic policies.
     pub fn fallback_order(&self, key_hash: u64) -> Vec<&Backend> {
         match &self.selector {
-            Selector::Hash { selector, .. } => selector
-                .fallback(key_hash)
-                .filter_map(|b| self.backends.get(b))
-                .collect(),
+            Selector::Hash { selector, ramp, .. } => {
+                slow_start::view(selector, ramp.as_deref(), key_hash)
+                    .fallback(key_hash)
+                    .filter_map(|b| self.backends.get(b))
+                    .collect()
+            }
             Selector::Policy(_) => Vec::new(),
+        }
+    }
+
+    /// The key's first choice with every backend healthy, none draining
+    /// and none ramping (hash algorithms).
+    pub fn first_choice(&self, key_hash: u64) -> Option<usize> {
+        match &self.selector {
+            Selector::Hash { selector, .. } => Some(selector.preferred(key_hash)),
+            Selector::Policy(_) => None,
+        }
+    }
+
+    /// When the key's pick is in slow start: that backend, and whether the
+    /// ramp has let the key through yet (hash algorithms).
+    pub fn ramp_of(&self, key_hash: u64) -> Option<(usize, bool)> {
+        match &self.selector {
+            Selector::Hash {
+                selector,
+                ramp: Some(ramp),
+                ..
+            } => {
+                let pick = selector.pick(key_hash)?;
+                ramp.is_ramping(pick)
+                    .then(|| (pick, !ramp.holds_back(pick, key_hash)))
+            }
+            _ => None,
         }
     }
 
@@ -432,17 +516,30 @@ impl Snapshot {
         if let Selector::Hash {
             selector,
             bounded_load,
+            ramp,
             ..
         } = &self.selector
         {
+            let first = || selector.preferred(key_hash);
             if self.healthy_count < self.backends.len() {
                 // In panic mode a down first choice may still be chosen.
-                let first = selector.preferred(key_hash);
+                let first = first();
                 detour.unhealthy =
                     first != chosen && self.backends.get(first).is_some_and(|b| !b.healthy);
             }
+            if self.config.backends.iter().any(|b| b.drain) {
+                let first = first();
+                detour.draining =
+                    first != chosen && self.backends.get(first).is_some_and(|b| b.draining);
+            }
+            if let Some(ramp) = ramp {
+                detour.slow_start = selector
+                    .pick(key_hash)
+                    .is_some_and(|pick| pick != chosen && ramp.holds_back(pick, key_hash));
+            }
             if *bounded_load > 0.0 {
-                detour.bounded_load = selector.pick(key_hash) != Some(chosen);
+                let view = slow_start::view(selector, ramp.as_deref(), key_hash);
+                detour.bounded_load = view.pick(key_hash) != Some(chosen);
             }
         }
         detour
@@ -454,24 +551,19 @@ impl Snapshot {
     /// backend the selector may not pick.
     pub fn shares(&self) -> Vec<f64> {
         match &self.selector {
-            Selector::Hash { selector, .. } => selector.shares(),
+            Selector::Hash { selector, ramp, .. } => {
+                slow_start::shares(selector, ramp.as_deref(), self.backends.len())
+            }
             Selector::Policy(_) => {
-                let routable = |b: &Backend| (b.healthy || self.in_panic()) && !b.draining;
-                let healthy_weight: u64 = self
-                    .backends
-                    .iter()
-                    .filter(|b| routable(b))
-                    .map(|b| u64::from(b.weight))
-                    .sum();
+                // A ramping backend weighs its progress's part of its weight.
+                let weight = |b: &Backend| match (b.healthy || self.in_panic()) && !b.draining {
+                    true => f64::from(b.weight) * b.progress,
+                    false => 0.0,
+                };
+                let total: f64 = self.backends.iter().map(weight).sum();
                 self.backends
                     .iter()
-                    .map(|b| {
-                        if routable(b) && healthy_weight > 0 {
-                            f64::from(b.weight) / healthy_weight as f64
-                        } else {
-                            0.0
-                        }
-                    })
+                    .map(|b| if total > 0.0 { weight(b) / total } else { 0.0 })
                     .collect()
             }
         }
@@ -488,6 +580,10 @@ pub struct Detour {
     /// The key's healthy pick was at its bounded-load cap: the request went
     /// further down the fallback order.
     pub bounded_load: bool,
+    /// The key's first choice is draining: it takes no new keys.
+    pub draining: bool,
+    /// The key's pick is in slow start and has not taken this key back yet.
+    pub slow_start: bool,
 }
 
 /// A backend's pin: a keyed hash of its name (the pool's `hash_key`), so a
@@ -498,6 +594,56 @@ pub fn pin_of(hasher: &KeyHasher, name: &str) -> u64 {
     bytes.extend_from_slice(b"affinity-pin\0");
     bytes.extend_from_slice(name.as_bytes());
     hasher.hash(&bytes)
+}
+
+/// Backend `b` of `config` as a snapshot holds it, with its live state
+/// from `previous` when it has one of the same name; healthy, with no pin,
+/// override or ramp (the caller sets those).
+fn new_backend(
+    config: &PoolConfig,
+    b: &crate::config::BackendConfig,
+    upstream_tls: &Option<UpstreamTls>,
+    previous: Option<&Snapshot>,
+) -> Result<Backend, PoolError> {
+    let no_host = || PoolError::NoHost {
+        name: b.name.clone(),
+        url: b.url.clone(),
+    };
+    let authority = b.url.authority().cloned().ok_or_else(no_host)?;
+    let scheme = b.url.scheme().cloned().unwrap_or(Scheme::HTTP);
+    let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+    let host = match authority.port_u16() {
+        Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_owned(),
+    };
+    let host_header = HeaderValue::from_str(&host).map_err(|_| no_host())?;
+    let target = match (upstream_tls, scheme == Scheme::HTTPS) {
+        (Some(tls), true) => Target::tls(authority.clone(), tls.clone()).map_err(|problem| {
+            PoolError::UpstreamTls {
+                pool: config.name.clone(),
+                problem: format!("backend {:?}: {problem}", b.name),
+            }
+        })?,
+        _ => Target::plain(authority.clone()),
+    };
+    let state = previous
+        .and_then(|p| p.backend(&b.name))
+        .map_or_else(|| Arc::new(BackendState::new()), |p| p.state.clone());
+    Ok(Backend {
+        draining: b.drain,
+        pin: 0,
+        name: Arc::from(b.name.as_str()),
+        url: b.url.clone(),
+        scheme,
+        authority,
+        host_header,
+        target,
+        weight: b.weight,
+        healthy: true,
+        overrides: Override::default(),
+        progress: 1.0,
+        state,
+    })
 }
 
 /// The TLS client settings for `config`'s `https://` backends: those of
@@ -536,21 +682,15 @@ fn in_panic(threshold: f64, healthy: usize, total: usize) -> bool {
 
 fn build_selector(
     config: &PoolConfig,
-    healthy: &[bool],
+    routable: &[bool],
+    progress: &[f64],
     previous: Option<&Snapshot>,
 ) -> Result<Selector, BuildError> {
     let balancer = &config.balancer;
-    let weighted: Vec<(usize, u32)> = config
-        .backends
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| healthy[i])
-        .map(|(i, b)| (i, b.weight))
-        .collect();
     let Some(algorithm) = balancer.hash_algorithm() else {
         return Ok(Selector::Policy(classic_policy(
             balancer.algorithm,
-            weighted,
+            &ramped_weights(config, routable, progress),
         )));
     };
     let reused = previous
@@ -564,30 +704,77 @@ fn build_selector(
         None => HashTable::new(algorithm, &config.members())?,
     };
     Ok(Selector::Hash {
-        selector: HashSelector::new(&table, healthy),
+        selector: HashSelector::new(&table, routable),
+        ramp: Ramp::new(&table, routable, progress).map(Box::new),
         hasher: KeyHasher::new(balancer.hash_key.unwrap_or(DEFAULT_HASH_KEY)),
         bounded_load: balancer.bounded_load,
         weights: config
             .backends
             .iter()
-            .zip(healthy)
+            .zip(routable)
             .map(|(b, &up)| if up { b.weight } else { 0 })
             .collect(),
     })
 }
 
-/// The classic policy over the healthy `(pool index, weight)` pairs.
-fn classic_policy(algorithm: Algorithm, weighted: Vec<(usize, u32)>) -> Policy {
+/// Steps of a ramping backend's weight under the classic policies: while
+/// any backend ramps, every weight is scaled by this and a ramping one by
+/// its progress too.
+const RAMP_STEPS: f64 = 100.0;
+
+/// The routable `(pool index, weight)` pairs a classic policy is built
+/// over, and whether a backend ramps: while one does, every weight is
+/// multiplied by [`RAMP_STEPS`] and a ramping backend's also by its
+/// progress (at least 1, so it is tried and measured).
+fn ramped_weights(config: &PoolConfig, routable: &[bool], progress: &[f64]) -> Ramped {
+    let ramping = |i: usize| routable[i] && progress.get(i).is_some_and(|&p| p < 1.0);
+    let any = (0..routable.len()).any(ramping);
+    let weighted = config
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| routable[i])
+        .map(|(i, b)| {
+            if !any {
+                return (i, b.weight);
+            }
+            let p = if ramping(i) { progress[i] } else { 1.0 };
+            let w = (f64::from(b.weight) * RAMP_STEPS * p).round();
+            (i, (w as u32).max(1))
+        })
+        .collect();
+    Ramped { weighted, any }
+}
+
+/// See [`ramped_weights`].
+struct Ramped {
+    weighted: Vec<(usize, u32)>,
+    /// Some backend ramps.
+    any: bool,
+}
+
+/// The classic policy over the routable backends. While a backend ramps,
+/// the unweighted policies weigh too: round robin runs as smooth weighted
+/// round robin (equal weights give the same turns), least response time
+/// takes a ramping backend's latency as `1/progress` times longer.
+fn classic_policy(algorithm: Algorithm, ramped: &Ramped) -> Policy {
+    let weighted = ramped.weighted.clone();
     let indices = || weighted.iter().map(|&(i, _)| i).collect::<Vec<usize>>();
     match algorithm {
         Algorithm::WeightedRoundRobin => {
             Policy::WeightedRoundRobin(WeightedRoundRobin::new(weighted))
         }
         Algorithm::LeastConnections => Policy::LeastConnections(LeastConnections::new(weighted)),
+        Algorithm::LeastResponseTime if ramped.any => {
+            Policy::LeastResponseTime(LeastResponseTime::weighted(weighted))
+        }
         Algorithm::LeastResponseTime => {
             Policy::LeastResponseTime(LeastResponseTime::new(indices()))
         }
         Algorithm::Random => Policy::Random(Random::new(weighted, RANDOM_SEED)),
+        Algorithm::RoundRobin if ramped.any => {
+            Policy::WeightedRoundRobin(WeightedRoundRobin::new(weighted))
+        }
         // The hash algorithms never get here (`BalancerConfig::hash_algorithm`
         // answers for them); were one added without a table, it would still
         // serve, in turn.
@@ -907,8 +1094,8 @@ mod tests {
         assert_eq!(
             snapshot.detour(key_hash, moved),
             Detour {
-                unhealthy: false,
-                bounded_load: true
+                bounded_load: true,
+                ..Detour::default()
             }
         );
     }

@@ -48,6 +48,10 @@ pub enum Fallback {
     Unhealthy,
     /// The key's pick was at its bounded-load cap (hash algorithms).
     BoundedLoad,
+    /// The key's first choice is draining (hash algorithms).
+    Draining,
+    /// The key's pick is in slow start and has not taken it back yet.
+    SlowStart,
     /// Connecting to the backend tried failed: the next one was tried.
     ConnectError,
     /// The backend tried broke off the exchange before a response: the
@@ -63,6 +67,8 @@ impl Fallback {
         match self {
             Fallback::Unhealthy => "unhealthy",
             Fallback::BoundedLoad => "bounded_load",
+            Fallback::Draining => "draining",
+            Fallback::SlowStart => "slow_start",
             Fallback::ConnectError => "connect_error",
             Fallback::UpstreamError => "upstream_error",
             Fallback::Full => "backend_full",

@@ -160,10 +160,18 @@ fn next_backend<'s>(
             ctx.attempts.fallback.push(Fallback::Full);
             continue;
         }
-        if state.is_first() && pinned.is_none() {
+        if state.is_first() && pinned == Some(index) {
+            backend.state().record_pinned(ctx.pool.now_ns());
+        } else if state.is_first() && pinned.is_none() {
             let detour = snapshot.detour(ctx.key_hash, index);
             if detour.unhealthy {
                 ctx.attempts.fallback.push(Fallback::Unhealthy);
+            }
+            if detour.draining {
+                ctx.attempts.fallback.push(Fallback::Draining);
+            }
+            if detour.slow_start {
+                ctx.attempts.fallback.push(Fallback::SlowStart);
             }
             if detour.bounded_load {
                 ctx.attempts.fallback.push(Fallback::BoundedLoad);

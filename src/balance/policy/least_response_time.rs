@@ -30,13 +30,24 @@ use super::load::{Load, rotating_best};
 /// Each pick is O(n).
 #[derive(Debug)]
 pub struct LeastResponseTime {
-    eligible: Vec<usize>,
+    /// Pool index and weight: a backend's EWMA counts as `1/weight` times
+    /// its value, so equal weights rank by the EWMA itself.
+    eligible: Vec<(usize, u32)>,
     next: AtomicUsize,
 }
 
 impl LeastResponseTime {
     /// Least response time over `eligible` (pool indices).
     pub fn new(eligible: Vec<usize>) -> Self {
+        LeastResponseTime::weighted(eligible.into_iter().map(|b| (b, 1)).collect())
+    }
+
+    /// Least response time over `eligible` (pool index, weight): a backend's
+    /// latency counts as `1/weight` times its EWMA, so one of weight 20
+    /// beside others of weight 100 must be five times faster to be picked
+    /// (slow start ramps a returning backend this way). A weight of 0 counts
+    /// as 1.
+    pub fn weighted(eligible: Vec<(usize, u32)>) -> Self {
         LeastResponseTime {
             eligible,
             next: AtomicUsize::new(0),
@@ -48,11 +59,13 @@ impl LeastResponseTime {
         rotating_best(
             &self.eligible,
             &self.next,
-            |&backend| {
+            |&(backend, weight)| {
                 (!exclude.contains(&backend)).then(|| {
                     // Unmeasured (`None`) sorts first.
                     let ewma = load.latency_ewma_ns(backend);
-                    let rank = (ewma.is_some(), ewma.unwrap_or(0), load.in_flight(backend));
+                    let scaled =
+                        u128::from(ewma.unwrap_or(0)) * (1 << 20) / u128::from(weight.max(1));
+                    let rank = (ewma.is_some(), scaled, load.in_flight(backend));
                     (backend, rank)
                 })
             },
