@@ -23,6 +23,7 @@
 
 pub mod metrics;
 pub mod process;
+mod reply;
 pub mod write;
 
 use std::convert::Infallible;
@@ -32,18 +33,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::header::{ACCEPT, ALLOW, HeaderMap, HeaderValue};
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::admin::metrics::{Format, Metrics};
+use crate::admin::reply::{AdminResponse, ErrorBody, json, text, with_type};
 use crate::balance::key::{self, split_pin};
 use crate::balance::selector::HashTable;
 use crate::config::KeySource;
@@ -148,8 +148,6 @@ struct Admin {
     draining: Arc<AtomicBool>,
     started: Instant,
 }
-
-type AdminResponse = Response<Full<Bytes>>;
 
 impl Admin {
     /// The answer to one request (the body is ignored: nothing takes one).
@@ -528,11 +526,6 @@ struct RampStatus<'a> {
     admitted: bool,
 }
 
-#[derive(Debug, Serialize)]
-struct ErrorBody {
-    error: String,
-}
-
 const BOUNDED_LOAD_NOTE: &str = "bounded_load is on: backend is the key's pick with no load; \
                                  while it is at its load bound, requests go on along the fallback order";
 
@@ -727,45 +720,12 @@ fn timestamp(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
-fn with_type(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> AdminResponse {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-fn text(status: StatusCode, body: &'static str) -> AdminResponse {
-    with_type(status, "text/plain; charset=utf-8", body)
-}
-
-fn json(status: StatusCode, value: &impl Serialize) -> AdminResponse {
-    match serde_json::to_vec_pretty(value) {
-        Ok(mut body) => {
-            body.push(b'\n');
-            with_type(status, "application/json", body)
-        }
-        // Only a bug (a map with non-string keys) gets here.
-        Err(error) => {
-            tracing::error!(%error, "cannot render admin JSON");
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot render the answer\n",
-            )
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use http_body_util::BodyExt;
+    use hyper::header::CONTENT_TYPE;
 
     use super::*;
     use crate::balance::hash::KeyHasher;

@@ -34,7 +34,7 @@ use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use crate::admin::{AdminResponse, ErrorBody, json};
+use crate::admin::reply::{AdminResponse, ErrorBody, json};
 use crate::balance::member::MAX_WEIGHT;
 use crate::pool::checks::SetError;
 use crate::pool::routing::Pools;
