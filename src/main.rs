@@ -373,8 +373,14 @@ fn run_churn(config: &Config, only: Option<&str>, json: bool) -> ExitCode {
             eprintln!("affinity: {message}");
             return ExitCode::FAILURE;
         };
-        match churn(algorithm, &pool.members()) {
-            Ok(report) => reports.push((pool.name.as_str(), report)),
+        let draining: Vec<bool> = pool.backends.iter().map(|b| b.drain).collect();
+        match churn(algorithm, &pool.members(), &draining) {
+            Ok(mut report) => {
+                let slow_start = pool.balancer.slow_start;
+                report.slow_start_seconds =
+                    (!slow_start.is_zero()).then(|| slow_start.as_secs_f64());
+                reports.push((pool.name.as_str(), report));
+            }
             Err(e) => {
                 eprintln!("affinity: pool {:?}: {e}", pool.name);
                 return ExitCode::FAILURE;

@@ -8,6 +8,10 @@
 //! * the share that moves if one more backend of weight 1 joined the config
 //!   (a full rebuild), beside the optimum `1/(Σw + 1)`;
 //! * how long building the selector took.
+//!
+//! Draining backends (`state = "drain"` in the file) are out of the table
+//! the report starts from, as they are in the proxy: their share is 0, and
+//! the report says what undraining one moves back.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -24,8 +28,13 @@ pub struct Share {
     pub name: String,
     /// Configured weight.
     pub weight: u32,
-    /// Fraction of the key space, 0..1.
+    /// Fraction of the key space, 0..1 (0 while draining).
     pub share: f64,
+    /// Draining: out of the table for new keys.
+    pub draining: bool,
+    /// Draining: the share undraining it moves back to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undrain_moves: Option<f64>,
 }
 
 /// What moves when one backend leaves the pool.
@@ -63,13 +72,23 @@ pub struct ChurnReport {
     pub remove: Vec<Removal>,
     /// One more backend joining.
     pub add: Addition,
+    /// The pool's `slow_start` in seconds, when it has one (the caller sets
+    /// it: the dry run itself does not ramp).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_start_seconds: Option<f64>,
 }
 
-/// Runs the dry run for `members` (config order) under `algorithm`.
-pub fn churn(algorithm: HashAlgorithm, members: &[Member]) -> Result<ChurnReport, BuildError> {
+/// Runs the dry run for `members` (config order) under `algorithm`, the
+/// backends `draining` flags (missing: not draining) out of the table.
+pub fn churn(
+    algorithm: HashAlgorithm,
+    members: &[Member],
+    draining: &[bool],
+) -> Result<ChurnReport, BuildError> {
     let started = Instant::now();
     let table = HashTable::new(algorithm, members)?;
-    let all_up = vec![true; members.len()];
+    let drains = |i: usize| draining.get(i).copied().unwrap_or(false);
+    let all_up: Vec<bool> = (0..members.len()).map(|i| !drains(i)).collect();
     let full = HashSelector::new(&table, &all_up);
     let build: Duration = started.elapsed();
 
@@ -77,10 +96,17 @@ pub fn churn(algorithm: HashAlgorithm, members: &[Member]) -> Result<ChurnReport
     let backends = members
         .iter()
         .zip(&shares)
-        .map(|(m, &share)| Share {
+        .enumerate()
+        .map(|(i, (m, &share))| Share {
             name: m.name.clone(),
             weight: m.weight,
             share,
+            draining: drains(i),
+            undrain_moves: drains(i).then(|| {
+                let mut back = all_up.clone();
+                back[i] = true;
+                HashSelector::new(&table, &back).moved_fraction(&full, Some)
+            }),
         })
         .collect();
 
@@ -89,9 +115,10 @@ pub fn churn(algorithm: HashAlgorithm, members: &[Member]) -> Result<ChurnReport
         .iter()
         .enumerate()
         .map(|(i, m)| {
+            let was = health[i];
             health[i] = false;
             let without = HashSelector::new(&table, &health);
-            health[i] = true;
+            health[i] = was;
             Removal {
                 name: m.name.clone(),
                 moved: full.moved_fraction(&without, Some),
@@ -103,11 +130,19 @@ pub fn churn(algorithm: HashAlgorithm, members: &[Member]) -> Result<ChurnReport
     let mut grown = members.to_vec();
     grown.push(Member::new(newcomer_name(members), 1));
     let grown_table = HashTable::new(algorithm, &grown)?;
-    let grown_selector = HashSelector::new(&grown_table, &vec![true; grown.len()]);
+    let mut grown_up = all_up.clone();
+    grown_up.push(true);
+    let grown_selector = HashSelector::new(&grown_table, &grown_up);
     let n = members.len();
+    let active: Vec<Member> = members
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| !drains(i))
+        .map(|(_, m)| m.clone())
+        .collect();
     let add = Addition {
         moved: full.moved_fraction(&grown_selector, |i| (i < n).then_some(i)),
-        optimal: 1.0 / (total_weight(members) + 1) as f64,
+        optimal: 1.0 / (total_weight(&active) + 1) as f64,
     };
 
     Ok(ChurnReport {
@@ -117,6 +152,7 @@ pub fn churn(algorithm: HashAlgorithm, members: &[Member]) -> Result<ChurnReport
         backends,
         remove,
         add,
+        slow_start_seconds: None,
     })
 }
 
@@ -173,6 +209,14 @@ impl ChurnReport {
             );
         }
         let _ = writeln!(out);
+        for b in self.backends.iter().filter(|b| b.draining) {
+            let _ = writeln!(
+                out,
+                "{} drains: out of the table; undraining it moves {:.3}% of keys back to it",
+                b.name,
+                b.undrain_moves.unwrap_or(0.0) * 100.0
+            );
+        }
         let _ = writeln!(
             out,
             "one more backend of weight 1 joins: {:.3}% of keys move, optimal {:.3}% (ratio {:.3})",
@@ -180,6 +224,15 @@ impl ChurnReport {
             self.add.optimal * 100.0,
             ratio(self.add.moved, self.add.optimal)
         );
+        if let Some(seconds) = self.slow_start_seconds.filter(|s| *s > 0.0) {
+            let largest = self.remove.iter().map(|r| r.optimal).fold(0.0, f64::max);
+            let _ = writeln!(
+                out,
+                "slow start {seconds}s: a returning, added or undrained backend takes its keys back linearly over it (the largest share, {:.3}%, at {:.3}% of keys per second)",
+                largest * 100.0,
+                largest * 100.0 / seconds
+            );
+        }
         out
     }
 
@@ -213,6 +266,7 @@ mod tests {
                 table_size: DEFAULT_TABLE_SIZE,
             },
             &pool(5),
+            &[],
         )
         .unwrap();
         assert_eq!(report.table_size, DEFAULT_TABLE_SIZE);
@@ -226,11 +280,35 @@ mod tests {
     }
 
     #[test]
+    fn a_draining_backend_starts_out_of_the_table_and_undraining_moves_its_share_back() {
+        for algorithm in [
+            HashAlgorithm::Maglev {
+                table_size: DEFAULT_TABLE_SIZE,
+            },
+            HashAlgorithm::RingHash {
+                points_per_weight: DEFAULT_POINTS_PER_WEIGHT,
+            },
+        ] {
+            let all = churn(algorithm, &pool(4), &[]).unwrap();
+            let report = churn(algorithm, &pool(4), &[false, true]).unwrap();
+            assert_eq!(report.backends[1].share, 0.0);
+            assert!(report.backends[1].draining);
+            let back = report.backends[1].undrain_moves.unwrap();
+            assert!((back - all.backends[1].share).abs() < 1e-9, "{back}");
+            assert_eq!(report.remove[1].moved, 0.0);
+            // The others' removals are counted from the table without it.
+            assert!((report.backends.iter().map(|b| b.share).sum::<f64>() - 1.0).abs() < 1e-9);
+            assert!(report.render().contains("server-1 drains"));
+            assert!(report.backends[0].undrain_moves.is_none());
+        }
+    }
+
+    #[test]
     fn ring_additions_move_only_the_newcomers_share() {
         let algorithm = HashAlgorithm::RingHash {
             points_per_weight: DEFAULT_POINTS_PER_WEIGHT,
         };
-        let report = churn(algorithm, &pool(8)).unwrap();
+        let report = churn(algorithm, &pool(8), &[]).unwrap();
         for r in &report.remove {
             assert!((r.moved - r.optimal).abs() < 1e-12);
         }
@@ -240,7 +318,7 @@ mod tests {
 
     #[test]
     fn the_json_report_has_every_documented_field() {
-        let report = churn(HashAlgorithm::Maglev { table_size: 101 }, &pool(3)).unwrap();
+        let report = churn(HashAlgorithm::Maglev { table_size: 101 }, &pool(3), &[]).unwrap();
         let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         for field in [
             "algorithm",
