@@ -27,6 +27,7 @@ mod lifecycle;
 mod live_pool;
 mod policies;
 mod routes;
+mod session_scenario;
 mod sessions;
 mod tls;
 mod upgrade;
