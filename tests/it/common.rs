@@ -190,7 +190,7 @@ impl TestBackend {
 
 /// A listener on `addr` that does not wait for the TIME_WAIT of an earlier
 /// listener on the same port.
-async fn bind_reusing(addr: SocketAddr) -> TcpListener {
+pub async fn bind_reusing(addr: SocketAddr) -> TcpListener {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_reuseaddr(true).unwrap();
     socket.bind(addr).unwrap();

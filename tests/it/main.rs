@@ -28,6 +28,7 @@ mod live_pool;
 mod policies;
 mod routes;
 mod session_properties;
+mod session_scenario;
 mod sessions;
 mod tls;
 mod upgrade;
