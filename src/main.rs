@@ -378,7 +378,7 @@ fn run_churn(config: &Config, only: Option<&str>, json: bool) -> ExitCode {
             Ok(mut report) => {
                 let slow_start = pool.balancer.slow_start;
                 report.slow_start_seconds =
-                    (!slow_start.is_zero()).then(|| slow_start.as_secs_f64());
+                    (!slow_start.is_zero()).then_some(slow_start.as_secs_f64());
                 reports.push((pool.name.as_str(), report));
             }
             Err(e) => {

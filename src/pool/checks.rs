@@ -343,6 +343,17 @@ impl Controller {
         let healthy = healthy_flags(&config, &self.states);
         let conditions = runtime.conditions(&config, healthy, now);
         publish(&self.pool, config.clone(), conditions, cause).await?;
+        for backend in runtime
+            .ramps()
+            .filter(|b| !self.runtime.ramps().any(|r| r == *b))
+        {
+            tracing::info!(
+                pool = %self.pool.name(),
+                %backend,
+                slow_start = ?config.balancer.slow_start,
+                "slow start: the backend takes its share back gradually"
+            );
+        }
         for backend in finished {
             tracing::info!(pool = %self.pool.name(), %backend, "slow start complete: the backend has its full share");
         }
@@ -535,15 +546,15 @@ async fn publish(
     if let Some(rebuild) = next.rebuild() {
         pool.stats()
             .table_rebuilt(pool.name(), rebuild.duration, rebuild.moved);
-        tracing::info!(
-            pool = %pool.name(),
-            healthy = next.healthy_count(),
-            backends = next.backends().len(),
-            cause,
-            build_us = u64::try_from(rebuild.duration.as_micros()).unwrap_or(u64::MAX),
-            moved = rebuild.moved,
-            "published a new pool snapshot"
-        );
+        let build_us = u64::try_from(rebuild.duration.as_micros()).unwrap_or(u64::MAX);
+        let (healthy, backends) = (next.healthy_count(), next.backends().len());
+        let moved = rebuild.moved;
+        // A ramp publishes a hundred steps: each is worth a debug line only.
+        if cause == "slow_start" {
+            tracing::debug!(pool = %pool.name(), healthy, backends, cause, build_us, moved, "published a new pool snapshot");
+        } else {
+            tracing::info!(pool = %pool.name(), healthy, backends, cause, build_us, moved, "published a new pool snapshot");
+        }
     }
     pool.publish(next);
     Ok(())

@@ -202,6 +202,11 @@ impl Runtime {
         Some((now + step).min(first_end))
     }
 
+    /// The backends that ramp.
+    pub fn ramps(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.ramps.keys()
+    }
+
     /// Whether a backend ramps.
     pub fn ramping(&self) -> bool {
         !self.ramps.is_empty()

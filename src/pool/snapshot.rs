@@ -187,7 +187,8 @@ pub struct Rebuild {
     /// The share of the key space whose backend it changed (hash
     /// algorithms; 0 for the classic policies).
     pub moved: f64,
-    /// Why: `health` or `reload`.
+    /// Why: `health`, `reload`, `admin` (the write API) or `slow_start` (a
+    /// step of a ramp).
     pub cause: &'static str,
 }
 

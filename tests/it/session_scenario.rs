@@ -475,7 +475,7 @@ async fn scenario(pin: bool, host: Ipv4Addr) -> Vec<Row> {
         let predicted = without.pick(hasher.hash(id.as_bytes())).unwrap();
         assert_eq!(now, names[predicted], "{run} d: key {id}");
     }
-    let report = churn(algorithm, &pool.members()).unwrap();
+    let report = churn(algorithm, &pool.members(), &[]).unwrap();
     let removal = report.remove.iter().find(|r| r.name == drained).unwrap();
     eprintln!(
         "{run}: draining {drained} moved {moved} of {LOOKUPS} sampled keys \
