@@ -50,28 +50,37 @@ pub fn is_write_path(path: &str) -> bool {
 
 /// What a write asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    pool: String,
-    backend: String,
-    action: Action,
+pub struct Target {
+    /// The pool's name.
+    pub pool: String,
+    /// The backend's name.
+    pub backend: String,
+    /// What to do.
+    pub action: Action,
 }
 
+/// The three writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
+pub enum Action {
+    /// `POST …/drain`.
     Drain,
+    /// `POST …/undrain`.
     Undrain,
+    /// `PUT …/weight`.
     Weight,
 }
 
 impl Action {
-    fn method(self) -> Method {
+    /// The method it takes.
+    pub fn method(self) -> Method {
         match self {
             Action::Drain | Action::Undrain => Method::POST,
             Action::Weight => Method::PUT,
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// Its path segment.
+    pub fn as_str(self) -> &'static str {
         match self {
             Action::Drain => "drain",
             Action::Undrain => "undrain",
@@ -80,9 +89,9 @@ impl Action {
     }
 }
 
-/// `/pools/P/backends/B/ACTION`, names percent-decoded; `None` for any
-/// other shape.
-fn parse_path(path: &str) -> Option<Target> {
+/// `/pools/P/backends/B/ACTION`, names percent-decoded (UTF-8); `None` for
+/// any other shape.
+pub fn parse_path(path: &str) -> Option<Target> {
     let mut parts = path.strip_prefix("/pools/")?.split('/');
     let (pool, backends, backend, action) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -110,7 +119,7 @@ fn parse_path(path: &str) -> Option<Target> {
 
 /// Whether `presented` (an `Authorization` header's value) is `Bearer`
 /// followed by `token`, compared in constant time (see the module).
-fn authorized(presented: Option<&HeaderValue>, token: &[u8]) -> bool {
+pub fn authorized(presented: Option<&HeaderValue>, token: &[u8]) -> bool {
     let Some(presented) = presented.map(HeaderValue::as_bytes) else {
         return false;
     };
@@ -316,7 +325,8 @@ async fn read_weight(body: Incoming) -> Result<u32, String> {
     parse_weight(&bytes)
 }
 
-fn parse_weight(bytes: &[u8]) -> Result<u32, String> {
+/// A weight body's value, or why it is not one.
+pub fn parse_weight(bytes: &[u8]) -> Result<u32, String> {
     std::str::from_utf8(bytes)
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok())
