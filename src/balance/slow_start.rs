@@ -54,7 +54,9 @@ pub struct Ramp {
 
 impl Ramp {
     /// The ramp over `table` for `routable` backends (caller order) whose
-    /// `progress` is below 1; `None` when no routable backend ramps.
+    /// `progress` is below 1; `None` when no routable backend ramps, or when
+    /// every routable backend does (a held-back key would have nowhere else
+    /// to go: a whole pool that returns at once takes its keys at once).
     pub fn new(table: &HashTable, routable: &[bool], progress: &[f64]) -> Option<Ramp> {
         let ramping = |i: usize| {
             routable.get(i).copied().unwrap_or(false) && progress.get(i).is_some_and(|&p| p < 1.0)
@@ -68,6 +70,9 @@ impl Ramp {
         let settled: Vec<bool> = (0..routable.len())
             .map(|i| routable[i] && !ramping(i))
             .collect();
+        if !settled.contains(&true) {
+            return None;
+        }
         Some(Ramp {
             settled: HashSelector::new(table, &settled),
             thresholds,
@@ -316,6 +321,14 @@ mod tests {
         assert!(Ramp::new(&t, &[true; 4], &[1.0; 4]).is_none());
         // A ramping backend that is not routable does not ramp.
         assert!(Ramp::new(&t, &[true, false, true, true], &[1.0, 0.3, 1.0, 1.0]).is_none());
+    }
+
+    #[test]
+    fn when_every_routable_backend_ramps_nothing_is_held_back() {
+        let t = table(ALGORITHMS[0], 3);
+        assert!(Ramp::new(&t, &[true, true, false], &[0.5, 0.0, 1.0]).is_none());
+        assert!(Ramp::new(&t, &[true], &[0.0]).is_none());
+        assert!(Ramp::new(&t, &[true, true, true], &[0.5, 0.0, 1.0]).is_some());
     }
 
     #[test]

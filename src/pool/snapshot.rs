@@ -296,6 +296,10 @@ impl Snapshot {
             .map(|(b, &up)| (up || panic) && !b.drain)
             .collect();
         let selector = build_selector(&config, &routable, &progress, previous)?;
+        if let Selector::Hash { ramp: None, .. } = &selector {
+            // Nothing is held back (see `Ramp::new`): no backend ramps.
+            backends.iter_mut().for_each(|b| b.progress = 1.0);
+        }
         // A sticky cookie replaces the configured key with itself.
         let key_source = match &config.balancer.sticky_cookie {
             Some(sticky) => KeySource::Cookie(sticky.name.clone()),
