@@ -249,6 +249,7 @@ struct Controller {
     /// Overrides and slow-start ramps.
     runtime: Runtime,
     published: usize,
+    published_at: Instant,
 }
 
 impl Controller {
@@ -271,6 +272,7 @@ impl Controller {
             probe_received,
             runtime: Runtime::new(),
             published: 0,
+            published_at: Instant::now(),
         }
     }
 
@@ -279,7 +281,7 @@ impl Controller {
     /// cost one rebuild; a reload is built and published on its own.
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) -> usize {
         loop {
-            let step = self.runtime.next_step(&self.config, Instant::now());
+            let step = self.runtime.next_step(&self.config, self.published_at);
             let first = tokio::select! {
                 command = commands.recv() => match command {
                     Some(command) => Some(command),
@@ -360,6 +362,7 @@ impl Controller {
         self.runtime = runtime;
         self.config = config;
         self.published += 1;
+        self.published_at = now;
         Ok(())
     }
 

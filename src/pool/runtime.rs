@@ -192,14 +192,17 @@ impl Runtime {
         done
     }
 
-    /// When the next snapshot of a ramp is due, if a backend ramps: every
-    /// hundredth of `slow_start` (between 50 ms and 1 s), and exactly at the
-    /// end of the first ramp to finish.
-    pub fn next_step(&self, config: &PoolConfig, now: Instant) -> Option<Instant> {
+    /// When the next snapshot of a ramp is due, if a backend ramps, given
+    /// when the last one was published (`last`): a hundredth of
+    /// `slow_start` (between 50 ms and 1 s) after it, or exactly at the end
+    /// of the first ramp to finish if that is sooner. Counted from the last
+    /// publish, not from now: a controller woken often (probe results) must
+    /// not keep putting the step off.
+    pub fn next_step(&self, config: &PoolConfig, last: Instant) -> Option<Instant> {
         let slow_start = config.balancer.slow_start;
         let first_end = self.ramps.values().map(|&start| start + slow_start).min()?;
         let step = (slow_start / 100).clamp(MIN_STEP, MAX_STEP);
-        Some((now + step).min(first_end))
+        Some((last + step).min(first_end))
     }
 
     /// The backends that ramp.
