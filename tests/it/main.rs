@@ -12,6 +12,7 @@ mod common;
 mod architecture;
 
 mod admin;
+mod admin_write;
 mod cli;
 mod config_files;
 mod failures;
