@@ -24,6 +24,9 @@
 //! * `affinity_upstream_retries_total{backend,reason}`: requests sent on to
 //!   the next backend after `backend` failed, `reason` being
 //!   `connect_error` or `upstream_error`;
+//! * `affinity_discovery_lookups_total{pool,name,result}`: DNS lookups of
+//!   `discover` entries, by result (`ok`, `empty`, `servfail`, `nxdomain`,
+//!   `timeout`, `error`);
 //! * `affinity_health_transitions_total{backend,to}`: health changes, `to`
 //!   being `healthy` or `unhealthy`;
 //! * `affinity_table_rebuilds_total{pool}`: snapshots published after a health
@@ -138,6 +141,11 @@ impl Metrics {
             "affinity_health_transitions",
             "Backend health changes, by backend and the state it changed to",
             stats.health_transition_family().clone(),
+        );
+        registry.register(
+            "affinity_discovery_lookups",
+            "DNS lookups of the pools' discover entries, by pool, name looked up and result (ok, empty, servfail, nxdomain, timeout, error)",
+            stats.discovery_lookups().clone(),
         );
         registry.register(
             "affinity_table_rebuilds",

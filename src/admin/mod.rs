@@ -568,6 +568,12 @@ fn lookup_pool(routing: &Routing, query: &str) -> Result<Arc<Snapshot>, LookupEr
 /// Answers `/lookup?<query>` from `snapshot` (a `pool=` parameter is the
 /// caller's).
 fn lookup<'a>(snapshot: &'a Snapshot, query: &str) -> Result<Lookup<'a>, LookupError> {
+    if snapshot.backends().is_empty() {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pool has no backends (yet): it discovers them and has found none".to_owned(),
+        ));
+    }
     let Some(hasher) = snapshot.selector().hasher() else {
         return Err((
             StatusCode::CONFLICT,

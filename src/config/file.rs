@@ -18,6 +18,7 @@ pub(super) struct FileConfig {
     #[serde(default)]
     pub(super) limits: FileLimits,
     pub(super) backends: Option<Spanned<Vec<FileBackend>>>,
+    pub(super) discover: Option<Spanned<Vec<FileDiscover>>>,
     pub(super) listeners: Option<Spanned<Vec<FileListenerEntry>>>,
     pub(super) pools: Option<Spanned<Vec<FilePool>>>,
     pub(super) routes: Option<Vec<FileRoute>>,
@@ -90,6 +91,7 @@ pub(super) struct FilePool {
     #[serde(default)]
     pub(super) upstream: FileUpstream,
     pub(super) backends: Option<Spanned<Vec<FileBackend>>>,
+    pub(super) discover: Option<Spanned<Vec<FileDiscover>>>,
 }
 
 impl FilePool {
@@ -178,6 +180,24 @@ pub(super) struct FileBackend {
     pub(super) url: Spanned<String>,
     pub(super) weight: Option<Spanned<i64>>,
     pub(super) state: Option<Spanned<String>>,
+}
+
+/// A `discover = [...]` entry: backends from DNS.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a discover table such as { dns = \"_http._tcp.api.internal\" }"
+)]
+pub(super) struct FileDiscover {
+    pub(super) dns: Spanned<String>,
+    pub(super) interval: Option<Spanned<DurationText>>,
+    pub(super) min_interval: Option<Spanned<DurationText>>,
+    pub(super) max_interval: Option<Spanned<DurationText>>,
+    pub(super) resolvers: Option<Vec<Spanned<String>>>,
+    pub(super) empty_grace: Option<Spanned<DurationText>>,
+    pub(super) probe_first: Option<bool>,
+    pub(super) scheme: Option<Spanned<String>>,
+    pub(super) weight: Option<Spanned<i64>>,
 }
 
 /// A duration as written (`"500ms"`), parsed in the validation pass. Its own

@@ -46,6 +46,7 @@
 //! assert_eq!(pool.members()[0].name, "server-1");
 //! ```
 
+mod discover;
 mod error;
 mod file;
 mod summary;
@@ -254,8 +255,67 @@ pub struct PoolConfig {
     /// Most requests in flight to one backend (0: no limit), from
     /// `limits.max_in_flight_per_backend`.
     pub max_in_flight_per_backend: u32,
-    /// The backends, in config order; never empty.
+    /// The backends written in the file, in config order; never empty
+    /// unless the pool discovers its backends.
     pub backends: Vec<BackendConfig>,
+    /// Where the pool discovers more backends (DNS).
+    pub discover: Vec<DiscoverConfig>,
+}
+
+/// Default `discover[].min_interval`.
+pub const DEFAULT_DISCOVER_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `discover[].max_interval`.
+pub const DEFAULT_DISCOVER_MAX_INTERVAL: Duration = Duration::from_secs(60);
+/// Default `discover[].empty_grace`.
+pub const DEFAULT_EMPTY_GRACE: Duration = Duration::from_secs(30);
+
+/// One `discover` entry: backends from DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverConfig {
+    /// What is looked up.
+    pub target: DiscoverTarget,
+    /// The shortest time between two lookups (the answer's TTL is raised
+    /// to it); also the first wait after a failure.
+    pub min_interval: Duration,
+    /// The longest time between two lookups (the TTL is lowered to it).
+    pub max_interval: Duration,
+    /// Nameservers to ask; empty: those of `/etc/resolv.conf`.
+    pub resolvers: Vec<SocketAddr>,
+    /// How long an empty answer must persist before the pool applies it.
+    pub empty_grace: Duration,
+    /// A new backend waits for `health_check.healthy_threshold` successful
+    /// probes before it takes traffic (else it starts healthy).
+    pub probe_first: bool,
+    /// `https` makes discovered backends `https://` ones.
+    pub https: bool,
+    /// The weight of each address of an A/AAAA answer (SRV answers carry
+    /// their own).
+    pub weight: u32,
+}
+
+/// What a `discover` entry looks up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoverTarget {
+    /// SRV records of this name (`_http._tcp.api.internal`): one backend
+    /// per record, named `target:port`.
+    Srv(String),
+    /// A and AAAA records of `host`: one backend per address, named
+    /// `address:port`.
+    Host {
+        /// The name looked up.
+        host: String,
+        /// The port of every address.
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for DiscoverTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiscoverTarget::Srv(name) => write!(f, "SRV {name}"),
+            DiscoverTarget::Host { host, port } => write!(f, "A/AAAA {host}:{port}"),
+        }
+    }
 }
 
 impl PoolConfig {

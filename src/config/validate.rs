@@ -48,22 +48,23 @@ struct PoolTables<'f> {
     health_check: &'f FileHealthCheck,
     upstream: &'f FileUpstream,
     backends: Option<&'f Spanned<Vec<FileBackend>>>,
+    discover: Option<&'f Spanned<Vec<FileDiscover>>>,
     max_in_flight_per_backend: Option<&'f Spanned<i64>>,
 }
 
-struct Check<'s, 'a> {
-    source: &'s Source<'a>,
-    errors: Vec<ConfigError>,
-    warnings: Vec<ConfigWarning>,
+pub(super) struct Check<'s, 'a> {
+    pub(super) source: &'s Source<'a>,
+    pub(super) errors: Vec<ConfigError>,
+    pub(super) warnings: Vec<ConfigWarning>,
 }
 
 impl Check<'_, '_> {
-    fn report(&mut self, error: ConfigError) {
+    pub(super) fn report(&mut self, error: ConfigError) {
         self.errors.push(error);
     }
 
     /// The value, or `None` after recording why there is none.
-    fn ok<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+    pub(super) fn ok<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
         result.map_err(|e| self.report(e)).ok()
     }
 
@@ -370,6 +371,7 @@ impl Check<'_, '_> {
                         .as_ref()
                         .map_or(&default_upstream, |u| u.get_ref()),
                     backends: file.backends.as_ref(),
+                    discover: file.discover.as_ref(),
                     max_in_flight_per_backend: None,
                 },
                 limits,
@@ -384,6 +386,7 @@ impl Check<'_, '_> {
             ),
             ("upstream", file.upstream.as_ref().map(Spanned::span)),
             ("backends", file.backends.as_ref().map(Spanned::span)),
+            ("discover", file.discover.as_ref().map(Spanned::span)),
         ];
         for (table, span) in single_pool_tables {
             if let Some(span) = span {
@@ -428,6 +431,7 @@ impl Check<'_, '_> {
                     health_check: &entry.health_check,
                     upstream: &entry.upstream,
                     backends: entry.backends.as_ref(),
+                    discover: entry.discover.as_ref(),
                     max_in_flight_per_backend: entry.max_in_flight_per_backend.as_ref(),
                 },
                 limits,
@@ -454,7 +458,8 @@ impl Check<'_, '_> {
                 0,
             )
             .unwrap_or(limits.max_in_flight_per_backend);
-        let backends = self.backends(tables.backends);
+        let discover = self.discover(tables.discover);
+        let backends = self.backends(tables.backends, !discover.is_empty());
 
         if algorithm == Some(Algorithm::Maglev)
             && let Some(size) = table_size
@@ -499,6 +504,7 @@ impl Check<'_, '_> {
             upstream,
             max_in_flight_per_backend,
             backends: backends.unwrap_or_default(),
+            discover,
         }
     }
 
@@ -1202,9 +1208,18 @@ impl Check<'_, '_> {
 
     /// The pool; `None` when it or any entry is invalid, so the rules that
     /// weigh the whole pool (table size, ring points) do not run.
-    fn backends(&mut self, file: Option<&Spanned<Vec<FileBackend>>>) -> Option<Vec<BackendConfig>> {
+    /// The static backends; with `discovered` (the pool discovers more from
+    /// DNS) there may be none.
+    fn backends(
+        &mut self,
+        file: Option<&Spanned<Vec<FileBackend>>>,
+        discovered: bool,
+    ) -> Option<Vec<BackendConfig>> {
         let list_span = file.map(Spanned::span);
         let entries: &[FileBackend] = file.map(|f| f.get_ref().as_slice()).unwrap_or(&[]);
+        if entries.is_empty() && discovered {
+            return Some(Vec::new());
+        }
         let mut valid = true;
         if entries.is_empty() {
             let error = self.source.error(
@@ -1372,7 +1387,7 @@ impl Check<'_, '_> {
 
     /// `value`, its `default` when absent, or `None` after reporting why it
     /// is not a duration (or is zero where zero is not allowed).
-    fn duration(
+    pub(super) fn duration(
         &mut self,
         value: &Option<Spanned<DurationText>>,
         field: &str,
@@ -1407,7 +1422,7 @@ impl Check<'_, '_> {
         self.count_in(value, field, default, min..=u32::MAX)
     }
 
-    fn count_in(
+    pub(super) fn count_in(
         &mut self,
         value: &Option<Spanned<i64>>,
         field: &str,

@@ -34,8 +34,10 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use crate::config::{HealthCheckConfig, PoolConfig};
 use crate::pool::Pool;
+use crate::pool::discovery::{self, Found};
 use crate::pool::health::{HealthState, Observation, Thresholds, Transition};
 use crate::pool::probe::probe;
+use crate::pool::resolve::{self, Discovered};
 use crate::pool::runtime::{Change, Runtime};
 use crate::pool::snapshot::{Conditions, PoolError, Rebuild, Snapshot};
 use crate::pool::target::Target;
@@ -181,6 +183,7 @@ pub fn spawn(pool: Arc<Pool>) -> HealthChecks {
     let (commands, received) = mpsc::unbounded_channel();
     let mut controller = Controller::new(pool);
     controller.start_probes();
+    controller.start_discovery();
     let task = tokio::spawn(controller.run(received)).abort_handle();
     HealthChecks {
         task,
@@ -239,7 +242,18 @@ async fn sleep_until(at: Option<Instant>) {
 /// observation, adopts reloads, and publishes the snapshots.
 struct Controller {
     pool: Arc<Pool>,
+    /// The pool as the file has it.
+    file: Arc<PoolConfig>,
+    /// The pool with the backends discovery found: what is built.
     config: Arc<PoolConfig>,
+    /// What each `discover` entry found last (`None`: no answer yet).
+    discovered: Vec<Option<Vec<Found>>>,
+    /// The discovery tasks running, and their generation (a set from an
+    /// older generation is stale).
+    discovery: Vec<AbortHandle>,
+    generation: u64,
+    sets: mpsc::UnboundedSender<Discovered>,
+    sets_received: mpsc::UnboundedReceiver<Discovered>,
     states: HashMap<Arc<str>, HealthState>,
     probes: HashMap<Arc<str>, Probe>,
     /// The probe tasks; dropped (so aborted) with the controller.
@@ -257,6 +271,7 @@ impl Controller {
     fn new(pool: Arc<Pool>) -> Controller {
         let config = pool.snapshot().file_config().clone();
         let (probe_events, probe_received) = mpsc::unbounded_channel();
+        let (sets, sets_received) = mpsc::unbounded_channel();
         let states = config
             .backends
             .iter()
@@ -264,6 +279,12 @@ impl Controller {
             .collect();
         Controller {
             pool,
+            file: config.clone(),
+            discovered: vec![None; config.discover.len()],
+            discovery: Vec::new(),
+            generation: 0,
+            sets,
+            sets_received,
             config,
             states,
             probes: HashMap::new(),
@@ -288,6 +309,10 @@ impl Controller {
                     None => break,
                 },
                 Some(event) = self.probe_received.recv() => Some(Command::Observe(event)),
+                Some(set) = self.sets_received.recv() => {
+                    let _ = self.discovered(set).await;
+                    continue;
+                }
                 // Reap ended probe tasks (only aborted ones end).
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => continue,
                 // The next step of a slow-start ramp.
@@ -343,7 +368,8 @@ impl Controller {
         let now = Instant::now();
         let finished = runtime.finish_ramps(&config, now);
         let healthy = healthy_flags(&config, &self.states);
-        let conditions = runtime.conditions(&config, healthy, now);
+        let mut conditions = runtime.conditions(&config, healthy, now);
+        conditions.source = Some(self.file.clone());
         publish(&self.pool, config.clone(), conditions, cause).await?;
         for backend in runtime
             .ramps()
@@ -476,25 +502,114 @@ impl Controller {
         true
     }
 
-    /// Adopts `config` if its snapshot builds: a backend whose name is
-    /// unchanged keeps its health, a new one starts healthy.
-    async fn reload(&mut self, config: Arc<PoolConfig>) -> Result<(), PoolError> {
-        let states: HashMap<Arc<str>, HealthState> = config
-            .backends
-            .iter()
-            .map(|b| {
-                let state = self.states.get(b.name.as_str()).copied();
-                (Arc::from(b.name.as_str()), state.unwrap_or_default())
-            })
-            .collect();
+    /// Adopts `file` if its snapshot builds: a backend whose name is
+    /// unchanged keeps its health, a new one starts healthy; discovery
+    /// restarts when the file's `discover` entries changed (the sets found
+    /// are kept otherwise).
+    async fn reload(&mut self, file: Arc<PoolConfig>) -> Result<(), PoolError> {
+        let rediscover = file.discover != self.file.discover;
+        let discovered = match rediscover {
+            true => vec![None; file.discover.len()],
+            false => self.discovered.clone(),
+        };
+        let config = Arc::new(discovery::merge(&file, &discovered));
+        let states = self.carried_states(&config, false);
         let mut runtime = self.runtime.clone();
         let is_healthy = |name: &str| states.get(name).is_none_or(|s| s.healthy);
         runtime.reload(&self.config, &config, is_healthy, Instant::now());
         let previous_states = std::mem::replace(&mut self.states, states);
+        let previous_file = std::mem::replace(&mut self.file, file);
         if let Err(error) = self.publish(runtime, config, "reload").await {
+            self.states = previous_states;
+            self.file = previous_file;
+            return Err(error);
+        }
+        self.discovered = discovered;
+        if rediscover {
+            self.start_discovery();
+        }
+        self.start_probes();
+        Ok(())
+    }
+
+    /// The health state of each backend of `config`: the one it has, else
+    /// a new backend's (healthy, or down until probed when `probe_first`).
+    fn carried_states(
+        &self,
+        config: &PoolConfig,
+        probe_first: bool,
+    ) -> HashMap<Arc<str>, HealthState> {
+        config
+            .backends
+            .iter()
+            .map(|b| {
+                let state = self.states.get(b.name.as_str()).copied();
+                let new = match probe_first {
+                    true => HealthState {
+                        healthy: false,
+                        successes: 0,
+                        failures: 0,
+                    },
+                    false => HealthState::new(),
+                };
+                (Arc::from(b.name.as_str()), state.unwrap_or(new))
+            })
+            .collect()
+    }
+
+    /// Starts a discovery task for each `discover` entry of the file,
+    /// stopping those of before.
+    fn start_discovery(&mut self) {
+        for task in self.discovery.drain(..) {
+            task.abort();
+        }
+        self.generation += 1;
+        for (entry, config) in self.file.discover.iter().enumerate() {
+            let task = self.tasks.spawn(resolve::run(
+                entry,
+                self.generation,
+                config.clone(),
+                self.pool.name().clone(),
+                self.pool.stats().clone(),
+                self.sets.clone(),
+            ));
+            self.discovery.push(task);
+        }
+    }
+
+    /// Adopts a set of backends an entry found: new backends start healthy
+    /// (or down until probed, with `probe_first`) and ramp with slow start,
+    /// removed ones leave (their requests in flight finish).
+    async fn discovered(&mut self, set: Discovered) -> Result<(), PoolError> {
+        if set.generation != self.generation || set.entry >= self.discovered.len() {
+            return Ok(());
+        }
+        let probe_first = self.file.discover[set.entry].probe_first;
+        let first_answer = self.discovered[set.entry].is_none();
+        let mut discovered = self.discovered.clone();
+        discovered[set.entry] = Some(set.found);
+        let config = Arc::new(discovery::merge(&self.file, &discovered));
+        let states = self.carried_states(&config, probe_first);
+        let mut runtime = self.runtime.clone();
+        let is_healthy = |name: &str| states.get(name).is_none_or(|s| s.healthy);
+        runtime.reload(&self.config, &config, is_healthy, Instant::now());
+        if first_answer {
+            // The entry's first answer fills the pool as startup does: its
+            // backends take their share at once.
+            for b in config
+                .backends
+                .iter()
+                .filter(|b| self.config.backends.iter().all(|c| c.name != b.name))
+            {
+                runtime.end_ramp(&b.name);
+            }
+        }
+        let previous_states = std::mem::replace(&mut self.states, states);
+        if let Err(error) = self.publish(runtime, config, "discovery").await {
             self.states = previous_states;
             return Err(error);
         }
+        self.discovered = discovered;
         self.start_probes();
         Ok(())
     }

@@ -20,15 +20,19 @@
 //! | [`health`] | the pure health state machine: thresholds and transitions |
 //! | [`checks`] | the health-check task: probes, passive reports, reloads, publishing |
 //! | [`probe`] | one HTTP health probe |
+//! | [`discovery`] | backends from DNS as plain state: answers to backend sets, failures keep the last set, empty answers wait out a grace period |
+//! | [`resolve`] | the DNS lookups of discovery (hickory-resolver), one task per `discover` entry |
 //! | [`runtime`] | the admin API's overrides (drain, weight) and the slow-start ramps, by backend name |
 //! | [`recent`] | the last minute of a backend's requests, for the status page |
 //! | [`stats`] | the counters the pool and the proxy record, which [`crate::admin`] renders |
 
 pub mod backend;
 pub mod checks;
+pub mod discovery;
 pub mod health;
 pub mod probe;
 pub mod recent;
+pub mod resolve;
 pub mod routing;
 pub mod runtime;
 pub mod snapshot;

@@ -77,6 +77,7 @@ impl Runtime {
                 })
                 .collect(),
             healthy,
+            source: None,
         }
     }
 
@@ -203,6 +204,11 @@ impl Runtime {
         let first_end = self.ramps.values().map(|&start| start + slow_start).min()?;
         let step = (slow_start / 100).clamp(MIN_STEP, MAX_STEP);
         Some((last + step).min(first_end))
+    }
+
+    /// Ends `name`'s ramp, if it has one: it takes its full share now.
+    pub fn end_ramp(&mut self, name: &str) {
+        self.ramps.remove(name);
     }
 
     /// The backends that ramp.

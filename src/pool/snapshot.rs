@@ -204,6 +204,9 @@ pub struct Conditions {
     /// Each backend's slow-start progress in `[0, 1]`; 1 (or missing): its
     /// full share.
     pub progress: Vec<f64>,
+    /// The pool as the file has it, when the config built from differs
+    /// (backends found by discovery added); `None`: the config itself.
+    pub source: Option<Arc<PoolConfig>>,
 }
 
 impl Conditions {
@@ -249,15 +252,17 @@ impl Snapshot {
         Snapshot::build_with(config, &Conditions::healthy(healthy), previous)
     }
 
-    /// Builds a snapshot of `file`'s pool under `conditions`: health,
-    /// runtime overrides (a drain or weight set through the admin API) and
-    /// slow-start progress. Otherwise as [`build`](Self::build).
+    /// Builds a snapshot of `pool` (the file's backends and those found by
+    /// discovery) under `conditions`: health, runtime overrides (a drain or
+    /// weight set through the admin API) and slow-start progress. Otherwise
+    /// as [`build`](Self::build).
     pub fn build_with(
-        file: Arc<PoolConfig>,
+        pool: Arc<PoolConfig>,
         conditions: &Conditions,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, PoolError> {
-        let config = effective(&file, &conditions.overrides);
+        let config = effective(&pool, &conditions.overrides);
+        let file = conditions.source.clone().unwrap_or(pool);
         let healthy: Vec<bool> = (0..config.backends.len())
             .map(|i| conditions.healthy.get(i).copied().unwrap_or(false))
             .collect();
@@ -692,6 +697,13 @@ fn build_selector(
     previous: Option<&Snapshot>,
 ) -> Result<Selector, BuildError> {
     let balancer = &config.balancer;
+    if config.backends.is_empty() {
+        // A pool that discovers its backends and has found none yet: every
+        // request gets `503`, as with no healthy backend.
+        return Ok(Selector::Policy(Policy::RoundRobin(RoundRobin::new(
+            Vec::new(),
+        ))));
+    }
     let Some(algorithm) = balancer.hash_algorithm() else {
         return Ok(Selector::Policy(classic_policy(
             balancer.algorithm,

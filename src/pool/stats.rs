@@ -47,6 +47,17 @@ pub struct TransitionLabels {
     pub to: &'static str,
 }
 
+/// Labels of `affinity_discovery_lookups_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DiscoveryLabels {
+    /// The pool that discovers.
+    pub pool: Arc<str>,
+    /// What it looks up (`_http._tcp.api.internal`, `api.internal:8080`).
+    pub name: Arc<str>,
+    /// `ok`, `empty`, `servfail`, `nxdomain`, `timeout` or `error`.
+    pub result: &'static str,
+}
+
 /// Labels of `affinity_requests_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -166,6 +177,7 @@ pub struct Stats {
     request_duration: DurationFamily,
     upstream_retries: Family<RetryLabels, Counter>,
     health_transitions: Family<TransitionLabels, Counter>,
+    discovery_lookups: Family<DiscoveryLabels, Counter>,
     table_rebuilds: Family<PoolLabels, Counter>,
     table_rebuild_duration: RebuildDurationFamily,
     table_moved_ratio: Family<PoolLabels, Gauge<f64, AtomicU64>>,
@@ -211,6 +223,7 @@ impl Stats {
             ),
             upstream_retries: Family::default(),
             health_transitions: Family::default(),
+            discovery_lookups: Family::default(),
             table_rebuilds: Family::default(),
             table_rebuild_duration: RebuildDurationFamily::new_with_constructor(
                 rebuild_duration_histogram as fn() -> Histogram,
@@ -289,6 +302,23 @@ impl Stats {
                 to,
             })
             .inc();
+    }
+
+    /// Counts a DNS lookup of pool `pool`'s discovery of `name` that came
+    /// to `result`.
+    pub fn discovery_lookup(&self, pool: &Arc<str>, name: &Arc<str>, result: &'static str) {
+        self.discovery_lookups
+            .get_or_create(&DiscoveryLabels {
+                pool: pool.clone(),
+                name: name.clone(),
+                result,
+            })
+            .inc();
+    }
+
+    /// The DNS lookups of discovery, by pool, name and result.
+    pub fn discovery_lookups(&self) -> &Family<DiscoveryLabels, Counter> {
+        &self.discovery_lookups
     }
 
     /// Counts a published rebuild of `pool` that took `duration` and moved

@@ -104,6 +104,7 @@ proptest! {
                     .map(|&d| Override { drain: d.then_some(true), weight: None })
                     .collect(),
                 progress: Vec::new(),
+                source: None,
             };
             previous = Some(Snapshot::build_with(plain.clone(), &conditions, previous.as_ref()).unwrap());
         }
@@ -158,6 +159,7 @@ proptest! {
                 healthy: vec![true; n],
                 overrides: Vec::new(),
                 progress,
+                source: None,
             };
             let snapshot = Snapshot::build_with(config.clone(), &conditions, previous.as_ref()).unwrap();
             // Exactly linear.
