@@ -302,6 +302,7 @@ fn pool_status<'a>(pool: &Pool, snapshot: &'a Snapshot) -> PoolStatus<'a> {
                 weight: b.weight(),
                 healthy: b.is_healthy(),
                 draining: b.is_draining(),
+                gone: b.is_gone(),
                 slow_start: b.progress(),
                 overrides: write::Overrides {
                     drain: b.overrides().drain,
@@ -439,6 +440,9 @@ struct BackendStatus<'a> {
     /// No new keys or sessions; pinned sessions and requests in flight still
     /// reach it.
     draining: bool,
+    /// Discovery no longer finds it: kept in the table, unroutable, until a
+    /// backend is added (so that its leaving moved only its own keys).
+    gone: bool,
     /// Slow-start progress, 0 to 1: the part of its share it has taken back
     /// (1: all of it, or not ramping).
     slow_start: f64,

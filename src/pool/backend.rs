@@ -193,6 +193,8 @@ pub struct Backend {
     pub(super) overrides: Override,
     /// Slow-start progress in `[0, 1]`; 1: its full share.
     pub(super) progress: f64,
+    /// Discovery no longer finds it; it stays in the table, unroutable.
+    pub(super) gone: bool,
     pub(super) state: Arc<BackendState>,
 }
 
@@ -242,6 +244,12 @@ impl Backend {
     /// Its weight: the file's, or the admin API's override.
     pub fn weight(&self) -> u32 {
         self.weight
+    }
+
+    /// Whether discovery no longer finds it: it stays in the table (so
+    /// that its leaving moved only its keys) but gets no request.
+    pub fn is_gone(&self) -> bool {
+        self.gone
     }
 
     /// What the admin API overrides of its file settings.

@@ -248,6 +248,8 @@ struct Controller {
     config: Arc<PoolConfig>,
     /// What each `discover` entry found last (`None`: no answer yet).
     discovered: Vec<Option<Vec<Found>>>,
+    /// The backends discovery lost that stay in the table, unroutable.
+    gone: Vec<String>,
     /// The discovery tasks running, and their generation (a set from an
     /// older generation is stale).
     discovery: Vec<AbortHandle>,
@@ -281,6 +283,7 @@ impl Controller {
             pool,
             file: config.clone(),
             discovered: vec![None; config.discover.len()],
+            gone: Vec::new(),
             discovery: Vec::new(),
             generation: 0,
             sets,
@@ -370,6 +373,11 @@ impl Controller {
         let healthy = healthy_flags(&config, &self.states);
         let mut conditions = runtime.conditions(&config, healthy, now);
         conditions.source = Some(self.file.clone());
+        conditions.gone = config
+            .backends
+            .iter()
+            .map(|b| self.gone.contains(&b.name))
+            .collect();
         publish(&self.pool, config.clone(), conditions, cause).await?;
         for backend in runtime
             .ramps()
@@ -413,6 +421,7 @@ impl Controller {
         let wanted: HashMap<Arc<str>, Target> = snapshot
             .backends()
             .iter()
+            .filter(|b| !b.is_gone())
             .map(|b| (b.name().clone(), b.target().clone()))
             .collect();
         self.probes.retain(|name, probe| {
@@ -512,16 +521,20 @@ impl Controller {
             true => vec![None; file.discover.len()],
             false => self.discovered.clone(),
         };
-        let config = Arc::new(discovery::merge(&file, &discovered));
+        let merged = discovery::merge(&file, &discovered);
+        let (config, gone) = discovery::keep_gone(&self.file, &file, &self.config, merged);
+        let config = Arc::new(config);
         let states = self.carried_states(&config, false);
         let mut runtime = self.runtime.clone();
         let is_healthy = |name: &str| states.get(name).is_none_or(|s| s.healthy);
         runtime.reload(&self.config, &config, is_healthy, Instant::now());
         let previous_states = std::mem::replace(&mut self.states, states);
         let previous_file = std::mem::replace(&mut self.file, file);
+        let previous_gone = std::mem::replace(&mut self.gone, gone);
         if let Err(error) = self.publish(runtime, config, "reload").await {
             self.states = previous_states;
             self.file = previous_file;
+            self.gone = previous_gone;
             return Err(error);
         }
         self.discovered = discovered;
@@ -588,11 +601,24 @@ impl Controller {
         let first_answer = self.discovered[set.entry].is_none();
         let mut discovered = self.discovered.clone();
         discovered[set.entry] = Some(set.found);
-        let config = Arc::new(discovery::merge(&self.file, &discovered));
+        let merged = discovery::merge(&self.file, &discovered);
+        let (config, gone) = discovery::keep_gone(&self.file, &self.file, &self.config, merged);
+        let config = Arc::new(config);
         let states = self.carried_states(&config, probe_first);
         let mut runtime = self.runtime.clone();
         let is_healthy = |name: &str| states.get(name).is_none_or(|s| s.healthy);
-        runtime.reload(&self.config, &config, is_healthy, Instant::now());
+        let now = Instant::now();
+        runtime.reload(&self.config, &config, is_healthy, now);
+        // A backend that leaves ends its ramp; one that returns (it was
+        // kept gone) starts one, as a backend that comes back healthy does.
+        for name in &gone {
+            runtime.end_ramp(name);
+        }
+        for name in self.gone.iter().filter(|n| !gone.contains(n)) {
+            if config.backends.iter().any(|b| b.name == *name) && is_healthy(name) {
+                runtime.health_changed(&config, &Arc::from(name.as_str()), true, now);
+            }
+        }
         if first_answer {
             // The entry's first answer fills the pool as startup does: its
             // backends take their share at once.
@@ -605,8 +631,10 @@ impl Controller {
             }
         }
         let previous_states = std::mem::replace(&mut self.states, states);
+        let previous_gone = std::mem::replace(&mut self.gone, gone);
         if let Err(error) = self.publish(runtime, config, "discovery").await {
             self.states = previous_states;
+            self.gone = previous_gone;
             return Err(error);
         }
         self.discovered = discovered;

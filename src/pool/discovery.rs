@@ -290,13 +290,15 @@ pub fn backend(found: &Found, https: bool) -> Option<BackendConfig> {
     })
 }
 
-/// `file`'s pool with the backends each `discover` entry found (in entry
-/// order, `None` for an entry without an answer yet) after its own; a name
-/// the file or an earlier entry already has is skipped (the first wins).
+/// `file`'s pool with the backends each `discover` entry found (`None`
+/// for an entry without an answer yet) after its own, sorted by name (so
+/// that the same backends always make the same member list); a name the
+/// file or an earlier entry already has is skipped (the first wins).
 pub fn merge(file: &PoolConfig, found: &[Option<Vec<Found>>]) -> PoolConfig {
     let mut pool = file.clone();
     let mut names: BTreeMap<String, ()> =
         pool.backends.iter().map(|b| (b.name.clone(), ())).collect();
+    let mut discovered = Vec::new();
     for (entry, set) in file.discover.iter().zip(found) {
         for f in set.iter().flatten() {
             if names.contains_key(&f.name) {
@@ -304,11 +306,53 @@ pub fn merge(file: &PoolConfig, found: &[Option<Vec<Found>>]) -> PoolConfig {
             }
             if let Some(backend) = backend(f, entry.https) {
                 names.insert(f.name.clone(), ());
-                pool.backends.push(backend);
+                discovered.push(backend);
             }
         }
     }
+    discovered.sort_by(|a, b| a.name.cmp(&b.name));
+    pool.backends.extend(discovered);
     pool
+}
+
+/// `next` (the merge of file `file`) with the discovered backends of
+/// `current` that it lost kept in it as *gone* (their names returned), when
+/// that leaves the member list as it is: then only health changes, so the
+/// lost backends' keys alone move, and come back exactly if they return.
+/// When `next` adds a backend, or a backend of the file (`file`, or the
+/// file `current` came from, `before`) leaves, the table is rebuilt anyway
+/// and nothing is kept gone.
+pub fn keep_gone(
+    before: &PoolConfig,
+    file: &PoolConfig,
+    current: &PoolConfig,
+    next: PoolConfig,
+) -> (PoolConfig, Vec<String>) {
+    let named = |list: &[BackendConfig], name: &str| list.iter().any(|b| b.name == name);
+    let lost: Vec<&BackendConfig> = current
+        .backends
+        .iter()
+        .filter(|b| !named(&next.backends, &b.name))
+        .collect();
+    let only_discovered = lost
+        .iter()
+        .all(|b| !named(&before.backends, &b.name) && !named(&file.backends, &b.name));
+    let nothing_added = next
+        .backends
+        .iter()
+        .all(|b| named(&current.backends, &b.name));
+    if lost.is_empty() || !only_discovered || !nothing_added {
+        return (next, Vec::new());
+    }
+    let gone: Vec<String> = lost.iter().map(|b| b.name.clone()).collect();
+    let mut pool = next;
+    let mut discovered = pool
+        .backends
+        .split_off(file.backends.len().min(pool.backends.len()));
+    discovered.extend(lost.into_iter().cloned());
+    discovered.sort_by(|a, b| a.name.cmp(&b.name));
+    pool.backends.extend(discovered);
+    (pool, gone)
 }
 
 #[cfg(test)]
@@ -496,5 +540,73 @@ mod tests {
             ]
         );
         assert_eq!(merge(file, &[None, None]).backends.len(), 1);
+    }
+
+    #[test]
+    fn a_lost_backend_stays_gone_until_something_is_added() {
+        let text = "[[pools]]\nname = \"p\"\n\
+                    backends = [{ name = \"static\", url = \"http://127.0.0.1:9000\" }]\n\
+                    discover = [{ dns = \"api.internal:8080\" }]\n";
+        let config =
+            crate::config::Config::from_toml(text, std::path::Path::new("t.toml")).unwrap();
+        let file = &config.pools[0];
+        let four = merge(file, &[Some(vec![at(1), at(2), at(3), at(4)])]);
+        let names_of = |p: &PoolConfig| {
+            p.backends
+                .iter()
+                .map(|b| b.name.clone())
+                .collect::<Vec<_>>()
+        };
+        // 3 leaves: kept, same member list (so the table is the same).
+        let (three, gone) = keep_gone(
+            file,
+            file,
+            &four,
+            merge(file, &[Some(vec![at(1), at(2), at(4)])]),
+        );
+        assert_eq!(gone, ["10.0.0.3:8080"]);
+        assert_eq!(names_of(&three), names_of(&four));
+        // 2 leaves too: both gone, still the same list.
+        let (two, gone) = keep_gone(file, file, &three, merge(file, &[Some(vec![at(1), at(4)])]));
+        assert_eq!(gone, ["10.0.0.2:8080", "10.0.0.3:8080"]);
+        assert_eq!(names_of(&two), names_of(&four));
+        // 3 returns: 2 stays gone.
+        let (back, gone) = keep_gone(
+            file,
+            file,
+            &two,
+            merge(file, &[Some(vec![at(1), at(3), at(4)])]),
+        );
+        assert_eq!(gone, ["10.0.0.2:8080"]);
+        assert_eq!(names_of(&back), names_of(&four));
+        // A new name: a rebuild, nothing kept gone.
+        let (grown, gone) = keep_gone(
+            file,
+            file,
+            &back,
+            merge(file, &[Some(vec![at(1), at(3), at(4), at(5)])]),
+        );
+        assert!(gone.is_empty());
+        assert_eq!(
+            names_of(&grown),
+            [
+                "static",
+                "10.0.0.1:8080",
+                "10.0.0.3:8080",
+                "10.0.0.4:8080",
+                "10.0.0.5:8080"
+            ]
+        );
+        // The file's own backend leaving is a rebuild too.
+        let mut no_static = file.as_ref().clone();
+        no_static.backends.clear();
+        let (after, gone) = keep_gone(
+            file,
+            &no_static,
+            &four,
+            merge(&no_static, &[Some(vec![at(1), at(2), at(3), at(4)])]),
+        );
+        assert!(gone.is_empty());
+        assert_eq!(after.backends.len(), 4);
     }
 }

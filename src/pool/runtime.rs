@@ -78,6 +78,7 @@ impl Runtime {
                 .collect(),
             healthy,
             source: None,
+            gone: Vec::new(),
         }
     }
 

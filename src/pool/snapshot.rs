@@ -207,6 +207,10 @@ pub struct Conditions {
     /// The pool as the file has it, when the config built from differs
     /// (backends found by discovery added); `None`: the config itself.
     pub source: Option<Arc<PoolConfig>>,
+    /// Each backend that discovery no longer finds but that stays in the
+    /// table, out of it as an unhealthy backend is, so that its leaving
+    /// moves only its own keys (and its return brings them back exactly).
+    pub gone: Vec<bool>,
 }
 
 impl Conditions {
@@ -263,8 +267,11 @@ impl Snapshot {
     ) -> Result<Snapshot, PoolError> {
         let config = effective(&pool, &conditions.overrides);
         let file = conditions.source.clone().unwrap_or(pool);
+        let gone: Vec<bool> = (0..config.backends.len())
+            .map(|i| conditions.gone.get(i).copied().unwrap_or(false))
+            .collect();
         let healthy: Vec<bool> = (0..config.backends.len())
-            .map(|i| conditions.healthy.get(i).copied().unwrap_or(false))
+            .map(|i| conditions.healthy.get(i).copied().unwrap_or(false) && !gone[i])
             .collect();
         let progress: Vec<f64> = (0..config.backends.len())
             .map(|i| {
@@ -283,14 +290,12 @@ impl Snapshot {
             backend.healthy = up;
             backend.overrides = conditions.overrides.get(i).copied().unwrap_or_default();
             backend.progress = if up { progress[i] } else { 1.0 };
+            backend.gone = gone[i];
             backends.push(backend);
         }
         let healthy_count = healthy.iter().filter(|&&h| h).count();
-        let panic = in_panic(
-            config.balancer.panic_threshold,
-            healthy_count,
-            healthy.len(),
-        );
+        let present = gone.iter().filter(|&&g| !g).count();
+        let panic = in_panic(config.balancer.panic_threshold, healthy_count, present);
         // In panic mode the selector routes over every backend; a draining
         // backend takes no new keys either way (it leaves the table as an
         // unhealthy one does), though its pinned sessions still reach it.
@@ -298,7 +303,8 @@ impl Snapshot {
             .backends
             .iter()
             .zip(&healthy)
-            .map(|(b, &up)| (up || panic) && !b.drain)
+            .zip(&gone)
+            .map(|((b, &up), &gone)| (up || panic) && !b.drain && !gone)
             .collect();
         let selector = build_selector(&config, &routable, &progress, previous)?;
         if let Selector::Hash { ramp: None, .. } = &selector {
@@ -405,7 +411,7 @@ impl Snapshot {
     pub fn pinned(&self, pin: u64) -> Option<usize> {
         let index = *self.pins.get(&pin)?;
         let backend = self.backends.get(index)?;
-        (backend.healthy || self.panic).then_some(index)
+        ((backend.healthy || self.panic) && !backend.gone).then_some(index)
     }
 
     /// How many backends are healthy.
@@ -424,7 +430,7 @@ impl Snapshot {
     /// them in panic mode.
     pub fn routable_count(&self) -> usize {
         if self.panic {
-            self.backends.len()
+            self.backends.iter().filter(|b| !b.gone).count()
         } else {
             self.healthy_count
         }
@@ -566,10 +572,11 @@ impl Snapshot {
             }
             Selector::Policy(_) => {
                 // A ramping backend weighs its progress's part of its weight.
-                let weight = |b: &Backend| match (b.healthy || self.in_panic()) && !b.draining {
-                    true => f64::from(b.weight) * b.progress,
-                    false => 0.0,
-                };
+                let weight =
+                    |b: &Backend| match (b.healthy || self.in_panic()) && !b.draining && !b.gone {
+                        true => f64::from(b.weight) * b.progress,
+                        false => 0.0,
+                    };
                 let total: f64 = self.backends.iter().map(weight).sum();
                 self.backends
                     .iter()
@@ -652,6 +659,7 @@ fn new_backend(
         healthy: true,
         overrides: Override::default(),
         progress: 1.0,
+        gone: false,
         state,
     })
 }

@@ -105,6 +105,7 @@ proptest! {
                     .collect(),
                 progress: Vec::new(),
                 source: None,
+                gone: Vec::new(),
             };
             previous = Some(Snapshot::build_with(plain.clone(), &conditions, previous.as_ref()).unwrap());
         }
@@ -160,6 +161,7 @@ proptest! {
                 overrides: Vec::new(),
                 progress,
                 source: None,
+                gone: Vec::new(),
             };
             let snapshot = Snapshot::build_with(config.clone(), &conditions, previous.as_ref()).unwrap();
             // Exactly linear.
