@@ -373,6 +373,20 @@ fn run_churn(config: &Config, only: Option<&str>, json: bool) -> ExitCode {
             eprintln!("affinity: {message}");
             return ExitCode::FAILURE;
         };
+        if pool.backends.is_empty() {
+            let message = format!(
+                "pool {:?} has no backends in the file (it discovers them from DNS); --churn measures the file's backends",
+                pool.name
+            );
+            if several {
+                if !json {
+                    println!("pool {}: skipped: {message}\n", pool.name);
+                }
+                continue;
+            }
+            eprintln!("affinity: {message}");
+            return ExitCode::FAILURE;
+        }
         let draining: Vec<bool> = pool.backends.iter().map(|b| b.drain).collect();
         match churn(algorithm, &pool.members(), &draining) {
             Ok(mut report) => {

@@ -210,11 +210,45 @@ fn pool_summary(pool: &PoolConfig, out: &mut String) {
                 )),
         );
     }
+    if !b.slow_start.is_zero() {
+        let _ = writeln!(
+            out,
+            "  slow start    {}",
+            humantime::format_duration(b.slow_start)
+        );
+    }
+    for d in &pool.discover {
+        let resolvers: Vec<String> = d.resolvers.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "  discover      {} via {}, every {} to {} (the TTL within), empty answers after {}{}{}",
+            d.target,
+            if resolvers.is_empty() {
+                "/etc/resolv.conf".to_owned()
+            } else {
+                resolvers.join(", ")
+            },
+            humantime::format_duration(d.min_interval),
+            humantime::format_duration(d.max_interval),
+            humantime::format_duration(d.empty_grace),
+            if d.probe_first {
+                ", probed before traffic"
+            } else {
+                ""
+            },
+            if d.https { ", https" } else { "" },
+        );
+    }
     let total: u64 = pool.backends.iter().map(|b| u64::from(b.weight)).sum();
     let _ = writeln!(
         out,
-        "  backends      {}, total weight {total}",
-        pool.backends.len()
+        "  backends      {}{}, total weight {total}",
+        pool.backends.len(),
+        if pool.discover.is_empty() {
+            ""
+        } else {
+            " in the file (and those discovered)"
+        }
     );
     let urls: Vec<String> = pool
         .backends

@@ -404,7 +404,7 @@ fn a_file_without_backends_is_rejected() {
     assert_eq!(e.location(), None);
     assert_eq!(
         e.to_string(),
-        "config.toml: backends: no backends: add at least one backend with a name and a url"
+        "config.toml: backends: no backends: add at least one backend with a name and a url, or discover them from DNS (discover = [{ dns = ... }])"
     );
 }
 
@@ -1729,4 +1729,55 @@ fn a_backend_state_is_active_or_drain() {
         4,
         "expected \"active\" or \"drain\"",
     );
+}
+
+#[test]
+fn discover_entries_take_defaults_and_interval_sets_both_bounds() {
+    let config = parse(
+        r#"
+        [[pools]]
+        name = "api"
+        discover = [
+          { dns = "_http._tcp.api.internal" },
+          { dns = "api.internal:8080", interval = "5s", resolvers = ["10.0.0.2", "127.0.0.1:5353"], empty_grace = "0s", probe_first = true, scheme = "https", weight = 3 },
+        ]
+        "#,
+    )
+    .unwrap();
+    let pool = &config.pools[0];
+    assert!(pool.backends.is_empty());
+    assert_eq!(
+        pool.discover[0],
+        DiscoverConfig {
+            target: DiscoverTarget::Srv("_http._tcp.api.internal".into()),
+            min_interval: DEFAULT_DISCOVER_MIN_INTERVAL,
+            max_interval: DEFAULT_DISCOVER_MAX_INTERVAL,
+            resolvers: Vec::new(),
+            empty_grace: DEFAULT_EMPTY_GRACE,
+            probe_first: false,
+            https: false,
+            weight: 1,
+        }
+    );
+    assert_eq!(
+        pool.discover[1],
+        DiscoverConfig {
+            target: DiscoverTarget::Host {
+                host: "api.internal".into(),
+                port: 8080
+            },
+            min_interval: Duration::from_secs(5),
+            max_interval: Duration::from_secs(5),
+            resolvers: vec![
+                "10.0.0.2:53".parse().unwrap(),
+                "127.0.0.1:5353".parse().unwrap()
+            ],
+            empty_grace: Duration::ZERO,
+            probe_first: true,
+            https: true,
+            weight: 3,
+        }
+    );
+    // Without discover, backends are still required.
+    assert!(parse("[[pools]]\nname = \"api\"\n").is_err());
 }

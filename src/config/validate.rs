@@ -1225,7 +1225,7 @@ impl Check<'_, '_> {
             let error = self.source.error(
                 "backends",
                 list_span.clone(),
-                "no backends: add at least one backend with a name and a url",
+                "no backends: add at least one backend with a name and a url, or discover them from DNS (discover = [{ dns = ... }])",
             );
             self.report(error);
             valid = false;
