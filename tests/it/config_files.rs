@@ -190,3 +190,29 @@ fn the_shipped_config_toml_loads_with_five_local_backends() {
         .collect();
     assert_eq!(backends, expected);
 }
+
+/// The config inside `examples/kubernetes/affinity.yaml`'s ConfigMap loads,
+/// and discovers its pool from the headless Service's SRV records.
+#[test]
+fn the_kubernetes_example_config_loads_and_discovers_its_backends() {
+    let yaml =
+        std::fs::read_to_string(manifest_dir().join("examples/kubernetes/affinity.yaml")).unwrap();
+    let block: Vec<&str> = yaml
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("config.toml: |"))
+        .skip(1)
+        .take_while(|line| line.is_empty() || line.starts_with("    "))
+        .collect();
+    let text: String = block
+        .iter()
+        .map(|line| line.get(4..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = Config::from_toml(&text, Path::new("affinity.yaml")).unwrap();
+    let pool = config.pool("api").unwrap();
+    assert!(pool.backends.is_empty());
+    assert_eq!(
+        pool.discover[0].target,
+        affinity::config::DiscoverTarget::Srv("_http._tcp.api.default.svc.cluster.local".into())
+    );
+}
