@@ -191,7 +191,11 @@ impl TestBackend {
 /// A listener on `addr` that does not wait for the TIME_WAIT of an earlier
 /// listener on the same port.
 pub async fn bind_reusing(addr: SocketAddr) -> TcpListener {
-    let socket = TcpSocket::new_v4().unwrap();
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .unwrap();
     socket.set_reuseaddr(true).unwrap();
     socket.bind(addr).unwrap();
     socket.listen(1024).unwrap()

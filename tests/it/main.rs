@@ -15,6 +15,8 @@ mod admin;
 mod admin_write;
 mod cli;
 mod config_files;
+mod discovery;
+mod dns;
 mod failures;
 mod faults;
 mod grpc;
