@@ -127,11 +127,14 @@ async fn pool_status(admin: SocketAddr) -> Value {
 }
 
 /// The backends of a pool's `/status`, by name.
+/// The backends `/status` lists for a pool, by name, without those that
+/// left DNS and stay in the table as `gone` (unroutable).
 fn backends(pool: &Value) -> BTreeMap<String, Value> {
     pool["backends"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|b| b["gone"] != true)
         .map(|b| (b["name"].as_str().unwrap().to_owned(), b.clone()))
         .collect()
 }
@@ -1037,7 +1040,7 @@ async fn dnsmasq_serves_the_srv_records_and_a_restart_with_one_fewer_moves_only_
     let log = dir.write("dnsmasq.log", "");
     let mut server = Dnsmasq::start(&binary, &conf, &log).await;
     let dns = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let proxy = start_proxy(&config(dns, SRV_NAME, "algorithm = \"ring_hash\"\n", "")).await;
+    let proxy = start_proxy(&config(dns, SRV_NAME, "algorithm = \"maglev\"\n", "")).await;
     let admin = proxy.admin_addr().unwrap();
     let web = proxy.listener_addr("web").unwrap();
     let found = until_names(admin, &names_of(&all)).await;
