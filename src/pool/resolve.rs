@@ -186,11 +186,16 @@ pub async fn run(
         DiscoverTarget::Srv(name) => name.clone(),
         DiscoverTarget::Host { host, port } => format!("{host}:{port}"),
     });
-    let resolver = match resolver(&config) {
-        Ok(resolver) => resolver,
-        Err(problem) => {
-            tracing::error!(pool = %pool, name = %name, %problem, "discovery cannot start");
-            return;
+    let resolver = loop {
+        match resolver(&config) {
+            Ok(resolver) => break resolver,
+            Err(problem) => {
+                // Such as no /etc/resolv.conf yet: try again, the pool
+                // keeps what it has.
+                tracing::error!(pool = %pool, name = %name, %problem, "discovery cannot start; trying again");
+                stats.discovery_lookup(&pool, &name, "error");
+                tokio::time::sleep(config.max_interval).await;
+            }
         }
     };
     let mut tracker = Tracker::new(&config);
