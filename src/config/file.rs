@@ -58,6 +58,7 @@ pub(super) struct FileListenerEntry {
     pub(super) protocol: Option<Spanned<String>>,
     pub(super) pool: Option<Spanned<String>>,
     pub(super) tls: Option<Spanned<FileTls>>,
+    pub(super) idle_timeout: Option<Spanned<DurationText>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +144,8 @@ pub(super) struct FileStickyCookie {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a [health_check] table")]
 pub(super) struct FileHealthCheck {
+    #[serde(rename = "type")]
+    pub(super) kind: Option<Spanned<String>>,
     pub(super) path: Option<Spanned<String>>,
     pub(super) interval: Option<Spanned<DurationText>>,
     pub(super) timeout: Option<Spanned<DurationText>>,

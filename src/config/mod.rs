@@ -150,7 +150,13 @@ pub struct ListenerConfig {
     pub pool: Option<String>,
     /// TLS termination; `None`: plain TCP.
     pub tls: Option<TlsConfig>,
+    /// A `tcp` listener's connections close after this long with no byte
+    /// either way.
+    pub idle_timeout: Duration,
 }
+
+/// Default `listeners[].idle_timeout` (tcp listeners).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Default for ListenerConfig {
     fn default() -> Self {
@@ -160,6 +166,7 @@ impl Default for ListenerConfig {
             protocol: Protocol::Http,
             pool: None,
             tls: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -451,9 +458,21 @@ pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
 /// Default `health_check.unhealthy_threshold`.
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
 
+/// How backends are probed: `health_check.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProbeKind {
+    /// `GET path`, a `2xx` or `3xx` is healthy.
+    #[default]
+    Http,
+    /// A TCP connection that opens within the timeout is healthy.
+    Tcp,
+}
+
 /// The `[health_check]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheckConfig {
+    /// How a backend is probed.
+    pub kind: ProbeKind,
     /// Path probed with `GET`; starts with `/`.
     pub path: String,
     /// Time between probes of one backend; never zero.
@@ -469,6 +488,7 @@ pub struct HealthCheckConfig {
 impl Default for HealthCheckConfig {
     fn default() -> Self {
         HealthCheckConfig {
+            kind: ProbeKind::Http,
             path: DEFAULT_HEALTH_PATH.to_owned(),
             interval: DEFAULT_HEALTH_INTERVAL,
             timeout: DEFAULT_HEALTH_TIMEOUT,

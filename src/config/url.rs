@@ -4,11 +4,12 @@
 use http::Uri;
 use http::uri::{Authority, PathAndQuery};
 
-/// A backend URL: `http://host[:port]` or `https://host[:port]` with at
-/// most a `/` path; an `https` URL without a port gets `:443` written out,
-/// so that every address to connect to has its port.
+/// A backend URL: `http://host[:port]`, `https://host[:port]` or
+/// `tcp://host:port` (a backend of tcp listeners) with at most a `/` path;
+/// an `https` URL without a port gets `:443` written out, so that every
+/// address to connect to has its port.
 pub(super) fn parse_backend_url(text: &str) -> Result<Uri, String> {
-    const FORM: &str = "write it as http://HOST:PORT or https://HOST:PORT";
+    const FORM: &str = "write it as http://HOST:PORT, https://HOST:PORT or tcp://HOST:PORT";
     let uri: Uri = text
         .parse()
         .map_err(|e| format!("{text:?} is not a valid URL ({e}); {FORM}"))?;
@@ -16,7 +17,7 @@ pub(super) fn parse_backend_url(text: &str) -> Result<Uri, String> {
         return Err(format!("{text:?} is not an absolute URL; {FORM}"));
     };
     match uri.scheme_str() {
-        Some("http" | "https") => {}
+        Some("http" | "https" | "tcp") => {}
         Some(other) => return Err(format!("unsupported scheme {other:?} in {text:?}; {FORM}")),
         None => {
             return Err(format!(
@@ -52,6 +53,9 @@ pub(super) fn parse_backend_url(text: &str) -> Result<Uri, String> {
         return Err(format!(
             "{text:?} has a path or query ({path:?}); backend URLs cannot have one because each request's own path is forwarded unchanged; {FORM}"
         ));
+    }
+    if uri.scheme_str() == Some("tcp") && port.is_empty() {
+        return Err(format!("{text:?} has no port; a tcp:// backend needs one; {FORM}"));
     }
     if uri.scheme_str() == Some("https") && port.is_empty() {
         let explicit = format!("https://{}:443", authority.as_str());

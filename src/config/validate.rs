@@ -85,6 +85,7 @@ impl Check<'_, '_> {
             .map(|admin| self.admin(admin, &listeners));
         let pools = self.pools(file, &limits);
         let routes = self.routes(file, &listeners, &pools);
+        self.tcp_backends_only_behind_tcp(&listeners, &routes, &pools);
         Config {
             listeners: listeners.into_iter().map(|(l, _)| l).collect(),
             drain_timeout,
@@ -93,6 +94,43 @@ impl Check<'_, '_> {
             pools,
             routes,
             warnings: std::mem::take(&mut self.warnings),
+        }
+    }
+
+    /// A pool with `tcp://` backends speaks no HTTP: only tcp listeners may
+    /// send it connections.
+    fn tcp_backends_only_behind_tcp(
+        &mut self,
+        listeners: &[(ListenerConfig, bool)],
+        routes: &[RouteConfig],
+        pools: &[Arc<PoolConfig>],
+    ) {
+        let http_pools = routes.iter().map(|r| r.pool.as_str()).chain(
+            listeners
+                .iter()
+                .filter(|(l, _)| l.protocol == Protocol::Http)
+                .filter_map(|(l, _)| l.pool.as_deref()),
+        );
+        let mut reported = Vec::new();
+        for name in http_pools {
+            let Some(pool) = pools.iter().find(|p| p.name == name) else {
+                continue;
+            };
+            let tcp = pool.backends.iter().find(|b| b.url.scheme_str() == Some("tcp"));
+            if let Some(backend) = tcp
+                && !reported.contains(&name)
+            {
+                reported.push(name);
+                let error = self.source.error(
+                    format!("pools.{name}"),
+                    None,
+                    format!(
+                        "pool {name:?} has a tcp:// backend ({:?}) but an http listener or route sends it requests; tcp:// backends serve tcp listeners only (use http:// for HTTP)",
+                        backend.name
+                    ),
+                );
+                self.report(error);
+            }
         }
     }
 
@@ -178,15 +216,7 @@ impl Check<'_, '_> {
                 None => Some(Protocol::Http),
                 Some(text) => match text.get_ref().as_str() {
                     "http" => Some(Protocol::Http),
-                    "tcp" => {
-                        let error = self.source.error_at(
-                            format!("listeners[{i}].protocol"),
-                            text,
-                            "tcp listeners are not supported by this version of affinity; use \"http\"",
-                        );
-                        self.report(error);
-                        Some(Protocol::Tcp)
-                    }
+                    "tcp" => Some(Protocol::Tcp),
                     other => {
                         let error = self.source.error_at(
                             format!("listeners[{i}].protocol"),
@@ -210,6 +240,14 @@ impl Check<'_, '_> {
                 .tls
                 .as_ref()
                 .map(|t| self.tls(t, &format!("listeners[{i}].tls")));
+            let idle_timeout = self
+                .duration(
+                    &entry.idle_timeout,
+                    &format!("listeners[{i}].idle_timeout"),
+                    DEFAULT_IDLE_TIMEOUT,
+                    true,
+                )
+                .unwrap_or(DEFAULT_IDLE_TIMEOUT);
             listeners.push((
                 ListenerConfig {
                     name: entry.name.get_ref().clone(),
@@ -217,6 +255,7 @@ impl Check<'_, '_> {
                     protocol: protocol.unwrap_or(Protocol::Http),
                     pool: entry.pool.as_ref().map(|p| p.get_ref().clone()),
                     tls,
+                    idle_timeout,
                 },
                 address.is_some(),
             ));
@@ -990,7 +1029,24 @@ impl Check<'_, '_> {
             let error = self.timeout_not_below_interval(file, timeout, interval);
             self.report(error);
         }
+        let kind = match &file.kind {
+            None => Some(ProbeKind::Http),
+            Some(text) => match text.get_ref().as_str() {
+                "http" => Some(ProbeKind::Http),
+                "tcp" => Some(ProbeKind::Tcp),
+                other => {
+                    let error = self.source.error_at(
+                        "health_check.type",
+                        text,
+                        format!("unknown probe type {other:?}; expected \"http\" or \"tcp\""),
+                    );
+                    self.report(error);
+                    None
+                }
+            },
+        };
         HealthCheckConfig {
+            kind: kind.unwrap_or(ProbeKind::Http),
             path,
             interval: interval.unwrap_or(DEFAULT_HEALTH_INTERVAL),
             timeout: timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT),

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::listener::drain::{Drain, DrainSignal, drained};
 use crate::listener::http::{H2_PREFACE, connection_builder, http1_builder};
 use crate::listener::tls::TlsListener;
@@ -28,11 +28,16 @@ use crate::listener::workers::{Accepted, Admitted, Handed, OpenConnection, Worke
 use crate::pool::routing::Pools;
 use crate::proxy::Proxy;
 use crate::proxy::framing::{AmbiguousRequest, Watched};
+use crate::proxy::tcp;
 use crate::proxy::tunnel::Tunnels;
 
 /// The pause after a failed `accept` (such as running out of file
 /// descriptors) before trying again, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long the connections cut off at the drain deadline may take to log
+/// and close before they are aborted.
+const CUT_OFF_GRACE: Duration = Duration::from_millis(100);
 
 /// What one worker serves with.
 pub(super) struct Worker {
@@ -183,6 +188,16 @@ fn take_over(((stream, peer, admitted, listener), load): Counted) -> Option<Coun
 /// Serves `connection` as a task of `connections`, counted until it ends.
 fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: &Shared) {
     let ((stream, peer, admitted, listener), load) = connection;
+    let running = shared.pools.running().get(listener);
+    if let Some(tcp) = running.filter(|l| l.protocol == Protocol::Tcp).cloned() {
+        let pools = shared.pools.clone();
+        let cut_off = shared.tunnels.on_cut_off();
+        connections.spawn(async move {
+            let _counted = (admitted, load);
+            tcp::serve(stream, peer, &tcp, &pools, cut_off).await;
+        });
+        return;
+    }
     let Some(proxy) = shared.proxies.get(listener).cloned() else {
         return;
     };
@@ -385,10 +400,13 @@ async fn drain(mut connections: JoinSet<()>, shared: &Shared) -> Drain {
                 tunnels = tunnels.open(),
                 "drain timeout passed; closing the remaining connections"
             );
+            // Each tunnel (and tcp relay) drops its connections as soon as
+            // it sees the cut, and a relay writes its access-log line.
+            tunnels.cut_off();
+            let ended = async { while connections.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(CUT_OFF_GRACE, ended).await;
             connections.abort_all();
             while connections.join_next().await.is_some() {}
-            // Each tunnel drops its connections as soon as it sees the cut.
-            tunnels.cut_off();
             tunnels.closed().await;
             Drain::TimedOut
         }

@@ -32,11 +32,11 @@ use hyper::http::uri::Authority;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::config::{HealthCheckConfig, PoolConfig};
+use crate::config::{HealthCheckConfig, PoolConfig, ProbeKind};
 use crate::pool::Pool;
 use crate::pool::discovery::{self, Found};
 use crate::pool::health::{HealthState, Observation, Thresholds, Transition};
-use crate::pool::probe::probe;
+use crate::pool::probe::{connects, probe};
 use crate::pool::resolve::{self, Discovered};
 use crate::pool::runtime::{Change, Runtime};
 use crate::pool::snapshot::{Conditions, PoolError, Rebuild, Snapshot};
@@ -208,7 +208,10 @@ async fn probe_loop(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let observation = probe(&target, h2, &settings.path, settings.timeout).await;
+        let observation = match settings.kind {
+            ProbeKind::Http => probe(&target, h2, &settings.path, settings.timeout).await,
+            ProbeKind::Tcp => connects(&target, settings.timeout).await,
+        };
         let event = HealthEvent {
             backend: backend.clone(),
             authority: authority.clone(),

@@ -107,6 +107,8 @@ impl HealthState {
 pub enum Observation {
     /// The probe got a `2xx` or `3xx`.
     ProbeOk(StatusCode),
+    /// A TCP probe's connection opened.
+    Connected,
     /// The probe got another status.
     ProbeStatus(StatusCode),
     /// The probe got no response within `health_check.timeout`.
@@ -123,7 +125,7 @@ pub enum Observation {
 impl Observation {
     /// Whether it counts as a success.
     pub fn is_success(&self) -> bool {
-        matches!(self, Observation::ProbeOk(_))
+        matches!(self, Observation::ProbeOk(_) | Observation::Connected)
     }
 }
 
@@ -131,6 +133,7 @@ impl fmt::Display for Observation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Observation::ProbeOk(status) => write!(f, "probe answered {}", status.as_u16()),
+            Observation::Connected => f.write_str("probe connected"),
             Observation::ProbeStatus(status) => write!(f, "probe answered {}", status.as_u16()),
             Observation::ProbeTimeout => f.write_str("probe timed out"),
             Observation::ProbeError(error) => write!(f, "probe failed: {error}"),

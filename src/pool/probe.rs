@@ -25,6 +25,17 @@ pub async fn probe(target: &Target, h2: bool, path: &str, timeout: Duration) -> 
     }
 }
 
+/// One TCP probe (`health_check.type = "tcp"`): whether a connection (and
+/// its TLS handshake, for an `https://` backend) opens within `timeout`;
+/// it is closed at once.
+pub async fn connects(target: &Target, timeout: Duration) -> Observation {
+    match target.connect(timeout).await {
+        Ok(_stream) => Observation::Connected,
+        Err(error) if error.kind() == std::io::ErrorKind::TimedOut => Observation::ProbeTimeout,
+        Err(error) => Observation::ProbeError(format!("connect: {error}")),
+    }
+}
+
 /// One probe: a `GET` of `path` over a new connection, HTTP/2 when `h2`
 /// (prior knowledge, or TLS with ALPN `h2`: pools that send their requests
 /// so), else HTTP/1.1; the status it answered.

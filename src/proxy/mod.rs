@@ -79,6 +79,8 @@
 //! | [`upstream`] | backend connections, kept alive per worker |
 //! | [`request_body`] and [`response_body`] | bodies streaming through |
 //! | [`tunnel`] | upgraded connections copied both ways |
+//! | [`tcp`] | one connection of a `tcp` listener: keyed by client address, connected along its fallback order, relayed |
+//! | [`relay`] | bytes copied both ways with half-close and an idle timeout |
 //! | [`headers`] | hop-by-hop and `X-Forwarded-*` headers |
 //! | [`framing`] | the raw-bytes watch for ambiguous framing |
 //! | [`access`] | the end of a request: counters and the access-log line |
@@ -96,6 +98,7 @@ pub mod request_body;
 pub mod response_body;
 pub mod retry;
 pub mod session;
+pub mod tcp;
 pub mod tunnel;
 pub mod upstream;
 

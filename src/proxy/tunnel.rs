@@ -79,6 +79,16 @@ impl Tunnels {
         self.cut.closed().await;
     }
 
+    /// A future that completes when the set is cut off (the drain timeout
+    /// passed), for a connection relayed elsewhere (a tcp listener's): it
+    /// counts as an open tunnel while it lives, so the drain waits for it.
+    pub fn on_cut_off(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut cut = self.cut.subscribe();
+        async move {
+            let _ = cut.wait_for(|&cut| cut).await;
+        }
+    }
+
     /// Cuts every open tunnel off, and any started from now on: each drops
     /// both its connections and ends.
     pub fn cut_off(&self) {

@@ -1,0 +1,199 @@
+//! One connection of a `tcp` listener: keyed by the client's address
+//! through the listener's pool, connected along the key's fallback order,
+//! then relayed both ways ([`crate::proxy::relay`]) until both sides are
+//! done, the idle timeout passes or the drain ends it; one access-log line
+//! when it ends.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, Uri};
+use tokio::net::TcpStream;
+
+use crate::balance::key;
+use crate::config::{KeySource, ListenerConfig};
+use crate::pool::routing::{Pools, Routed};
+use crate::pool::target::BackendStream;
+use crate::pool::{Backend, InFlight, Snapshot};
+use crate::proxy::relay::{Ended, RelayLimits, Relayed, relay};
+
+/// The key bytes of a connection from `client`: its address as text, the
+/// bytes `/lookup?ip=` hashes too.
+fn client_key(client: IpAddr) -> Vec<u8> {
+    let (uri, headers) = (Uri::from_static("/"), HeaderMap::new());
+    key::request_key(&KeySource::ClientIp, &uri, &headers, client, &[])
+        .as_bytes()
+        .to_vec()
+}
+
+/// A backend connected, counted in flight until the relay ends.
+struct Connected<'s> {
+    backend: &'s Backend,
+    stream: BackendStream,
+    _in_flight: InFlight,
+}
+
+/// Connects to the first backend of the key's fallback order that answers
+/// within `upstream.connect_timeout`, at most `upstream.retries + 1`
+/// attempts; each failure is reported to the pool's health checks. The
+/// backends tried and failed, and the one connected (if any).
+async fn connect<'s>(
+    snapshot: &'s Snapshot,
+    routed: &Routed,
+    key_hash: u64,
+    now_ns: u64,
+) -> (Vec<&'s Backend>, Option<Connected<'s>>) {
+    let upstream = &snapshot.config().upstream;
+    let attempts = upstream.retries as usize + 1;
+    let mut tried = Vec::new();
+    let mut failed = Vec::new();
+    while tried.len() < attempts {
+        let Some(index) = snapshot.next_backend(key_hash, &tried, now_ns) else {
+            break;
+        };
+        tried.push(index);
+        let Some(backend) = snapshot.backends().get(index) else {
+            break;
+        };
+        let in_flight = backend.state().begin();
+        match backend.target().connect(upstream.connect_timeout).await {
+            Ok(stream) => {
+                return (
+                    failed,
+                    Some(Connected {
+                        backend,
+                        stream,
+                        _in_flight: in_flight,
+                    }),
+                );
+            }
+            Err(error) => {
+                tracing::debug!(backend = %backend.name(), %error, "tcp connect failed");
+                if let Some(health) = &routed.health {
+                    health.connect_failed(backend.name(), backend.authority());
+                }
+                failed.push(backend);
+            }
+        }
+    }
+    (failed, None)
+}
+
+/// Serves one connection of tcp listener `listener` from `peer` to its end;
+/// `shutdown` completes when the drain deadline passes.
+pub async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: &ListenerConfig,
+    pools: &Pools,
+    shutdown: impl Future<Output = ()>,
+) {
+    let started = Instant::now();
+    if let Err(error) = client.set_nodelay(true) {
+        tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+    }
+    let routing = pools.routing_full();
+    let Some(routed) = listener.pool.as_deref().and_then(|p| routing.pool(p)) else {
+        tracing::warn!(listener = %listener.name, "tcp listener without a pool; closing a connection");
+        return;
+    };
+    let snapshot = routed.pool.snapshot();
+    let hasher = snapshot.selector().hasher().copied();
+    let key_hash = hasher.map_or(0, |h| h.hash(&client_key(peer.ip())));
+    let (failed, connected) = connect(&snapshot, routed, key_hash, routed.pool.now_ns()).await;
+    let failed_names: Vec<&str> = failed.iter().map(|b| &**b.name()).collect();
+    let Some(Connected {
+        backend, stream, ..
+    }) = connected
+    else {
+        log(&Line {
+            listener: &listener.name,
+            client: peer,
+            pool: routed.pool.name(),
+            backend: None,
+            key_hash,
+            failed: &failed_names,
+            relayed: None,
+            started,
+        });
+        return;
+    };
+    let limits = RelayLimits {
+        idle_timeout: listener.idle_timeout,
+    };
+    let relayed = relay(client, stream, &limits, shutdown).await;
+    log(&Line {
+        listener: &listener.name,
+        client: peer,
+        pool: routed.pool.name(),
+        backend: Some(backend.name()),
+        key_hash,
+        failed: &failed_names,
+        relayed: Some(&relayed),
+        started,
+    });
+}
+
+/// What a tcp connection's access-log line says.
+struct Line<'a> {
+    listener: &'a str,
+    client: SocketAddr,
+    pool: &'a Arc<str>,
+    backend: Option<&'a Arc<str>>,
+    key_hash: u64,
+    failed: &'a [&'a str],
+    relayed: Option<&'a Relayed>,
+    started: Instant,
+}
+
+/// One access-log line (target `access`) for a tcp connection: client,
+/// listener, pool, key hash, backend, attempts, backends that failed,
+/// bytes each way, duration and how it ended (`closed`, `idle_timeout`,
+/// `client_error`, `backend_error`, `shutdown`, or `no_backend` when none
+/// could be connected).
+fn log(line: &Line<'_>) {
+    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+        return;
+    }
+    let (to_backend, to_client, outcome) = match line.relayed {
+        Some(r) => (
+            r.client_to_backend,
+            r.backend_to_client,
+            match &r.ended {
+                Ended::Closed => "closed",
+                Ended::IdleTimeout => "idle_timeout",
+                Ended::ClientError(_) => "client_error",
+                Ended::BackendError(_) => "backend_error",
+                Ended::Shutdown => "shutdown",
+            },
+        ),
+        None => (0, 0, "no_backend"),
+    };
+    tracing::info!(
+        target: "access",
+        protocol = "tcp",
+        client = %line.client,
+        listener = line.listener,
+        pool = %line.pool,
+        key_hash = %format_args!("{:016x}", line.key_hash),
+        backend = line.backend.map_or("", |b| &**b),
+        attempts = line.failed.len() + usize::from(line.backend.is_some()),
+        failed = ?line.failed,
+        bytes_in = to_backend,
+        bytes_out = to_client,
+        duration_ms = line.started.elapsed().as_millis() as u64,
+        outcome,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_keyed_by_its_address_as_lookup_ip_hashes_it() {
+        assert_eq!(client_key("192.0.2.7".parse().unwrap()), b"192.0.2.7");
+        assert_eq!(client_key("::ffff:192.0.2.7".parse().unwrap()), b"192.0.2.7");
+    }
+}
