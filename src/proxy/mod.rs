@@ -79,6 +79,7 @@
 //! | [`upstream`] | backend connections, kept alive per worker |
 //! | [`request_body`] and [`response_body`] | bodies streaming through |
 //! | [`tunnel`] | upgraded connections copied both ways |
+//! | [`relay`] | TCP connections (`tcp` listeners) copied both ways, with half-close, idle timeout and shutdown |
 //! | [`headers`] | hop-by-hop and `X-Forwarded-*` headers |
 //! | [`framing`] | the raw-bytes watch for ambiguous framing |
 //! | [`access`] | the end of a request: counters and the access-log line |
@@ -91,6 +92,7 @@ pub mod forward;
 pub mod framing;
 pub mod handler;
 pub mod headers;
+pub mod relay;
 pub mod request;
 pub mod request_body;
 pub mod response_body;
