@@ -1,4 +1,4 @@
-//! Asking DNS for a pool's backends: the I/O around [`discovery`]'s plain
+//! Asking DNS for a pool's backends: the I/O around [`crate::pool::discovery`]'s plain
 //! state. One task per `discover` entry ([`run`]) looks the name up with
 //! `hickory-resolver` (the entry's `resolvers`, or those of
 //! `/etc/resolv.conf`; no answer cache, since the task itself waits out

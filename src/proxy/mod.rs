@@ -80,7 +80,7 @@
 //! | [`request_body`] and [`response_body`] | bodies streaming through |
 //! | [`tunnel`] | upgraded connections copied both ways |
 //! | [`tcp`] | one connection of a `tcp` listener: keyed by client address, connected along its fallback order, relayed |
-//! | [`relay`] | bytes copied both ways with half-close and an idle timeout |
+//! | [`relay`] | TCP connections (`tcp` listeners) copied both ways, with half-close, idle timeout and shutdown |
 //! | [`headers`] | hop-by-hop and `X-Forwarded-*` headers |
 //! | [`framing`] | the raw-bytes watch for ambiguous framing |
 //! | [`access`] | the end of a request: counters and the access-log line |
@@ -93,6 +93,7 @@ pub mod forward;
 pub mod framing;
 pub mod handler;
 pub mod headers;
+pub mod relay;
 pub mod request;
 pub mod request_body;
 pub mod response_body;
