@@ -173,10 +173,13 @@ fn pool_summary(pool: &PoolConfig, out: &mut String) {
         out.push_str("  hash key      custom\n");
     }
     let h = &pool.health_check;
+    let probe = match h.kind {
+        crate::config::ProbeKind::Http => format!("GET {}", h.path),
+        crate::config::ProbeKind::Tcp => "TCP connect".to_owned(),
+    };
     let _ = writeln!(
         out,
-        "  health check  GET {} every {}, timeout {}, restore after {}, remove after {}",
-        h.path,
+        "  health check  {probe} every {}, timeout {}, restore after {}, remove after {}",
         humantime::format_duration(h.interval),
         humantime::format_duration(h.timeout),
         plural(h.healthy_threshold, "success", "successes"),

@@ -212,6 +212,7 @@ fn a_file_that_sets_every_key_gets_every_value() {
     assert_eq!(
         config.pools[0].health_check,
         HealthCheckConfig {
+            kind: ProbeKind::Http,
             path: "/ready?full=1".into(),
             interval: Duration::from_secs(10),
             timeout: Duration::from_millis(500),
@@ -1780,4 +1781,51 @@ fn discover_entries_take_defaults_and_interval_sets_both_bounds() {
     );
     // Without discover, backends are still required.
     assert!(parse("[[pools]]\nname = \"api\"\n").is_err());
+}
+
+#[test]
+fn tcp_listeners_take_a_pool_an_idle_timeout_and_tcp_backends_serve_only_them() {
+    let config = parse(
+        r#"
+        [[listeners]]
+        name = "redis"
+        address = "127.0.0.1:6379"
+        protocol = "tcp"
+        pool = "cache"
+        idle_timeout = "90s"
+        [[pools]]
+        name = "cache"
+        health_check = { type = "tcp" }
+        backends = [{ name = "r1", url = "tcp://127.0.0.1:7001" }]
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.listeners[0].protocol, Protocol::Tcp);
+    assert_eq!(config.listeners[0].idle_timeout, Duration::from_secs(90));
+    assert_eq!(config.pools[0].health_check.kind, ProbeKind::Tcp);
+    let behind_http = parse(
+        r#"
+        [[listeners]]
+        name = "web"
+        address = "127.0.0.1:8080"
+        pool = "cache"
+        [[pools]]
+        name = "cache"
+        backends = [{ name = "r1", url = "tcp://127.0.0.1:7001" }]
+        "#,
+    )
+    .unwrap_err();
+    assert!(
+        behind_http
+            .to_string()
+            .contains("tcp:// backends serve tcp listeners only"),
+        "{behind_http}"
+    );
+    let no_port = parse("[[backends]]\nname = \"a\"\nurl = \"tcp://127.0.0.1\"\n").unwrap_err();
+    assert!(no_port.to_string().contains("has no port"), "{no_port}");
+    let bad_type = parse("[health_check]\ntype = \"udp\"\n[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n").unwrap_err();
+    assert!(
+        bad_type.to_string().contains("health_check.type"),
+        "{bad_type}"
+    );
 }

@@ -55,7 +55,9 @@ pub(super) fn parse_backend_url(text: &str) -> Result<Uri, String> {
         ));
     }
     if uri.scheme_str() == Some("tcp") && port.is_empty() {
-        return Err(format!("{text:?} has no port; a tcp:// backend needs one; {FORM}"));
+        return Err(format!(
+            "{text:?} has no port; a tcp:// backend needs one; {FORM}"
+        ));
     }
     if uri.scheme_str() == Some("https") && port.is_empty() {
         let explicit = format!("https://{}:443", authority.as_str());

@@ -105,7 +105,17 @@ impl Check<'_, '_> {
         routes: &[RouteConfig],
         pools: &[Arc<PoolConfig>],
     ) {
-        let http_pools = routes.iter().map(|r| r.pool.as_str()).chain(
+        let http = |name: &str| {
+            listeners
+                .iter()
+                .any(|(l, _)| l.protocol == Protocol::Http && l.name == name)
+        };
+        let any_http = listeners.iter().any(|(l, _)| l.protocol == Protocol::Http);
+        let routed = routes.iter().filter(|r| match &r.listener {
+            Some(listener) => http(listener),
+            None => any_http,
+        });
+        let http_pools = routed.map(|r| r.pool.as_str()).chain(
             listeners
                 .iter()
                 .filter(|(l, _)| l.protocol == Protocol::Http)
@@ -116,7 +126,10 @@ impl Check<'_, '_> {
             let Some(pool) = pools.iter().find(|p| p.name == name) else {
                 continue;
             };
-            let tcp = pool.backends.iter().find(|b| b.url.scheme_str() == Some("tcp"));
+            let tcp = pool
+                .backends
+                .iter()
+                .find(|b| b.url.scheme_str() == Some("tcp"));
             if let Some(backend) = tcp
                 && !reported.contains(&name)
             {

@@ -194,6 +194,9 @@ mod tests {
     #[test]
     fn a_connection_is_keyed_by_its_address_as_lookup_ip_hashes_it() {
         assert_eq!(client_key("192.0.2.7".parse().unwrap()), b"192.0.2.7");
-        assert_eq!(client_key("::ffff:192.0.2.7".parse().unwrap()), b"192.0.2.7");
+        assert_eq!(
+            client_key("::ffff:192.0.2.7".parse().unwrap()),
+            b"192.0.2.7"
+        );
     }
 }

@@ -34,5 +34,6 @@ mod routes;
 mod session_properties;
 mod session_scenario;
 mod sessions;
+mod tcp;
 mod tls;
 mod upgrade;
