@@ -24,6 +24,10 @@
 //! * `affinity_upstream_retries_total{backend,reason}`: requests sent on to
 //!   the next backend after `backend` failed, `reason` being
 //!   `connect_error` or `upstream_error`;
+//! * `affinity_tcp_connections_total{pool,backend,outcome}` and
+//!   `affinity_tcp_bytes_total{pool,backend,direction}`: tcp listeners'
+//!   connections as they end (connect failures count in
+//!   `affinity_upstream_retries_total{reason="connect_error"}`);
 //! * `affinity_discovery_lookups_total{pool,name,result}`: DNS lookups of
 //!   `discover` entries, by result (`ok`, `empty`, `servfail`, `nxdomain`,
 //!   `timeout`, `error`);
@@ -141,6 +145,16 @@ impl Metrics {
             "affinity_health_transitions",
             "Backend health changes, by backend and the state it changed to",
             stats.health_transition_family().clone(),
+        );
+        registry.register(
+            "affinity_tcp_connections",
+            "Connections of tcp listeners, by pool, the backend that relayed them (\"\" when none could be connected) and how they ended",
+            stats.tcp_connections().clone(),
+        );
+        registry.register(
+            "affinity_tcp_bytes",
+            "Bytes tcp connections relayed, by pool, backend and direction (to_backend, to_client), counted when a connection ends",
+            stats.tcp_bytes().clone(),
         );
         registry.register(
             "affinity_discovery_lookups",

@@ -89,6 +89,29 @@ pub struct RetryLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `affinity_tcp_connections_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TcpLabels {
+    /// The backend's pool.
+    pub pool: Arc<str>,
+    /// The backend (`""` when none could be connected).
+    pub backend: Arc<str>,
+    /// How it ended: `closed`, `idle_timeout`, `client_error`,
+    /// `backend_error`, `shutdown`, `no_backend`.
+    pub outcome: &'static str,
+}
+
+/// Labels of `affinity_tcp_bytes_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TcpBytesLabels {
+    /// The backend's pool.
+    pub pool: Arc<str>,
+    /// The backend.
+    pub backend: Arc<str>,
+    /// `to_backend` or `to_client`.
+    pub direction: &'static str,
+}
+
 /// Labels of the per-pool families.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -178,6 +201,8 @@ pub struct Stats {
     upstream_retries: Family<RetryLabels, Counter>,
     health_transitions: Family<TransitionLabels, Counter>,
     discovery_lookups: Family<DiscoveryLabels, Counter>,
+    tcp_connections: Family<TcpLabels, Counter>,
+    tcp_bytes: Family<TcpBytesLabels, Counter>,
     table_rebuilds: Family<PoolLabels, Counter>,
     table_rebuild_duration: RebuildDurationFamily,
     table_moved_ratio: Family<PoolLabels, Gauge<f64, AtomicU64>>,
@@ -224,6 +249,8 @@ impl Stats {
             upstream_retries: Family::default(),
             health_transitions: Family::default(),
             discovery_lookups: Family::default(),
+            tcp_connections: Family::default(),
+            tcp_bytes: Family::default(),
             table_rebuilds: Family::default(),
             table_rebuild_duration: RebuildDurationFamily::new_with_constructor(
                 rebuild_duration_histogram as fn() -> Histogram,
@@ -314,6 +341,48 @@ impl Stats {
                 result,
             })
             .inc();
+    }
+
+    /// Counts a tcp connection of `pool` that ended with `outcome` after
+    /// `to_backend` and `to_client` bytes, relayed by `backend` (`None`
+    /// when no backend could be connected).
+    pub fn tcp_connection(
+        &self,
+        pool: &Arc<str>,
+        backend: Option<&Arc<str>>,
+        outcome: &'static str,
+        to_backend: u64,
+        to_client: u64,
+    ) {
+        let backend: Arc<str> = backend.cloned().unwrap_or_else(|| Arc::from(""));
+        self.tcp_connections
+            .get_or_create(&TcpLabels {
+                pool: pool.clone(),
+                backend: backend.clone(),
+                outcome,
+            })
+            .inc();
+        for (direction, bytes) in [("to_backend", to_backend), ("to_client", to_client)] {
+            if bytes > 0 {
+                self.tcp_bytes
+                    .get_or_create(&TcpBytesLabels {
+                        pool: pool.clone(),
+                        backend: backend.clone(),
+                        direction,
+                    })
+                    .inc_by(bytes);
+            }
+        }
+    }
+
+    /// The tcp connections, by pool, backend and outcome.
+    pub fn tcp_connections(&self) -> &Family<TcpLabels, Counter> {
+        &self.tcp_connections
+    }
+
+    /// The bytes tcp connections relayed, by pool, backend and direction.
+    pub fn tcp_bytes(&self) -> &Family<TcpBytesLabels, Counter> {
+        &self.tcp_bytes
     }
 
     /// The DNS lookups of discovery, by pool, name and result.

@@ -70,6 +70,11 @@ async fn connect<'s>(
             }
             Err(error) => {
                 tracing::debug!(backend = %backend.name(), %error, "tcp connect failed");
+                routed.pool.stats().upstream_retry(
+                    routed.pool.name(),
+                    backend.name(),
+                    "connect_error",
+                );
                 if let Some(health) = &routed.health {
                     health.connect_failed(backend.name(), backend.authority());
                 }
@@ -107,6 +112,8 @@ pub async fn serve(
         backend, stream, ..
     }) = connected
     else {
+        let stats = routed.pool.stats();
+        stats.tcp_connection(routed.pool.name(), None, "no_backend", 0, 0);
         log(&Line {
             listener: &listener.name,
             client: peer,
@@ -123,6 +130,13 @@ pub async fn serve(
         idle_timeout: listener.idle_timeout,
     };
     let relayed = relay(client, stream, &limits, shutdown).await;
+    routed.pool.stats().tcp_connection(
+        routed.pool.name(),
+        Some(backend.name()),
+        outcome(&relayed.ended),
+        relayed.client_to_backend,
+        relayed.backend_to_client,
+    );
     log(&Line {
         listener: &listener.name,
         client: peer,
@@ -133,6 +147,17 @@ pub async fn serve(
         relayed: Some(&relayed),
         started,
     });
+}
+
+/// How a relay ended, as the access log and metrics name it.
+fn outcome(ended: &Ended) -> &'static str {
+    match ended {
+        Ended::Closed => "closed",
+        Ended::IdleTimeout => "idle_timeout",
+        Ended::ClientError(_) => "client_error",
+        Ended::BackendError(_) => "backend_error",
+        Ended::Shutdown => "shutdown",
+    }
 }
 
 /// What a tcp connection's access-log line says.
@@ -157,17 +182,7 @@ fn log(line: &Line<'_>) {
         return;
     }
     let (to_backend, to_client, outcome) = match line.relayed {
-        Some(r) => (
-            r.client_to_backend,
-            r.backend_to_client,
-            match &r.ended {
-                Ended::Closed => "closed",
-                Ended::IdleTimeout => "idle_timeout",
-                Ended::ClientError(_) => "client_error",
-                Ended::BackendError(_) => "backend_error",
-                Ended::Shutdown => "shutdown",
-            },
-        ),
+        Some(r) => (r.client_to_backend, r.backend_to_client, outcome(&r.ended)),
         None => (0, 0, "no_backend"),
     };
     tracing::info!(

@@ -169,6 +169,21 @@ async fn a_client_that_half_closes_gets_the_whole_answer_and_a_dead_backend_clos
     let mut answer = String::new();
     bounded(stream.read_to_string(&mut answer)).await.unwrap();
     assert_eq!(answer, format!("e0\n{}", payload.to_ascii_uppercase()));
+    // Counted when it ended: one connection, its bytes each way.
+    let mut admin = Client::connect(proxy.admin_addr().unwrap()).await;
+    let metrics = admin.get("/metrics", &[]).await;
+    let metrics = metrics.text();
+    assert!(
+        metrics.contains(
+            "affinity_tcp_connections_total{pool=\"echo\",backend=\"e0\",outcome=\"closed\"} 1"
+        ),
+        "{metrics}"
+    );
+    let to_backend = format!(
+        "affinity_tcp_bytes_total{{pool=\"echo\",backend=\"e0\",direction=\"to_backend\"}} {}",
+        payload.len()
+    );
+    assert!(metrics.contains(&to_backend), "{metrics}");
 
     // A backend killed mid-stream: the client's connection closes.
     let mut open = connect_stream_from(client(2), addr).await;
