@@ -44,6 +44,7 @@
 
 mod drain;
 mod http;
+pub mod proxy_protocol;
 mod serve;
 mod socket;
 pub mod tls;
