@@ -359,33 +359,37 @@ fn run_churn(config: &Config, only: Option<&str>, json: bool) -> ExitCode {
     let several = pools.len() > 1;
     let mut reports = Vec::new();
     for pool in pools {
+        // A pool --churn cannot measure: skipped among several, an error alone.
+        let unmeasurable = |message: String| {
+            if several {
+                if !json {
+                    println!("pool {}: skipped: {message}\n", pool.name);
+                }
+                None
+            } else {
+                eprintln!("affinity: {message}");
+                Some(ExitCode::FAILURE)
+            }
+        };
         let Some(algorithm) = pool.balancer.hash_algorithm() else {
             let message = format!(
                 "--churn measures consistent hashing; pool {:?} uses {}, which keeps no key mapping (use maglev or ring_hash)",
                 pool.name, pool.balancer.algorithm
             );
-            if several {
-                if !json {
-                    println!("pool {}: skipped: {message}\n", pool.name);
-                }
-                continue;
+            match unmeasurable(message) {
+                Some(code) => return code,
+                None => continue,
             }
-            eprintln!("affinity: {message}");
-            return ExitCode::FAILURE;
         };
         if pool.backends.is_empty() {
             let message = format!(
                 "pool {:?} has no backends in the file (it discovers them from DNS); --churn measures the file's backends",
                 pool.name
             );
-            if several {
-                if !json {
-                    println!("pool {}: skipped: {message}\n", pool.name);
-                }
-                continue;
+            match unmeasurable(message) {
+                Some(code) => return code,
+                None => continue,
             }
-            eprintln!("affinity: {message}");
-            return ExitCode::FAILURE;
         }
         let draining: Vec<bool> = pool.backends.iter().map(|b| b.drain).collect();
         match churn(algorithm, &pool.members(), &draining) {
