@@ -172,6 +172,8 @@ pub struct Snapshot {
     key_source: KeySource,
     backends: Vec<Backend>,
     healthy_count: usize,
+    /// Some backend drains (read by [`Snapshot::detour`] on each request).
+    draining: bool,
     panic: bool,
     selector: Selector,
     rebuild: Option<Rebuild>,
@@ -322,6 +324,7 @@ impl Snapshot {
             .map(|(i, b)| (b.pin, i))
             .collect();
         Ok(Snapshot {
+            draining: config.backends.iter().any(|b| b.drain),
             pins,
             healthy_count,
             panic,
@@ -378,11 +381,6 @@ impl Snapshot {
     /// [`config`](Self::config) has.
     pub fn file_config(&self) -> &Arc<PoolConfig> {
         &self.file
-    }
-
-    /// Whether a backend is in slow start.
-    pub fn ramping(&self) -> bool {
-        self.backends.iter().any(|b| b.progress < 1.0)
     }
 
     /// A snapshot in which every backend is healthy, as at startup.
@@ -543,7 +541,7 @@ impl Snapshot {
                 detour.unhealthy =
                     first != chosen && self.backends.get(first).is_some_and(|b| !b.healthy);
             }
-            if self.config.backends.iter().any(|b| b.drain) {
+            if self.draining {
                 let first = first();
                 detour.draining =
                     first != chosen && self.backends.get(first).is_some_and(|b| b.draining);

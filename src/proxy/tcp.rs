@@ -8,23 +8,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, Uri};
 use tokio::net::TcpStream;
 
-use crate::balance::key;
-use crate::config::{KeySource, ListenerConfig};
+use crate::balance::key::IpText;
+use crate::config::ListenerConfig;
 use crate::pool::routing::{Pools, Routed};
 use crate::pool::target::BackendStream;
 use crate::pool::{Backend, InFlight, Snapshot};
 use crate::proxy::relay::{Ended, RelayLimits, Relayed, relay};
 
-/// The key bytes of a connection from `client`: its address as text, the
-/// bytes `/lookup?ip=` hashes too.
-fn client_key(client: IpAddr) -> Vec<u8> {
-    let (uri, headers) = (Uri::from_static("/"), HeaderMap::new());
-    key::request_key(&KeySource::ClientIp, &uri, &headers, client, &[])
-        .as_bytes()
-        .to_vec()
+/// The key bytes of a connection from `client`: its canonical address as
+/// text (IPv4-mapped IPv6 as IPv4), the bytes `/lookup?ip=` hashes too.
+fn client_key(client: IpAddr) -> IpText {
+    IpText::new(client.to_canonical())
 }
 
 /// A backend connected, counted in flight until the relay ends.
@@ -105,7 +101,7 @@ pub async fn serve(
     };
     let snapshot = routed.pool.snapshot();
     let hasher = snapshot.selector().hasher().copied();
-    let key_hash = hasher.map_or(0, |h| h.hash(&client_key(peer.ip())));
+    let key_hash = hasher.map_or(0, |h| h.hash(client_key(peer.ip()).as_bytes()));
     let (failed, connected) = connect(&snapshot, routed, key_hash, routed.pool.now_ns()).await;
     let failed_names: Vec<&str> = failed.iter().map(|b| &**b.name()).collect();
     let Some(Connected {
@@ -208,9 +204,12 @@ mod tests {
 
     #[test]
     fn a_connection_is_keyed_by_its_address_as_lookup_ip_hashes_it() {
-        assert_eq!(client_key("192.0.2.7".parse().unwrap()), b"192.0.2.7");
         assert_eq!(
-            client_key("::ffff:192.0.2.7".parse().unwrap()),
+            client_key("192.0.2.7".parse().unwrap()).as_bytes(),
+            b"192.0.2.7"
+        );
+        assert_eq!(
+            client_key("::ffff:192.0.2.7".parse().unwrap()).as_bytes(),
             b"192.0.2.7"
         );
     }
