@@ -48,7 +48,7 @@ use crate::balance::key::{self, split_pin};
 use crate::balance::selector::HashTable;
 use crate::config::KeySource;
 use crate::pool::routing::{Pools, Routed, Routing};
-use crate::pool::{Pool, Selector, Snapshot};
+use crate::pool::{Override, Pool, Selector, Snapshot};
 
 /// The status page, served as is.
 const PAGE: &str = include_str!("page.html");
@@ -304,10 +304,7 @@ fn pool_status<'a>(pool: &Pool, snapshot: &'a Snapshot) -> PoolStatus<'a> {
                 draining: b.is_draining(),
                 gone: b.is_gone(),
                 slow_start: b.progress(),
-                overrides: write::Overrides {
-                    drain: b.overrides().drain,
-                    weight: b.overrides().weight,
-                },
+                overrides: b.overrides(),
                 since: timestamp(health.since),
                 last_probe: health.last_probe.map(|p| ProbeStatus {
                     at: timestamp(p.at),
@@ -447,7 +444,7 @@ struct BackendStatus<'a> {
     /// (1: all of it, or not ramping).
     slow_start: f64,
     /// What the admin write API overrides of the file's settings.
-    overrides: write::Overrides,
+    overrides: Override,
     /// When its health last changed (or the pool first had it).
     since: String,
     last_probe: Option<ProbeStatus>,

@@ -36,6 +36,7 @@ use subtle::ConstantTimeEq;
 
 use crate::admin::reply::{AdminResponse, ErrorBody, json};
 use crate::balance::member::MAX_WEIGHT;
+use crate::pool::Override;
 use crate::pool::checks::SetError;
 use crate::pool::routing::Pools;
 use crate::pool::runtime::Change;
@@ -302,10 +303,7 @@ pub async fn respond(pools: &Pools, request: Request<Incoming>, peer: SocketAddr
                         draining: f.drain,
                         weight: f.weight,
                     }),
-                    overrides: Overrides {
-                        drain: b.overrides().drain,
-                        weight: b.overrides().weight,
-                    },
+                    overrides: b.overrides(),
                 },
             )
         }
@@ -348,22 +346,13 @@ struct BackendState<'a> {
     /// What the file says.
     file: Option<FileState>,
     /// What the admin API overrides (`null`: the file's value).
-    overrides: Overrides,
+    overrides: Override,
 }
 
 #[derive(Debug, Serialize)]
 struct FileState {
     draining: bool,
     weight: u32,
-}
-
-/// A backend's overrides, for `/status` and write answers.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Overrides {
-    /// `null`: the file's.
-    pub(crate) drain: Option<bool>,
-    /// `null`: the file's.
-    pub(crate) weight: Option<u32>,
 }
 
 #[cfg(test)]

@@ -162,7 +162,7 @@ impl Drop for InFlight {
 
 /// A backend's runtime overrides of its file settings (the admin write
 /// API): kept while the backend's name stays.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Override {
     /// Draining (`true`) or not (`false`), whatever the file says.
     pub drain: Option<bool>,
