@@ -32,7 +32,7 @@ use hyper::http::uri::Authority;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::config::{HealthCheckConfig, PoolConfig, ProbeKind};
+use crate::config::{BackendConfig, HealthCheckConfig, PoolConfig, ProbeKind};
 use crate::pool::Pool;
 use crate::pool::discovery::{self, Found};
 use crate::pool::health::{HealthState, Observation, Thresholds, Transition};
@@ -524,26 +524,61 @@ impl Controller {
             true => vec![None; file.discover.len()],
             false => self.discovered.clone(),
         };
+        self.adopt(file, discovered, false, false, "reload").await?;
+        if rediscover {
+            self.start_discovery();
+        }
+        Ok(())
+    }
+
+    /// Adopts `file` with the `discovered` sets, and publishes it: the
+    /// pool is their merge, with the backends discovery lost kept gone
+    /// while the member list allows ([`discovery::keep_gone`]); a backend
+    /// keeps its health by name, a new one starts healthy (down until
+    /// probed with `probe_first`) and ramps with slow start (at once when
+    /// `fills`: an entry's first answer fills the pool as startup does);
+    /// a backend that leaves ends its ramp, one that returns from gone
+    /// starts one. On error nothing changes.
+    async fn adopt(
+        &mut self,
+        file: Arc<PoolConfig>,
+        discovered: Vec<Option<Vec<Found>>>,
+        probe_first: bool,
+        fills: bool,
+        cause: &'static str,
+    ) -> Result<(), PoolError> {
         let merged = discovery::merge(&file, &discovered);
         let (config, gone) = discovery::keep_gone(&self.file, &file, &self.config, merged);
         let config = Arc::new(config);
-        let states = self.carried_states(&config, false);
+        let states = self.carried_states(&config, probe_first);
         let mut runtime = self.runtime.clone();
         let is_healthy = |name: &str| states.get(name).is_none_or(|s| s.healthy);
-        runtime.reload(&self.config, &config, is_healthy, Instant::now());
+        let now = Instant::now();
+        runtime.reload(&self.config, &config, is_healthy, now);
+        for name in &gone {
+            runtime.end_ramp(name);
+        }
+        for name in self.gone.iter().filter(|n| !gone.contains(n)) {
+            if config.backends.iter().any(|b| b.name == *name) && is_healthy(name) {
+                runtime.health_changed(&config, &Arc::from(name.as_str()), true, now);
+            }
+        }
+        if fills {
+            let new = |b: &&BackendConfig| self.config.backends.iter().all(|c| c.name != b.name);
+            for b in config.backends.iter().filter(new) {
+                runtime.end_ramp(&b.name);
+            }
+        }
         let previous_states = std::mem::replace(&mut self.states, states);
         let previous_file = std::mem::replace(&mut self.file, file);
         let previous_gone = std::mem::replace(&mut self.gone, gone);
-        if let Err(error) = self.publish(runtime, config, "reload").await {
+        if let Err(error) = self.publish(runtime, config, cause).await {
             self.states = previous_states;
             self.file = previous_file;
             self.gone = previous_gone;
             return Err(error);
         }
         self.discovered = discovered;
-        if rediscover {
-            self.start_discovery();
-        }
         self.start_probes();
         Ok(())
     }
@@ -604,45 +639,9 @@ impl Controller {
         let first_answer = self.discovered[set.entry].is_none();
         let mut discovered = self.discovered.clone();
         discovered[set.entry] = Some(set.found);
-        let merged = discovery::merge(&self.file, &discovered);
-        let (config, gone) = discovery::keep_gone(&self.file, &self.file, &self.config, merged);
-        let config = Arc::new(config);
-        let states = self.carried_states(&config, probe_first);
-        let mut runtime = self.runtime.clone();
-        let is_healthy = |name: &str| states.get(name).is_none_or(|s| s.healthy);
-        let now = Instant::now();
-        runtime.reload(&self.config, &config, is_healthy, now);
-        // A backend that leaves ends its ramp; one that returns (it was
-        // kept gone) starts one, as a backend that comes back healthy does.
-        for name in &gone {
-            runtime.end_ramp(name);
-        }
-        for name in self.gone.iter().filter(|n| !gone.contains(n)) {
-            if config.backends.iter().any(|b| b.name == *name) && is_healthy(name) {
-                runtime.health_changed(&config, &Arc::from(name.as_str()), true, now);
-            }
-        }
-        if first_answer {
-            // The entry's first answer fills the pool as startup does: its
-            // backends take their share at once.
-            for b in config
-                .backends
-                .iter()
-                .filter(|b| self.config.backends.iter().all(|c| c.name != b.name))
-            {
-                runtime.end_ramp(&b.name);
-            }
-        }
-        let previous_states = std::mem::replace(&mut self.states, states);
-        let previous_gone = std::mem::replace(&mut self.gone, gone);
-        if let Err(error) = self.publish(runtime, config, "discovery").await {
-            self.states = previous_states;
-            self.gone = previous_gone;
-            return Err(error);
-        }
-        self.discovered = discovered;
-        self.start_probes();
-        Ok(())
+        let file = self.file.clone();
+        self.adopt(file, discovered, probe_first, first_answer, "discovery")
+            .await
     }
 }
 
