@@ -24,9 +24,17 @@
 //! * `affinity_upstream_retries_total{backend,reason}`: requests sent on to
 //!   the next backend after `backend` failed, `reason` being
 //!   `connect_error` or `upstream_error`;
+//! * `affinity_tcp_connections_opened_total{pool,backend}`: connections
+//!   tcp listeners opened to backends;
+//! * `affinity_listener_connections_open{listener}`: client connections
+//!   open now on each listener (what its `max_connections` caps);
+//! * `affinity_listener_events_total{listener,event}`: connections refused
+//!   for `limits.max_connections` or the listener's own, and the fate of
+//!   PROXY protocol headers (see [`crate::pool::stats::ListenerEventLabels`]);
 //! * `affinity_tcp_connections_total{pool,backend,outcome}` and
 //!   `affinity_tcp_bytes_total{pool,backend,direction}`: tcp listeners'
-//!   connections as they end (connect failures count in
+//!   connections as they end, and their bytes as they are relayed (connect
+//!   failures count in
 //!   `affinity_upstream_retries_total{reason="connect_error"}`);
 //! * `affinity_discovery_lookups_total{pool,name,result}`: DNS lookups of
 //!   `discover` entries, by result (`ok`, `empty`, `servfail`, `nxdomain`,
@@ -155,6 +163,21 @@ impl Metrics {
             "affinity_tcp_bytes",
             "Bytes tcp connections relayed, by pool, backend and direction (to_backend, to_client), counted when a connection ends",
             stats.tcp_bytes().clone(),
+        );
+        registry.register(
+            "affinity_tcp_connections_opened",
+            "Connections tcp listeners opened to backends, by pool and backend",
+            stats.tcp_connections_opened().clone(),
+        );
+        registry.register(
+            "affinity_listener_connections_open",
+            "Client connections open now on each listener",
+            stats.listener_connections().clone(),
+        );
+        registry.register(
+            "affinity_listener_events",
+            "Listeners' connections refused for a connection limit, and PROXY protocol headers by fate",
+            stats.listener_events().clone(),
         );
         registry.register(
             "affinity_discovery_lookups",

@@ -30,6 +30,8 @@ pub(super) struct FileListener {
     pub(super) address: Option<Spanned<String>>,
     pub(super) drain_timeout: Option<Spanned<DurationText>>,
     pub(super) tls: Option<Spanned<FileTls>>,
+    pub(super) proxy_protocol: Option<Spanned<bool>>,
+    pub(super) trusted: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +61,9 @@ pub(super) struct FileListenerEntry {
     pub(super) pool: Option<Spanned<String>>,
     pub(super) tls: Option<Spanned<FileTls>>,
     pub(super) idle_timeout: Option<Spanned<DurationText>>,
+    pub(super) proxy_protocol: Option<Spanned<bool>>,
+    pub(super) trusted: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +168,7 @@ pub(super) struct FileUpstream {
     pub(super) client_cert: Option<Spanned<String>>,
     pub(super) client_key: Option<Spanned<String>>,
     pub(super) protocol: Option<Spanned<String>>,
+    pub(super) send_proxy_protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -153,6 +153,17 @@ pub struct ListenerConfig {
     /// A `tcp` listener's connections close after this long with no byte
     /// either way.
     pub idle_timeout: Duration,
+    /// `true`: every connection must start with a PROXY protocol v1 or v2
+    /// header (before TLS), sent by a peer in `trusted`; its source address
+    /// is the client's (for keys, `X-Forwarded-For`, logs).
+    pub proxy_protocol: bool,
+    /// The peers allowed to send a PROXY header; with `proxy_protocol`,
+    /// never empty, and a connection from any other peer is closed.
+    pub trusted: Vec<IpNet>,
+    /// The most connections this listener serves at once (beside
+    /// `limits.max_connections` over all listeners); `None`: no limit of
+    /// its own.
+    pub max_connections: Option<u32>,
 }
 
 /// Default `listeners[].idle_timeout` (tcp listeners).
@@ -167,6 +178,9 @@ impl Default for ListenerConfig {
             pool: None,
             tls: None,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            proxy_protocol: false,
+            trusted: Vec::new(),
+            max_connections: None,
         }
     }
 }
@@ -180,7 +194,9 @@ pub struct TlsConfig {
     /// The certificates, in config order: picked by the client's SNI
     /// (exact name, then `*.suffix` wildcard), the first when none matches.
     pub certificates: Vec<CertificateFiles>,
-    /// The protocols offered by ALPN, in order of preference; never empty.
+    /// The protocols offered by ALPN, in order of preference; never empty
+    /// on an http listener, always empty on a tcp one (raw bytes follow the
+    /// handshake).
     pub alpn: Vec<Alpn>,
     /// A client that has not finished its handshake by then is cut off.
     pub handshake_timeout: Duration,
@@ -524,6 +540,33 @@ pub struct UpstreamConfig {
     pub client_key: Option<PathBuf>,
     /// What requests are sent to backends with.
     pub protocol: UpstreamProtocol,
+    /// The PROXY protocol header written to a backend before the client's
+    /// bytes (tcp listeners' pools only).
+    pub send_proxy_protocol: SendProxyProtocol,
+}
+
+/// `upstream.send_proxy_protocol`: whether a tcp connection to a backend
+/// starts with a PROXY protocol header naming the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SendProxyProtocol {
+    /// No header: the backend sees affinity's address.
+    #[default]
+    Off,
+    /// Version 1, one line of text.
+    V1,
+    /// Version 2, binary.
+    V2,
+}
+
+impl SendProxyProtocol {
+    /// Its name in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendProxyProtocol::Off => "off",
+            SendProxyProtocol::V1 => "v1",
+            SendProxyProtocol::V2 => "v2",
+        }
+    }
 }
 
 /// `upstream.protocol`: how requests go to backends.
@@ -565,6 +608,7 @@ impl Default for UpstreamConfig {
             client_cert: None,
             client_key: None,
             protocol: UpstreamProtocol::Http1,
+            send_proxy_protocol: SendProxyProtocol::Off,
         }
     }
 }

@@ -1,7 +1,10 @@
 //! The summary of a checked config that `affinity --check` prints.
 
 use super::url::backend_url_text;
-use super::{Algorithm, Config, DEFAULT_KEY, HostPattern, PoolConfig, Protocol, RouteConfig};
+use super::{
+    Algorithm, Config, DEFAULT_KEY, HostPattern, PoolConfig, Protocol, RouteConfig,
+    SendProxyProtocol,
+};
 
 impl Config {
     /// A human summary for `affinity --check`: the listeners, each http
@@ -23,10 +26,14 @@ impl Config {
                 let alpn: Vec<&str> = tls.alpn.iter().map(|a| a.as_str()).collect();
                 let _ = write!(
                     out,
-                    " with TLS: {} certificate{}, ALPN {}, handshake timeout {}",
+                    " with TLS: {} certificate{}, {}, handshake timeout {}",
                     tls.certificates.len(),
                     if tls.certificates.len() == 1 { "" } else { "s" },
-                    alpn.join(" "),
+                    if alpn.is_empty() {
+                        "no ALPN".to_owned()
+                    } else {
+                        format!("ALPN {}", alpn.join(" "))
+                    },
                     humantime::format_duration(tls.handshake_timeout)
                 );
             }
@@ -36,6 +43,24 @@ impl Config {
                     Protocol::Tcp => "every connection to",
                 };
                 let _ = write!(out, ", {what} {pool}");
+            }
+            if l.protocol == Protocol::Tcp {
+                let _ = write!(
+                    out,
+                    ", idle timeout {}",
+                    humantime::format_duration(l.idle_timeout)
+                );
+            }
+            if l.proxy_protocol {
+                let trusted: Vec<String> = l.trusted.iter().map(|n| n.to_string()).collect();
+                let _ = write!(
+                    out,
+                    ", PROXY protocol header required from {}",
+                    trusted.join(" ")
+                );
+            }
+            if let Some(max) = l.max_connections {
+                let _ = write!(out, ", at most {max} connections");
             }
             out.push('\n');
         }
@@ -197,6 +222,13 @@ fn pool_summary(pool: &PoolConfig, out: &mut String) {
             n => format!("{n} in flight per backend"),
         },
     );
+    if u.send_proxy_protocol != SendProxyProtocol::Off {
+        let _ = writeln!(
+            out,
+            "  upstream      PROXY protocol {} header before the client's bytes",
+            u.send_proxy_protocol.as_str()
+        );
+    }
     if u.ca_file.is_some() || u.client_cert.is_some() {
         let _ = writeln!(
             out,

@@ -283,7 +283,7 @@ fn an_unknown_key_is_rejected_with_its_name_and_line() {
     assert_eq!(e.kind(), ConfigErrorKind::Invalid);
     assert_eq!(
         e.to_string(),
-        "config.toml:3:1: listener.drain_timout: unknown key `drain_timout`, expected one of `address`, `drain_timeout`, `tls`"
+        "config.toml:3:1: listener.drain_timout: unknown key `drain_timout`, expected one of `address`, `drain_timeout`, `tls`, `proxy_protocol`, `trusted`"
     );
 }
 
@@ -1828,4 +1828,114 @@ fn tcp_listeners_take_a_pool_an_idle_timeout_and_tcp_backends_serve_only_them() 
         bad_type.to_string().contains("health_check.type"),
         "{bad_type}"
     );
+}
+
+#[test]
+fn listeners_read_proxy_protocol_headers_from_trusted_peers_and_tcp_pools_send_them() {
+    let config = parse(
+        r#"
+        [[listeners]]
+        name = "web"
+        address = "127.0.0.1:8080"
+        pool = "web"
+        proxy_protocol = true
+        trusted = ["10.0.0.0/8", "192.0.2.7", "::1"]
+        max_connections = 2000
+        [[listeners]]
+        name = "redis"
+        address = "127.0.0.1:6379"
+        protocol = "tcp"
+        pool = "cache"
+        [[pools]]
+        name = "web"
+        backends = [{ name = "w1", url = "http://127.0.0.1:7000" }]
+        [[pools]]
+        name = "cache"
+        upstream = { send_proxy_protocol = "v2" }
+        backends = [{ name = "r1", url = "tcp://127.0.0.1:7001" }]
+        "#,
+    )
+    .unwrap();
+    let web = &config.listeners[0];
+    assert!(web.proxy_protocol);
+    let trusted: Vec<String> = web.trusted.iter().map(|n| n.to_string()).collect();
+    assert_eq!(trusted, ["10.0.0.0/8", "192.0.2.7/32", "::1/128"]);
+    assert_eq!(web.max_connections, Some(2000));
+    let redis = &config.listeners[1];
+    assert!(!redis.proxy_protocol && redis.trusted.is_empty());
+    assert_eq!(redis.max_connections, None);
+    assert_eq!(
+        config.pools[0].upstream.send_proxy_protocol,
+        SendProxyProtocol::Off
+    );
+    assert_eq!(
+        config.pools[1].upstream.send_proxy_protocol,
+        SendProxyProtocol::V2
+    );
+    let summary = config.summary();
+    assert!(
+        summary.contains("PROXY protocol header required from 10.0.0.0/8 192.0.2.7/32 ::1/128, at most 2000 connections"),
+        "{summary}"
+    );
+    assert!(summary.contains("PROXY protocol v2 header"), "{summary}");
+
+    // The single-listener form takes them in [listener].
+    let single = parse(
+        "[listener]\nproxy_protocol = true\ntrusted = [\"127.0.0.1\"]\n[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    assert!(single.listeners[0].proxy_protocol);
+    assert_eq!(single.listeners[0].trusted.len(), 1);
+}
+
+#[test]
+fn a_proxy_header_goes_only_to_tcp_backends_of_tcp_listeners() {
+    let behind_http = parse(
+        "[upstream]\nsend_proxy_protocol = \"v1\"\n[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n",
+    )
+    .unwrap_err();
+    assert!(
+        behind_http
+            .to_string()
+            .contains("sent by tcp listeners only"),
+        "{behind_http}"
+    );
+    let to_tls = parse(
+        r#"
+        [[listeners]]
+        name = "tls"
+        address = "127.0.0.1:8443"
+        protocol = "tcp"
+        pool = "secure"
+        [[pools]]
+        name = "secure"
+        upstream = { send_proxy_protocol = "v1" }
+        backends = [{ name = "s1", url = "https://127.0.0.1:9443" }]
+        "#,
+    )
+    .unwrap_err();
+    assert!(
+        to_tls.to_string().contains("goes before any TLS"),
+        "{to_tls}"
+    );
+}
+
+#[test]
+fn a_tcp_listener_terminating_tls_offers_no_alpn() {
+    let config = parse(
+        r#"
+        [[listeners]]
+        name = "redis"
+        address = "127.0.0.1:6380"
+        protocol = "tcp"
+        pool = "cache"
+        tls = { certificates = [{ cert = "site.pem", key = "site.key" }] }
+        [[pools]]
+        name = "cache"
+        backends = [{ name = "r1", url = "tcp://127.0.0.1:7001" }]
+        "#,
+    )
+    .unwrap();
+    assert!(config.listeners[0].tls.as_ref().unwrap().alpn.is_empty());
+    assert!(config.summary().contains("no ALPN"), "{}", config.summary());
 }

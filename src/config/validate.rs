@@ -97,8 +97,9 @@ impl Check<'_, '_> {
         }
     }
 
-    /// A pool with `tcp://` backends speaks no HTTP: only tcp listeners may
-    /// send it connections.
+    /// A pool with `tcp://` backends speaks no HTTP, and a PROXY protocol
+    /// header goes only on a connection of one client: only tcp listeners
+    /// may send such a pool connections.
     fn tcp_backends_only_behind_tcp(
         &mut self,
         listeners: &[(ListenerConfig, bool)],
@@ -126,20 +127,44 @@ impl Check<'_, '_> {
             let Some(pool) = pools.iter().find(|p| p.name == name) else {
                 continue;
             };
+            if reported.contains(&name) {
+                continue;
+            }
             let tcp = pool
                 .backends
                 .iter()
                 .find(|b| b.url.scheme_str() == Some("tcp"));
-            if let Some(backend) = tcp
-                && !reported.contains(&name)
+            let message = if let Some(backend) = tcp {
+                format!(
+                    "pool {name:?} has a tcp:// backend ({:?}) but an http listener or route sends it requests; tcp:// backends serve tcp listeners only (use http:// for HTTP)",
+                    backend.name
+                )
+            } else if pool.upstream.send_proxy_protocol != SendProxyProtocol::Off {
+                format!(
+                    "pool {name:?} has upstream.send_proxy_protocol = {:?} but an http listener or route sends it requests; a PROXY header names one client per backend connection, so it is sent by tcp listeners only (HTTP backends get X-Forwarded-For)",
+                    pool.upstream.send_proxy_protocol.as_str()
+                )
+            } else {
+                continue;
+            };
+            reported.push(name);
+            let error = self.source.error(format!("pools.{name}"), None, message);
+            self.report(error);
+        }
+        for pool in pools {
+            let tls = pool
+                .backends
+                .iter()
+                .find(|b| b.url.scheme_str() == Some("https"));
+            if pool.upstream.send_proxy_protocol != SendProxyProtocol::Off
+                && let Some(backend) = tls
             {
-                reported.push(name);
                 let error = self.source.error(
-                    format!("pools.{name}"),
+                    format!("pools.{}", pool.name),
                     None,
                     format!(
-                        "pool {name:?} has a tcp:// backend ({:?}) but an http listener or route sends it requests; tcp:// backends serve tcp listeners only (use http:// for HTTP)",
-                        backend.name
+                        "pool {:?} sends a PROXY header to https:// backend {:?}; the header goes before any TLS, so send it to tcp:// backends (a tcp listener passes TLS through untouched)",
+                        pool.name, backend.name
                     ),
                 );
                 self.report(error);
@@ -161,9 +186,16 @@ impl Check<'_, '_> {
                 .tls
                 .as_ref()
                 .map(|t| self.tls(t, "listener.tls"));
+            let (proxy_protocol, trusted) = self.proxy_protocol(
+                &file.listener.proxy_protocol,
+                &file.listener.trusted,
+                "listener",
+            );
             let listener = ListenerConfig {
                 address: address.unwrap_or(DEFAULT_LISTEN_ADDRESS),
                 tls,
+                proxy_protocol,
+                trusted,
                 ..ListenerConfig::default()
             };
             return vec![(listener, address.is_some())];
@@ -177,13 +209,21 @@ impl Check<'_, '_> {
                 "listener.tls",
                 file.listener.tls.as_ref().map(Spanned::span),
             ),
+            (
+                "listener.proxy_protocol",
+                file.listener.proxy_protocol.as_ref().map(Spanned::span),
+            ),
+            (
+                "listener.trusted",
+                file.listener.trusted.as_ref().map(Spanned::span),
+            ),
         ];
         for (field, span) in single {
             if let Some(span) = span {
                 let error = self.source.error(
                     field,
                     Some(span),
-                    "with [[listeners]], each listener has its own address and tls; [listener] keeps only drain_timeout",
+                    "with [[listeners]], each listener has its own address, tls, proxy_protocol and trusted; [listener] keeps only drain_timeout",
                 );
                 self.report(error);
             }
@@ -249,10 +289,24 @@ impl Check<'_, '_> {
                 );
                 self.report(error);
             }
-            let tls = entry
+            let mut tls = entry
                 .tls
                 .as_ref()
                 .map(|t| self.tls(t, &format!("listeners[{i}].tls")));
+            if protocol == Some(Protocol::Tcp)
+                && let (Some(settings), Some(file_tls)) = (&mut tls, &entry.tls)
+            {
+                // TLS terminated, then raw bytes: no protocol to agree on.
+                settings.alpn.clear();
+                if let Some(alpn) = &file_tls.get_ref().alpn {
+                    let error = self.source.error_at(
+                        format!("listeners[{i}].tls.alpn"),
+                        alpn,
+                        "a tcp listener relays raw bytes after the handshake and offers no ALPN; remove alpn",
+                    );
+                    self.report(error);
+                }
+            }
             let idle_timeout = self
                 .duration(
                     &entry.idle_timeout,
@@ -261,6 +315,17 @@ impl Check<'_, '_> {
                     true,
                 )
                 .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+            let field = format!("listeners[{i}]");
+            let (proxy_protocol, trusted) =
+                self.proxy_protocol(&entry.proxy_protocol, &entry.trusted, &field);
+            let max_connections = entry.max_connections.as_ref().and_then(|value| {
+                self.count(
+                    &Some(value.clone()),
+                    &format!("{field}.max_connections"),
+                    DEFAULT_MAX_CONNECTIONS,
+                    1,
+                )
+            });
             listeners.push((
                 ListenerConfig {
                     name: entry.name.get_ref().clone(),
@@ -269,11 +334,71 @@ impl Check<'_, '_> {
                     pool: entry.pool.as_ref().map(|p| p.get_ref().clone()),
                     tls,
                     idle_timeout,
+                    proxy_protocol,
+                    trusted,
+                    max_connections,
                 },
                 address.is_some(),
             ));
         }
         listeners
+    }
+
+    /// A listener's `proxy_protocol` and `trusted` (at `field`): the peers
+    /// allowed to send a PROXY header must be named when one is required,
+    /// and naming them without requiring one is a mistake.
+    fn proxy_protocol(
+        &mut self,
+        flag: &Option<Spanned<bool>>,
+        trusted: &Option<Spanned<Vec<Spanned<String>>>>,
+        field: &str,
+    ) -> (bool, Vec<IpNet>) {
+        let on = flag.as_ref().is_some_and(|f| *f.get_ref());
+        let s = self.source;
+        let networks: Vec<IpNet> = trusted
+            .iter()
+            .flat_map(|t| t.get_ref().iter().enumerate())
+            .filter_map(|(i, text)| {
+                self.ok(parse_cidr(text.get_ref()).ok_or_else(|| {
+                    s.error_at(
+                        format!("{field}.trusted[{i}]"),
+                        text,
+                        format!(
+                            "{:?} is not a CIDR such as \"10.0.0.0/8\" or an IP address such as \"192.0.2.7\"",
+                            text.get_ref()
+                        ),
+                    )
+                }))
+            })
+            .collect();
+        match (on, trusted) {
+            (true, None) => {
+                let error = s.error(
+                    format!("{field}.proxy_protocol"),
+                    flag.as_ref().map(Spanned::span),
+                    "proxy_protocol = true needs trusted = [...]: the addresses of the proxies allowed to send the header (such as [\"10.0.0.0/8\"]; [\"0.0.0.0/0\", \"::/0\"] trusts every peer)",
+                );
+                self.report(error);
+            }
+            (true, Some(list)) if list.get_ref().is_empty() => {
+                let error = s.error_at(
+                    format!("{field}.trusted"),
+                    list,
+                    "no trusted peers: every connection would be closed; name the proxies allowed to send the PROXY header",
+                );
+                self.report(error);
+            }
+            (false, Some(list)) => {
+                let error = s.error_at(
+                    format!("{field}.trusted"),
+                    list,
+                    "trusted names the peers allowed to send a PROXY protocol header: it needs proxy_protocol = true (for X-Forwarded-For from trusted proxies, see balancer.trusted_proxies)",
+                );
+                self.report(error);
+            }
+            _ => {}
+        }
+        (on, networks)
     }
 
     /// A `tls` table at `field`. Certificate paths are resolved against the
@@ -1176,6 +1301,23 @@ impl Check<'_, '_> {
                         );
                         self.report(error);
                         UpstreamProtocol::Http1
+                    }
+                },
+            },
+            send_proxy_protocol: match &file.send_proxy_protocol {
+                None => SendProxyProtocol::Off,
+                Some(text) => match text.get_ref().as_str() {
+                    "off" => SendProxyProtocol::Off,
+                    "v1" => SendProxyProtocol::V1,
+                    "v2" => SendProxyProtocol::V2,
+                    other => {
+                        let error = self.source.error_at(
+                            "upstream.send_proxy_protocol",
+                            text,
+                            format!("unknown value {other:?}; expected \"off\", \"v1\" (text) or \"v2\" (binary)"),
+                        );
+                        self.report(error);
+                        SendProxyProtocol::Off
                     }
                 },
             },

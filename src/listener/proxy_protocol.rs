@@ -84,6 +84,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::config::SendProxyProtocol;
 
 /// The longest version 1 header, CRLF included (§2.1).
 pub const V1_MAX_LEN: usize = 107;
@@ -633,6 +636,20 @@ const CRC32C_TABLE: [u32; 256] = {
     table
 };
 
+/// The header `version` asks for (`None` for [`SendProxyProtocol::Off`]),
+/// naming a connection from `source` to `destination`.
+pub fn encode(
+    version: SendProxyProtocol,
+    source: SocketAddr,
+    destination: SocketAddr,
+) -> Option<Vec<u8>> {
+    match version {
+        SendProxyProtocol::Off => None,
+        SendProxyProtocol::V1 => Some(encode_v1(source, destination)),
+        SendProxyProtocol::V2 => Some(encode_v2(source, destination)),
+    }
+}
+
 /// The version 1 header for a connection from `source` to `destination`:
 /// `TCP4` when both are IPv4, else `TCP6` (an IPv4 address of a mixed pair
 /// sent IPv4-mapped, as HAProxy does).
@@ -722,6 +739,46 @@ async fn read_until_decided<R: AsyncRead + Unpin>(
                 return Ok((header, buffer));
             }
             Err(ParseError::Incomplete) => {}
+            Err(ParseError::Invalid(why)) => return Err(ReadError::Invalid(why)),
+        }
+    }
+}
+
+/// How much [`take_header`] peeks at once: a version 1 header and the
+/// usual version 2 ones fit in one peek.
+const PEEK_CHUNK: usize = 256;
+
+/// Reads a header off `stream`, taking exactly its bytes and none after
+/// (it peeks first, and reads only what is header), so that the stream can
+/// go on as it is to a TLS handshake, hyper or a relay; one overall
+/// `timeout`. Bytes that [`parse`] calls incomplete are all header bytes
+/// (a header is longer than them), so they are read off and the peek goes
+/// on after them.
+pub async fn take_header(stream: &mut TcpStream, timeout: Duration) -> Result<Header, ReadError> {
+    tokio::time::timeout(timeout, take_until_decided(stream))
+        .await
+        .unwrap_or(Err(ReadError::Timeout))
+}
+
+/// Peeks at `stream` until [`parse`] decides, reading off what is header.
+async fn take_until_decided(stream: &mut TcpStream) -> Result<Header, ReadError> {
+    let mut header = Vec::new();
+    let mut peeked = vec![0; PEEK_CHUNK];
+    loop {
+        let n = stream.peek(&mut peeked).await?;
+        if n == 0 {
+            return Err(ReadError::Closed);
+        }
+        let taken = header.len();
+        header.extend_from_slice(&peeked[..n]);
+        match parse(&header) {
+            Ok((parsed, used)) => {
+                stream.read_exact(&mut peeked[..used - taken]).await?;
+                return Ok(parsed);
+            }
+            Err(ParseError::Incomplete) => {
+                stream.read_exact(&mut peeked[..n]).await?;
+            }
             Err(ParseError::Invalid(why)) => return Err(ReadError::Invalid(why)),
         }
     }
@@ -1697,6 +1754,72 @@ mod tests {
         assert_eq!(&ping, b"ping");
         stream.write_all(b"pong").await.unwrap();
         assert_eq!(&client.await.unwrap(), b"pong");
+    }
+
+    /// `bytes` sent in `pieces` of at most `piece` bytes each, with a pause
+    /// between them; what [`take_header`] took, and every byte left on the
+    /// connection after it.
+    async fn taken_over_tcp(bytes: Vec<u8>, piece: usize) -> (Result<Header, String>, Vec<u8>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let sender = tokio::spawn(async move {
+            let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+            client.set_nodelay(true).unwrap();
+            for chunk in bytes.chunks(piece) {
+                client.write_all(chunk).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        let (mut connection, _) = listener.accept().await.unwrap();
+        let taken = take_header(&mut connection, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string());
+        sender.await.unwrap();
+        let mut rest = Vec::new();
+        connection.read_to_end(&mut rest).await.unwrap();
+        (taken, rest)
+    }
+
+    #[tokio::test]
+    async fn take_header_takes_exactly_the_header_whatever_the_reads() {
+        let client = socket("203.0.113.9:40000");
+        let listener = socket("198.51.100.1:443");
+        let big_tlvs: Vec<u8> = (0..40).flat_map(|i| tlv(0xE0, &[i; 20])).collect();
+        let mut big = tcp4_block();
+        big.extend_from_slice(&big_tlvs);
+        let headers = [
+            encode_v1(client, listener),
+            encode_v2(client, listener),
+            v2(0x21, 0x11, &big),
+        ];
+        for header in headers {
+            // One byte at a time (a big header in pieces of 50: fewer pauses).
+            let smallest = if header.len() > 200 { 50 } else { 1 };
+            for piece in [smallest, 5 * smallest, 1000] {
+                let mut bytes = header.clone();
+                bytes.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+                let (taken, rest) = taken_over_tcp(bytes, piece).await;
+                assert_eq!(taken.map(|h| h.source().is_some()), Ok(true));
+                assert_eq!(rest, b"GET / HTTP/1.1\r\n\r\n", "piece {piece}");
+            }
+        }
+        let (taken, _) = taken_over_tcp(b"GET / HTTP/1.1\r\n\r\n".to_vec(), 3).await;
+        assert!(taken.unwrap_err().contains("invalid PROXY header"));
+        let (taken, _) = taken_over_tcp(b"PROXY TCP4 1.2.3.4".to_vec(), 3).await;
+        assert!(taken.unwrap_err().contains("closed"));
+    }
+
+    #[tokio::test]
+    async fn take_header_gives_up_on_a_slow_header_at_its_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+        client.write_all(b"PROXY TCP4 ").await.unwrap();
+        let (mut connection, _) = listener.accept().await.unwrap();
+        let started = Instant::now();
+        let taken = take_header(&mut connection, Duration::from_millis(200)).await;
+        assert!(matches!(taken, Err(ReadError::Timeout)), "{taken:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     /// Against a real implementation: HAProxy reads the headers we write,

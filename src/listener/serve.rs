@@ -20,12 +20,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::{Config, Protocol};
+use crate::config::{Config, ListenerConfig, Protocol};
 use crate::listener::drain::{Drain, DrainSignal, drained};
 use crate::listener::http::{H2_PREFACE, connection_builder, http1_builder};
+use crate::listener::proxy_protocol::{self, Header, ReadError};
 use crate::listener::tls::TlsListener;
 use crate::listener::workers::{Accepted, Admitted, Handed, OpenConnection, Workers, rehome};
 use crate::pool::routing::Pools;
+use crate::pool::stats::ListenerLabels;
 use crate::proxy::Proxy;
 use crate::proxy::framing::{AmbiguousRequest, Watched};
 use crate::proxy::tcp;
@@ -119,6 +121,23 @@ pub(super) async fn serve(
         tunnels: Tunnels::new(),
         draining: Arc::new(DrainSignal::default()),
     };
+    // Each listener's open connections, over every worker.
+    let listening: Vec<Gauge> = shared
+        .pools
+        .running()
+        .iter()
+        .map(|l| {
+            let labels = ListenerLabels {
+                listener: Arc::from(l.name.as_str()),
+            };
+            shared
+                .pools
+                .stats()
+                .listener_connections()
+                .get_or_create(&labels)
+                .clone()
+        })
+        .collect();
     let mut connections = JoinSet::new();
     loop {
         let connection = tokio::select! {
@@ -127,11 +146,9 @@ pub(super) async fn serve(
             (listener, accepted) = accept_any(&listeners) => match accepted {
                 Ok((stream, peer)) => {
                     shared.pools.stats().client_connections_accepted().inc();
-                    let max = shared.pools.routing().config().limits.max_connections;
-                    let Some(counted) = Admitted::try_admit(&open, max) else {
-                        // Over the limit: closed at once, without a word,
+                    let Some(counted) = admit(&shared, &open, &listening[listener], listener, peer) else {
+                        // Over a limit: closed at once, without a word,
                         // so the accept loop never waits on it.
-                        tracing::debug!(%peer, max, "too many client connections; closing a new one");
                         drop(stream);
                         continue;
                     };
@@ -185,28 +202,200 @@ fn take_over(((stream, peer, admitted, listener), load): Counted) -> Option<Coun
     }
 }
 
-/// Serves `connection` as a task of `connections`, counted until it ends.
+/// Counts a connection `listener` accepted from `peer` against
+/// `limits.max_connections` (on `open`) and the listener's own limit (on
+/// `listening`), if both have room; a refusal is counted and logged.
+fn admit(
+    shared: &Shared,
+    open: &Gauge,
+    listening: &Gauge,
+    listener: usize,
+    peer: SocketAddr,
+) -> Option<Admitted> {
+    let config = shared.pools.routing().config().clone();
+    let running = shared.pools.running().get(listener)?;
+    let own = config
+        .listener(&running.name)
+        .map_or(running.max_connections, |l| l.max_connections);
+    let max = config.limits.max_connections;
+    match Admitted::try_admit(open, max, listening, own) {
+        Ok(admitted) => Some(admitted),
+        Err(refused) => {
+            tracing::debug!(%peer, listener = %running.name, max, ?own, ?refused, "too many client connections; closing a new one");
+            let name = Arc::from(running.name.as_str());
+            shared.pools.stats().listener_event(&name, refused.event());
+            None
+        }
+    }
+}
+
+/// Serves `connection` as a task of `connections`, counted until it ends:
+/// its PROXY protocol header first when the listener requires one (from a
+/// trusted peer only), then as its listener's protocol says.
 fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: &Shared) {
     let ((stream, peer, admitted, listener), load) = connection;
-    let running = shared.pools.running().get(listener);
-    if let Some(tcp) = running.filter(|l| l.protocol == Protocol::Tcp).cloned() {
-        let pools = shared.pools.clone();
-        let cut_off = shared.tunnels.on_cut_off();
-        connections.spawn(async move {
-            let _counted = (admitted, load);
-            tcp::serve(stream, peer, &tcp, &pools, cut_off).await;
-        });
-        return;
-    }
-    let Some(proxy) = shared.proxies.get(listener).cloned() else {
+    let Some(running) = shared.pools.running().get(listener) else {
         return;
     };
-    let tls = shared.tls.get(listener).cloned().flatten();
-    let served = serve_connection(stream, peer, proxy, tls, shared.clone());
+    // The running config's settings for this listener (a reload may have
+    // changed them), else those it started with.
+    let settings = shared.config.listener(&running.name).unwrap_or(running);
+    let arrival = Arrival::new(settings, listener, peer, shared);
+    if settings.proxy_protocol && !arrival.trusted(settings) {
+        tracing::debug!(%peer, listener = %running.name, "a PROXY header from an untrusted peer; closing");
+        arrival.counted("proxy_untrusted");
+        return;
+    }
+    let shared = shared.clone();
     connections.spawn(async move {
         let _counted = (admitted, load);
-        served.await;
+        let mut stream = stream;
+        let Some(client) = arrival.client(&mut stream).await else {
+            return;
+        };
+        let Some(running) = shared.pools.running().get(listener) else {
+            return;
+        };
+        if running.protocol == Protocol::Tcp {
+            let running = running.clone();
+            serve_tcp(stream, client, &running, &shared, listener).await;
+            return;
+        }
+        let Some(proxy) = shared.proxies.get(listener).cloned() else {
+            return;
+        };
+        let tls = shared.tls.get(listener).cloned().flatten();
+        serve_connection(stream, client.source, proxy, tls, shared).await;
     });
+}
+
+/// Where a client connection comes from, as the listener learns it: the
+/// peer, or the client a PROXY protocol header names.
+struct Arrival {
+    peer: SocketAddr,
+    /// `Some`: a header is required within this long.
+    header_within: Option<Duration>,
+    /// The listener's place among the running ones.
+    listener: usize,
+    pools: Arc<Pools>,
+}
+
+/// A connection's two ends: the client and the address it connected to.
+#[derive(Clone, Copy)]
+struct Ends {
+    source: SocketAddr,
+    /// `None`: the socket's own address (looked up when needed).
+    destination: Option<SocketAddr>,
+}
+
+impl Arrival {
+    fn new(
+        settings: &ListenerConfig,
+        listener: usize,
+        peer: SocketAddr,
+        shared: &Shared,
+    ) -> Arrival {
+        Arrival {
+            peer,
+            header_within: settings
+                .proxy_protocol
+                .then_some(shared.config.limits.header_timeout),
+            listener,
+            pools: shared.pools.clone(),
+        }
+    }
+
+    /// The listener's name.
+    fn name(&self) -> &str {
+        self.pools
+            .running()
+            .get(self.listener)
+            .map_or("", |l| l.name.as_str())
+    }
+
+    /// Whether the peer may send a PROXY header.
+    fn trusted(&self, settings: &ListenerConfig) -> bool {
+        let ip = self.peer.ip().to_canonical();
+        settings.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Counts `event` for the listener.
+    fn counted(&self, event: &'static str) {
+        let name = Arc::from(self.name());
+        self.pools.stats().listener_event(&name, event);
+    }
+
+    /// The connection's ends: the peer's, or those its PROXY header names;
+    /// `None` (counted, logged) when a required header is not there.
+    async fn client(&self, stream: &mut TcpStream) -> Option<Ends> {
+        let peer = Ends {
+            source: self.peer,
+            destination: None,
+        };
+        let Some(within) = self.header_within else {
+            return Some(peer);
+        };
+        match proxy_protocol::take_header(stream, within).await {
+            Ok(Header::Proxy {
+                source,
+                destination,
+            }) => {
+                self.counted("proxy_header");
+                Some(Ends {
+                    source,
+                    destination: Some(destination),
+                })
+            }
+            Ok(Header::Local) => {
+                self.counted("proxy_local");
+                Some(peer)
+            }
+            Ok(Header::Unknown) => {
+                self.counted("proxy_unknown");
+                Some(peer)
+            }
+            Err(error) => {
+                let event = match &error {
+                    ReadError::Timeout => "proxy_timeout",
+                    ReadError::Closed => "proxy_closed",
+                    ReadError::Invalid(_) | ReadError::Io(_) => "proxy_invalid",
+                };
+                tracing::debug!(peer = %self.peer, listener = %self.name(), %error, "no valid PROXY header; closing");
+                self.counted(event);
+                None
+            }
+        }
+    }
+}
+
+/// Serves a connection of tcp listener `running` (its place `listener`):
+/// over TLS when the listener terminates it, then relayed to its pool.
+async fn serve_tcp(
+    stream: TcpStream,
+    client: Ends,
+    running: &ListenerConfig,
+    shared: &Shared,
+    listener: usize,
+) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(peer = %client.source, %error, "cannot set TCP_NODELAY");
+    }
+    let destination = client
+        .destination
+        .or_else(|| stream.local_addr().ok())
+        .unwrap_or(running.address);
+    let header = |version| proxy_protocol::encode(version, client.source, destination);
+    let cut_off = shared.tunnels.on_cut_off();
+    let pools = &shared.pools;
+    match shared.tls.get(listener).cloned().flatten() {
+        None => tcp::serve(stream, client.source, running, pools, header, cut_off).await,
+        Some(tls) => {
+            let handshake = Box::pin(tls.handshake(stream, pools.stats()));
+            if let Some(stream) = handshake.await {
+                tcp::serve(stream, client.source, running, pools, header, cut_off).await;
+            }
+        }
+    }
 }
 
 /// Serves one client connection to its end: HTTP/1.1, or HTTP/2 (with

@@ -13,25 +13,71 @@ use tokio::sync::mpsc;
 /// One client connection counted, over all workers, until it is dropped:
 /// against `limits.max_connections`, on the gauge the admin endpoint shows
 /// as `affinity_client_connections_open` (one count for both, so the two
-/// never disagree).
-pub(super) struct Admitted(Gauge);
+/// never disagree), and against its listener's `max_connections` on that
+/// listener's `affinity_listener_connections_open`.
+pub(super) struct Admitted {
+    total: Gauge,
+    listener: Gauge,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// `limits.max_connections` are open.
+    Total,
+    /// The listener's own `max_connections` are open.
+    Listener,
+}
+
+impl Refused {
+    /// Its `event` label in `affinity_listener_events_total`.
+    pub(super) fn event(self) -> &'static str {
+        match self {
+            Refused::Total => "refused_max_connections",
+            Refused::Listener => "refused_listener_max_connections",
+        }
+    }
+}
+
+/// Takes one of `max` places counted on `gauge`, if one is free.
+fn take_place(gauge: &Gauge, max: u32) -> bool {
+    let max = i64::from(max);
+    gauge
+        .inner()
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
+}
 
 impl Admitted {
-    /// Counts a new connection on `open` if fewer than `max` are open.
-    pub(super) fn try_admit(open: &Gauge, max: u32) -> Option<Admitted> {
-        let max = i64::from(max);
-        open.inner()
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Admitted(open.clone()))
+    /// Counts a new connection on `total` and `listener` if fewer than
+    /// `max` are open over all listeners and fewer than `listener_max`
+    /// (`None`: no limit of its own) on its listener.
+    pub(super) fn try_admit(
+        total: &Gauge,
+        max: u32,
+        listener: &Gauge,
+        listener_max: Option<u32>,
+    ) -> Result<Admitted, Refused> {
+        if !take_place(total, max) {
+            return Err(Refused::Total);
+        }
+        if !take_place(listener, listener_max.unwrap_or(u32::MAX)) {
+            total.dec();
+            return Err(Refused::Listener);
+        }
+        Ok(Admitted {
+            total: total.clone(),
+            listener: listener.clone(),
+        })
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.dec();
+        self.total.dec();
+        self.listener.dec();
     }
 }
 
@@ -249,17 +295,35 @@ mod admitted_tests {
 
     #[test]
     fn admission_stops_at_the_limit_and_a_closed_connection_makes_room() {
-        let open = Gauge::default();
-        let first = Admitted::try_admit(&open, 2);
-        let second = Admitted::try_admit(&open, 2);
-        assert!(first.is_some() && second.is_some());
-        assert!(Admitted::try_admit(&open, 2).is_none());
-        assert_eq!(open.get(), 2);
+        let (open, listener) = (Gauge::default(), Gauge::default());
+        let admit = || Admitted::try_admit(&open, 2, &listener, None);
+        let first = admit();
+        let second = admit();
+        assert!(first.is_ok() && second.is_ok());
+        assert_eq!(admit().err(), Some(Refused::Total));
+        assert_eq!((open.get(), listener.get()), (2, 2));
         drop(first);
-        assert_eq!(open.get(), 1);
-        let third = Admitted::try_admit(&open, 2);
-        assert!(third.is_some());
+        assert_eq!((open.get(), listener.get()), (1, 1));
+        let third = admit();
+        assert!(third.is_ok());
         drop((second, third));
-        assert_eq!(open.get(), 0);
+        assert_eq!((open.get(), listener.get()), (0, 0));
+    }
+
+    #[test]
+    fn a_listener_limit_refuses_without_taking_a_place_over_all_listeners() {
+        let open = Gauge::default();
+        let (web, redis) = (Gauge::default(), Gauge::default());
+        let on_redis = Admitted::try_admit(&open, 10, &redis, Some(1)).ok();
+        assert!(on_redis.is_some());
+        let refused = Admitted::try_admit(&open, 10, &redis, Some(1));
+        assert_eq!(refused.err(), Some(Refused::Listener));
+        assert_eq!((open.get(), redis.get()), (1, 1));
+        // Another listener still has room.
+        let on_web = Admitted::try_admit(&open, 10, &web, Some(1));
+        assert!(on_web.is_ok());
+        assert_eq!((open.get(), web.get()), (2, 1));
+        drop(on_redis);
+        assert!(Admitted::try_admit(&open, 10, &redis, Some(1)).is_ok());
     }
 }

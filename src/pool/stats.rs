@@ -130,6 +130,30 @@ pub struct HandshakeLabels {
     pub version: &'static str,
 }
 
+/// Labels of `affinity_tcp_connections_opened_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TcpOpenedLabels {
+    /// The backend's pool.
+    pub pool: Arc<str>,
+    /// The backend connected.
+    pub backend: Arc<str>,
+}
+
+/// Labels of `affinity_listener_events_total`: what happened to a
+/// listener's connections before they were served.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ListenerEventLabels {
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// `refused_max_connections` (`limits.max_connections`),
+    /// `refused_listener_max_connections` (the listener's own), or a PROXY
+    /// protocol header's fate: `proxy_header` (a client address read),
+    /// `proxy_local` / `proxy_unknown` (the peer's address kept),
+    /// `proxy_untrusted`, `proxy_invalid`, `proxy_timeout`, `proxy_closed`
+    /// (the connection closed unserved).
+    pub event: &'static str,
+}
+
 /// Labels of the per-listener families.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -203,6 +227,9 @@ pub struct Stats {
     discovery_lookups: Family<DiscoveryLabels, Counter>,
     tcp_connections: Family<TcpLabels, Counter>,
     tcp_bytes: Family<TcpBytesLabels, Counter>,
+    tcp_opened: Family<TcpOpenedLabels, Counter>,
+    listener_connections: Family<ListenerLabels, Gauge>,
+    listener_events: Family<ListenerEventLabels, Counter>,
     table_rebuilds: Family<PoolLabels, Counter>,
     table_rebuild_duration: RebuildDurationFamily,
     table_moved_ratio: Family<PoolLabels, Gauge<f64, AtomicU64>>,
@@ -251,6 +278,9 @@ impl Stats {
             discovery_lookups: Family::default(),
             tcp_connections: Family::default(),
             tcp_bytes: Family::default(),
+            tcp_opened: Family::default(),
+            listener_connections: Family::default(),
+            listener_events: Family::default(),
             table_rebuilds: Family::default(),
             table_rebuild_duration: RebuildDurationFamily::new_with_constructor(
                 rebuild_duration_histogram as fn() -> Histogram,
@@ -343,36 +373,70 @@ impl Stats {
             .inc();
     }
 
-    /// Counts a tcp connection of `pool` that ended with `outcome` after
-    /// `to_backend` and `to_client` bytes, relayed by `backend` (`None`
-    /// when no backend could be connected).
+    /// Counts a tcp connection that ended with `outcome` (`backend`:
+    /// `None` when none could be connected).
     pub fn tcp_connection(
         &self,
         pool: &Arc<str>,
         backend: Option<&Arc<str>>,
         outcome: &'static str,
-        to_backend: u64,
-        to_client: u64,
     ) {
         let backend: Arc<str> = backend.cloned().unwrap_or_else(|| Arc::from(""));
         self.tcp_connections
             .get_or_create(&TcpLabels {
                 pool: pool.clone(),
-                backend: backend.clone(),
+                backend,
                 outcome,
             })
             .inc();
-        for (direction, bytes) in [("to_backend", to_backend), ("to_client", to_client)] {
-            if bytes > 0 {
-                self.tcp_bytes
-                    .get_or_create(&TcpBytesLabels {
-                        pool: pool.clone(),
-                        backend: backend.clone(),
-                        direction,
-                    })
-                    .inc_by(bytes);
-            }
-        }
+    }
+
+    /// Counts a tcp connection opened to `backend` of `pool`, and gives
+    /// the counters its bytes are added to as they are relayed (to the
+    /// backend, to the client).
+    pub fn tcp_opened(&self, pool: &Arc<str>, backend: &Arc<str>) -> (Counter, Counter) {
+        self.tcp_opened
+            .get_or_create(&TcpOpenedLabels {
+                pool: pool.clone(),
+                backend: backend.clone(),
+            })
+            .inc();
+        let bytes = |direction| {
+            self.tcp_bytes
+                .get_or_create(&TcpBytesLabels {
+                    pool: pool.clone(),
+                    backend: backend.clone(),
+                    direction,
+                })
+                .clone()
+        };
+        (bytes("to_backend"), bytes("to_client"))
+    }
+
+    /// The tcp connections opened, by pool and backend.
+    pub fn tcp_connections_opened(&self) -> &Family<TcpOpenedLabels, Counter> {
+        &self.tcp_opened
+    }
+
+    /// The connections open now on each listener (the count a listener's
+    /// `max_connections` caps).
+    pub fn listener_connections(&self) -> &Family<ListenerLabels, Gauge> {
+        &self.listener_connections
+    }
+
+    /// Counts `event` on `listener` (see [`ListenerEventLabels`]).
+    pub fn listener_event(&self, listener: &Arc<str>, event: &'static str) {
+        self.listener_events
+            .get_or_create(&ListenerEventLabels {
+                listener: listener.clone(),
+                event,
+            })
+            .inc();
+    }
+
+    /// What happened to listeners' connections before they were served.
+    pub fn listener_events(&self) -> &Family<ListenerEventLabels, Counter> {
+        &self.listener_events
     }
 
     /// The tcp connections, by pool, backend and outcome.

@@ -57,14 +57,15 @@ pub struct RelayLimits {
     pub idle_timeout: Duration,
 }
 
-/// Byte counts of running relays, readable while they run. One relay adds
-/// to them as it writes; several may share one set to count together.
-#[derive(Debug, Default)]
-pub struct Counters {
+/// Where a relay adds its byte counts as it writes, readable while it runs
+/// (such as a metric's atomic); several relays may share them to count
+/// together.
+#[derive(Debug, Clone, Copy)]
+pub struct Counters<'a> {
     /// Bytes written to the backend (sent by the client).
-    pub to_backend: AtomicU64,
+    pub to_backend: &'a AtomicU64,
     /// Bytes written to the client (sent by the backend).
-    pub to_client: AtomicU64,
+    pub to_client: &'a AtomicU64,
 }
 
 /// What one relay did: its byte counts, how it ended and how long it ran.
@@ -123,7 +124,12 @@ where
     C: AsyncRead + AsyncWrite,
     B: AsyncRead + AsyncWrite,
 {
-    relay_counted(client, backend, limits, &Counters::default(), shutdown).await
+    let (to_backend, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
+    let counters = Counters {
+        to_backend: &to_backend,
+        to_client: &to_client,
+    };
+    relay_counted(client, backend, limits, counters, shutdown).await
 }
 
 /// [`relay`], also adding the bytes to `counters` as they are written, so
@@ -133,7 +139,7 @@ pub async fn relay_counted<C, B>(
     client: C,
     backend: B,
     limits: &RelayLimits,
-    counters: &Counters,
+    counters: Counters<'_>,
     shutdown: impl Future<Output = ()>,
 ) -> Relayed
 where
@@ -143,8 +149,8 @@ where
     let activity = Activity::new();
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut backend_read, mut backend_write) = tokio::io::split(backend);
-    let mut up = Direction::new(&counters.to_backend, &activity);
-    let mut down = Direction::new(&counters.to_client, &activity);
+    let mut up = Direction::new(counters.to_backend, &activity);
+    let mut down = Direction::new(counters.to_client, &activity);
     let ended = tokio::select! {
         // Finished copying wins over a timeout or shutdown that comes due in
         // the same instant.

@@ -8,14 +8,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::balance::key::IpText;
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, SendProxyProtocol};
 use crate::pool::routing::{Pools, Routed};
 use crate::pool::target::BackendStream;
 use crate::pool::{Backend, InFlight, Snapshot};
-use crate::proxy::relay::{Ended, RelayLimits, Relayed, relay};
+use crate::proxy::relay::{Counters, Ended, RelayLimits, Relayed, relay_counted};
 
 /// The key bytes of a connection from `client`: its canonical address as
 /// text (IPv4-mapped IPv6 as IPv4), the bytes `/lookup?ip=` hashes too.
@@ -81,19 +81,23 @@ async fn connect<'s>(
     (failed, None)
 }
 
-/// Serves one connection of tcp listener `listener` from `peer` to its end;
-/// `shutdown` completes when the drain deadline passes.
-pub async fn serve(
-    client: TcpStream,
+/// Serves one connection of tcp listener `listener` from `peer` to its
+/// end; `shutdown` completes when the drain deadline passes.
+/// `proxy_header` writes the PROXY protocol header naming the client in the
+/// version the pool's `upstream.send_proxy_protocol` asks for (the listener
+/// knows the addresses), sent to the backend before any of the client's
+/// bytes.
+pub async fn serve<C>(
+    client: C,
     peer: SocketAddr,
     listener: &ListenerConfig,
     pools: &Pools,
+    proxy_header: impl FnOnce(SendProxyProtocol) -> Option<Vec<u8>>,
     shutdown: impl Future<Output = ()>,
-) {
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let started = Instant::now();
-    if let Err(error) = client.set_nodelay(true) {
-        tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
-    }
     let routing = pools.routing_full();
     let Some(routed) = listener.pool.as_deref().and_then(|p| routing.pool(p)) else {
         tracing::warn!(listener = %listener.name, "tcp listener without a pool; closing a connection");
@@ -104,46 +108,62 @@ pub async fn serve(
     let key_hash = hasher.map_or(0, |h| h.hash(client_key(peer.ip()).as_bytes()));
     let (failed, connected) = connect(&snapshot, routed, key_hash, routed.pool.now_ns()).await;
     let failed_names: Vec<&str> = failed.iter().map(|b| &**b.name()).collect();
-    let Some(Connected {
-        backend, stream, ..
-    }) = connected
-    else {
-        let stats = routed.pool.stats();
-        stats.tcp_connection(routed.pool.name(), None, "no_backend", 0, 0);
-        log(&Line {
-            listener: &listener.name,
-            client: peer,
-            pool: routed.pool.name(),
-            backend: None,
-            key_hash,
-            failed: &failed_names,
-            relayed: None,
-            started,
-        });
-        return;
-    };
-    let limits = RelayLimits {
-        idle_timeout: listener.idle_timeout,
-    };
-    let relayed = relay(client, stream, &limits, shutdown).await;
-    routed.pool.stats().tcp_connection(
-        routed.pool.name(),
-        Some(backend.name()),
-        outcome(&relayed.ended),
-        relayed.client_to_backend,
-        relayed.backend_to_client,
-    );
-    log(&Line {
+    let mut line = Line {
         listener: &listener.name,
         client: peer,
         pool: routed.pool.name(),
-        backend: Some(backend.name()),
+        backend: None,
         key_hash,
         failed: &failed_names,
-        relayed: Some(&relayed),
+        relayed: None,
         started,
-    });
+    };
+    let stats = routed.pool.stats();
+    let Some(Connected {
+        backend,
+        mut stream,
+        ..
+    }) = connected
+    else {
+        stats.tcp_connection(routed.pool.name(), None, NO_BACKEND);
+        log(&line);
+        return;
+    };
+    line.backend = Some(backend.name());
+    let (to_backend, to_client) = stats.tcp_opened(routed.pool.name(), backend.name());
+    let sent = match proxy_header(snapshot.config().upstream.send_proxy_protocol) {
+        None => Ok(()),
+        Some(header) => stream.write_all(&header).await,
+    };
+    let relayed = match sent {
+        Ok(()) => {
+            let limits = RelayLimits {
+                idle_timeout: listener.idle_timeout,
+            };
+            let counters = Counters {
+                to_backend: to_backend.inner(),
+                to_client: to_client.inner(),
+            };
+            relay_counted(client, stream, &limits, counters, shutdown).await
+        }
+        Err(error) => Relayed {
+            client_to_backend: 0,
+            backend_to_client: 0,
+            ended: Ended::BackendError(format!("cannot send the PROXY header: {error}")),
+            duration: started.elapsed(),
+        },
+    };
+    stats.tcp_connection(
+        routed.pool.name(),
+        Some(backend.name()),
+        outcome(&relayed.ended),
+    );
+    line.relayed = Some(&relayed);
+    log(&line);
 }
+
+/// The outcome of a connection no backend could take.
+const NO_BACKEND: &str = "no_backend";
 
 /// How a relay ended, as the access log and metrics name it.
 fn outcome(ended: &Ended) -> &'static str {
@@ -179,7 +199,7 @@ fn log(line: &Line<'_>) {
     }
     let (to_backend, to_client, outcome) = match line.relayed {
         Some(r) => (r.client_to_backend, r.backend_to_client, outcome(&r.ended)),
-        None => (0, 0, "no_backend"),
+        None => (0, 0, NO_BACKEND),
     };
     tracing::info!(
         target: "access",

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,7 +30,14 @@ struct Rig {
     client: TcpStream,
     backend: TcpStream,
     relay: JoinHandle<Relayed>,
-    counters: Arc<Counters>,
+    counters: Arc<Bytes>,
+}
+
+/// The byte counts a rig's relay adds to as it runs.
+#[derive(Default)]
+struct Bytes {
+    to_backend: AtomicU64,
+    to_client: AtomicU64,
 }
 
 impl Rig {
@@ -53,10 +60,16 @@ impl Rig {
             .await
             .unwrap();
         let (backend, _) = back.accept().await.unwrap();
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Bytes::default());
         let relay = tokio::spawn({
             let counters = Arc::clone(&counters);
-            async move { relay_counted(accepted, to_backend, &limits, &counters, shutdown).await }
+            async move {
+                let counting = Counters {
+                    to_backend: &counters.to_backend,
+                    to_client: &counters.to_client,
+                };
+                relay_counted(accepted, to_backend, &limits, counting, shutdown).await
+            }
         });
         Rig {
             client,
