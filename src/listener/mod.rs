@@ -29,7 +29,7 @@
 //! | `http.rs` | hyper's connection settings from `[limits]` |
 //! | `drain.rs` | how a worker stops: the drain signal and its outcome |
 //! | `tls.rs` | TLS termination: certificates by SNI, ALPN, handshakes |
-//! | `proxy_protocol.rs` | the PROXY protocol v1/v2: parsing, writing, reading a header off a connection (not yet wired to listeners) |
+//! | `proxy_protocol.rs` | the PROXY protocol v1/v2: parsing, writing, taking a header off a connection |
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {

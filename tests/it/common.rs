@@ -676,6 +676,12 @@ impl RawConnection {
     /// Connects to `addr`.
     pub async fn connect(addr: SocketAddr) -> RawConnection {
         let stream = bounded(TcpStream::connect(addr)).await.unwrap();
+        RawConnection::over(stream)
+    }
+
+    /// Over a connection made already (such as from a chosen source
+    /// address, [`connect_stream_from`]).
+    pub fn over(stream: TcpStream) -> RawConnection {
         RawConnection {
             stream,
             buf: Vec::new(),

@@ -14,14 +14,14 @@ use crate::common::*;
 
 /// A TCP backend: on each connection it writes `NAME\n`, then echoes what
 /// it reads, upper-cased, until the client's FIN, then closes.
-struct EchoBackend {
-    name: String,
-    addr: SocketAddr,
+pub(crate) struct EchoBackend {
+    pub(crate) name: String,
+    pub(crate) addr: SocketAddr,
     tasks: JoinSet<()>,
 }
 
 impl EchoBackend {
-    async fn start(name: &str) -> EchoBackend {
+    pub(crate) async fn start(name: &str) -> EchoBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut tasks = JoinSet::new();
@@ -65,12 +65,12 @@ impl EchoBackend {
     }
 
     /// Stops listening and closes every connection.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.tasks.abort_all();
     }
 }
 
-fn tcp_config(backends: &[&EchoBackend], extra: &str) -> String {
+pub(crate) fn tcp_config(backends: &[&EchoBackend], extra: &str) -> String {
     let mut text = String::from(
         "[[listeners]]\nname = \"tcp\"\naddress = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"echo\"\n\
          idle_timeout = \"5s\"\n\
@@ -92,7 +92,7 @@ fn tcp_config(backends: &[&EchoBackend], extra: &str) -> String {
 }
 
 /// Which backend a connection from `source` reaches: the greeting line.
-async fn backend_for(source: IpAddr, proxy: SocketAddr) -> String {
+pub(crate) async fn backend_for(source: IpAddr, proxy: SocketAddr) -> String {
     let mut stream = connect_stream_from(source, proxy).await;
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
@@ -102,7 +102,7 @@ async fn backend_for(source: IpAddr, proxy: SocketAddr) -> String {
     String::from_utf8(line).unwrap()
 }
 
-fn client(i: u8) -> IpAddr {
+pub(crate) fn client(i: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 9, i))
 }
 

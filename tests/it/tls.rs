@@ -962,3 +962,68 @@ async fn an_h2_pool_speaks_http2_over_tls_to_its_backends() {
         reply.text()
     );
 }
+
+/// A PROXY header, then the TLS handshake on the same connection: the
+/// listener reads the header first, and the client it names is the one the
+/// backend sees in `X-Forwarded-For`. A client that starts the handshake
+/// without the header is closed.
+#[tokio::test]
+async fn a_proxy_header_comes_before_the_handshake_and_names_the_client() {
+    let ca = Ca::new();
+    let dir = TempDir::new("tls-proxy-protocol");
+    let files = [ca.leaf(&["shop.example.com"]).write(&dir, "shop")];
+    let backend = TestBackend::start("b").await;
+    let text = tls_config(&files, "", &backend).replace(
+        "[listeners.tls]",
+        "proxy_protocol = true\ntrusted = [\"127.0.0.1\"]\n[listeners.tls]",
+    );
+    let proxy = start_proxy(&text).await;
+    let client = ca.client(&[b"http/1.1"]);
+    let who: std::net::SocketAddr = "203.0.113.77:50000".parse().unwrap();
+    let mut tcp = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    let header = affinity::listener::proxy_protocol::encode_v2(who, proxy.local_addr());
+    tcp.write_all(&header).await.unwrap();
+    let name = ServerName::try_from("shop.example.com").unwrap();
+    let mut stream = bounded(client.connect(name, tcp)).await.unwrap();
+    let (status, body) = get_http1(&mut stream, "/hello").await;
+    assert_eq!((status, body.as_str()), (200, "b"));
+    let seen = backend.seen();
+    let forwarded = seen.last().unwrap().headers.get("x-forwarded-for");
+    assert_eq!(forwarded.map(|v| v.to_str().unwrap()), Some("203.0.113.77"));
+    // The handshake without a header first: no TLS session, nothing served.
+    let refused = connect(&client, proxy.local_addr(), "shop.example.com").await;
+    assert!(
+        refused.is_err(),
+        "a handshake without a PROXY header succeeded"
+    );
+    assert_eq!(backend.seen().len(), 1);
+}
+
+/// A tcp listener may terminate TLS and relay the plain bytes: a TLS client
+/// reaches a plain TCP backend (offered no ALPN).
+#[tokio::test]
+async fn a_tcp_listener_terminates_tls_and_relays_plain_bytes() {
+    let ca = Ca::new();
+    let dir = TempDir::new("tls-tcp");
+    let (cert, key) = ca.leaf(&["redis.example.com"]).write(&dir, "redis");
+    let backend = crate::tcp::EchoBackend::start("e0").await;
+    let text = format!(
+        "[[listeners]]\nname = \"secure\"\naddress = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"kv\"\n\
+         tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n\
+         [[pools]]\nname = \"kv\"\nhealth_check = {{ type = \"tcp\", interval = \"1h\", timeout = \"1s\" }}\n\
+         backends = [{{ name = \"e0\", url = \"tcp://{}\" }}]\n",
+        cert.display(),
+        key.display(),
+        backend.addr
+    );
+    let proxy = start_proxy(&text).await;
+    let client = ca.client(&[b"redis"]);
+    let mut stream = connect(&client, proxy.local_addr(), "redis.example.com")
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+    stream.write_all(b"ping over tls").await.unwrap();
+    let mut answer = vec![0u8; 3 + 13];
+    bounded(stream.read_exact(&mut answer)).await.unwrap();
+    assert_eq!(answer, b"e0\nPING OVER TLS");
+}
