@@ -935,3 +935,55 @@ async fn a_closed_stderr_neither_stops_serving_nor_fails_the_exit() {
     drop(client);
     assert_eq!(terminate(&mut child).code(), Some(0));
 }
+
+/// SIGTERM with a tcp connection open: the listener stops accepting, the
+/// connection keeps relaying until `drain_timeout`, then it is closed (its
+/// access-log line says `shutdown`) and the process exits 0.
+#[tokio::test]
+async fn sigterm_lets_an_open_tcp_connection_run_until_the_drain_timeout_then_closes_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backend = crate::tcp::EchoBackend::start("e0").await;
+    let file = TempFile::new(
+        "tcp-drain.toml",
+        &format!(
+            "[listener]\ndrain_timeout = \"1s\"\n\
+             [[listeners]]\nname = \"tcp\"\naddress = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"echo\"\n\
+             [[pools]]\nname = \"echo\"\nhealth_check = {{ type = \"tcp\", interval = \"1h\", timeout = \"1s\" }}\n\
+             backends = [{{ name = \"e0\", url = \"tcp://{}\" }}]\n",
+            backend.addr
+        ),
+    );
+    let (mut child, log, address) = start_affinity(&file, &[]);
+    let mut open = bounded(tokio::net::TcpStream::connect(address))
+        .await
+        .unwrap();
+    let mut greeting = [0u8; 3];
+    bounded(open.read_exact(&mut greeting)).await.unwrap();
+    signal(&child, "TERM");
+    let started = Instant::now();
+    // The listeners close at once (each worker's): new connections are
+    // refused.
+    bounded(async {
+        while tokio::net::TcpStream::connect(address).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    open.write_all(b"during the drain").await.unwrap();
+    let mut echo = [0u8; 16];
+    bounded(open.read_exact(&mut echo)).await.unwrap();
+    assert_eq!(&echo, b"DURING THE DRAIN");
+    let mut rest = Vec::new();
+    bounded(open.read_to_end(&mut rest)).await.unwrap();
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(800) && closed_after < Duration::from_secs(5),
+        "{closed_after:?}"
+    );
+    // (Connections the polling above got in before the listeners closed
+    // end `closed`.)
+    let line = wait_for_line(&log, &["outcome=\"shutdown\""]);
+    assert!(line.contains("backend=\"e0\"") && line.contains("bytes_in=16"), "{line}");
+    assert_eq!(child.wait_timeout(Duration::from_secs(10)).code(), Some(0));
+}
