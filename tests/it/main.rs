@@ -29,6 +29,7 @@ mod hygiene;
 mod lifecycle;
 mod live_pool;
 mod policies;
+mod proxy_interop;
 mod relay;
 mod routes;
 mod session_properties;
