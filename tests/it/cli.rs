@@ -984,6 +984,9 @@ async fn sigterm_lets_an_open_tcp_connection_run_until_the_drain_timeout_then_cl
     // (Connections the polling above got in before the listeners closed
     // end `closed`.)
     let line = wait_for_line(&log, &["outcome=\"shutdown\""]);
-    assert!(line.contains("backend=\"e0\"") && line.contains("bytes_in=16"), "{line}");
+    assert!(
+        line.contains("backend=\"e0\"") && line.contains("bytes_in=16"),
+        "{line}"
+    );
     assert_eq!(child.wait_timeout(Duration::from_secs(10)).code(), Some(0));
 }

@@ -464,6 +464,11 @@ impl TempDir {
         TempDir(path)
     }
 
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
     /// Writes `text` to the file `name` in it (replacing it); its path.
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.0.join(name);

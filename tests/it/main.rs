@@ -29,6 +29,7 @@ mod hygiene;
 mod lifecycle;
 mod live_pool;
 mod policies;
+mod proxy_interop;
 mod proxy_protocol;
 mod relay;
 mod routes;
