@@ -94,8 +94,9 @@ impl Shared {
 }
 
 /// The accept loop, then the drain. A connection the kernel gave this worker
-/// while another serves fewer goes to that one, so that long keep-alive
-/// connections spread evenly whatever `SO_REUSEPORT`'s hash did.
+/// while another serves clearly fewer goes to that one (see
+/// [`Workers::hand_over`]), so that long keep-alive connections spread
+/// evenly whatever `SO_REUSEPORT`'s hash did.
 pub(super) async fn serve(
     listeners: Vec<TcpListener>,
     worker: Worker,
@@ -257,8 +258,9 @@ fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: 
             return;
         };
         if running.protocol == Protocol::Tcp {
-            let running = running.clone();
-            serve_tcp(stream, client, &running, &shared, listener).await;
+            // Boxed: an http connection's task (most of the idle ones)
+            // then holds no room for a relay.
+            Box::pin(serve_tcp(stream, client, running, &shared, listener)).await;
             return;
         }
         let Some(proxy) = shared.proxies.get(listener).cloned() else {
@@ -380,11 +382,12 @@ async fn serve_tcp(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(peer = %client.source, %error, "cannot set TCP_NODELAY");
     }
-    let destination = client
-        .destination
-        .or_else(|| stream.local_addr().ok())
-        .unwrap_or(running.address);
-    let header = |version| proxy_protocol::encode(version, client.source, destination);
+    // The client's destination: the one its PROXY header named, else the
+    // socket's own address (looked up only when a header is sent).
+    let header = |version, local: Option<SocketAddr>| {
+        let destination = client.destination.or(local).unwrap_or(running.address);
+        proxy_protocol::encode(version, client.source, destination)
+    };
     let cut_off = shared.tunnels.on_cut_off();
     let pools = &shared.pools;
     match shared.tls.get(listener).cloned().flatten() {

@@ -117,15 +117,16 @@ impl<C> Workers<C> {
     }
 
     /// Sends a connection accepted by worker `me` to the worker serving the
-    /// fewest connections if that is another one (`None`), or gives it back
-    /// for `me` to serve, counted as `me`'s. A connection counts for the
-    /// worker it goes to from this moment, so a burst of accepts spreads.
+    /// fewest connections if that one serves clearly fewer than `me` (see
+    /// [`imbalanced`]) (`None`), or gives it back for `me` to serve, counted
+    /// as `me`'s. A connection counts for the worker it goes to from this
+    /// moment, so a burst of accepts spreads.
     pub(super) fn hand_over(&self, me: usize, connection: C) -> Option<(C, OpenConnection)> {
         let load = |i: usize| self.serving[i].load(Ordering::Relaxed);
         let least = (0..self.serving.len())
             .min_by_key(|&i| (load(i), i != me))
             .unwrap_or(me);
-        if least != me && load(least) < load(me) {
+        if least != me && imbalanced(load(me), load(least)) {
             match self.handoff[least].send((connection, self.serving(least))) {
                 Ok(()) => return None,
                 // That worker has stopped: served here after all.
@@ -143,6 +144,17 @@ impl<C> Workers<C> {
         counter.fetch_add(1, Ordering::Relaxed);
         OpenConnection(counter)
     }
+}
+
+/// Whether a worker serving `mine` connections should hand a new one to
+/// one serving `least`: when it serves more by over an eighth of that (and
+/// by at least two). The kernel's spread of new connections is random, so
+/// counts that differ by a little differ all the time; handing a connection
+/// over costs two `epoll_ctl` calls and a wake-up of the other thread, which
+/// short connections would pay at almost every accept for no lasting gain.
+/// Long ones still end up within an eighth of each other.
+fn imbalanced(mine: usize, least: usize) -> bool {
+    mine > least + 1 + least / 8
 }
 
 /// Moves a connection that another worker accepted onto this thread's
@@ -254,14 +266,38 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_accepted_by_one_worker_spreads_evenly_over_all() {
+    fn a_burst_accepted_by_one_worker_spreads_over_all_within_an_eighth() {
+        // Kept while it serves at most one more than the other (plus an
+        // eighth of that): 1, 2, then every other one goes over.
         let (served, _guards) = spread(2, &[0; 10]);
-        assert_eq!(served[0].len(), 5);
-        assert_eq!(served[1].len(), 5);
+        assert_eq!((served[0].len(), served[1].len()), (6, 4));
         let (served, _guards) = spread(4, &[2; 13]);
         let counts: Vec<usize> = served.iter().map(Vec::len).collect();
         assert_eq!(counts.iter().sum::<usize>(), 13);
-        assert!(counts.iter().all(|&n| n == 3 || n == 4), "{counts:?}");
+        assert!(counts.iter().all(|&n| (2..=5).contains(&n)), "{counts:?}");
+        for workers in [2, 3, 8] {
+            let (served, _guards) = spread(workers, &vec![1; 5000]);
+            let least = served.iter().map(Vec::len).min().unwrap();
+            let most = served.iter().map(Vec::len).max().unwrap();
+            assert!(
+                most <= least + 2 + least / 8,
+                "{workers} workers: {least}..{most}"
+            );
+            assert!(
+                least >= 5000 / workers * 7 / 8,
+                "{workers} workers: {least}"
+            );
+        }
+    }
+
+    #[test]
+    fn counts_that_differ_by_little_hand_nothing_over() {
+        assert!(!imbalanced(1, 0));
+        assert!(imbalanced(2, 0));
+        assert!(!imbalanced(19, 16));
+        assert!(imbalanced(20, 16));
+        assert!(!imbalanced(1126, 1000));
+        assert!(imbalanced(1127, 1000));
     }
 
     #[test]

@@ -40,7 +40,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -49,12 +49,20 @@ use tokio::time::Instant;
 /// How much one direction reads at once: its buffer's size.
 const BUFFER_SIZE: usize = 16 * 1024;
 
-/// The limits of one relayed connection.
+/// The limits of one relayed connection, and what its sides are.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayLimits {
     /// How long the connection may go without a byte moving either way
     /// before both sides are closed; zero means no limit.
     pub idle_timeout: Duration,
+    /// The client's connection is plain TCP (no TLS layer to close): when
+    /// it is the last side to get its end of stream passed on, closing it
+    /// sends that FIN, so the relay leaves it to the close (one `shutdown`
+    /// call fewer per connection; nothing is left unread on it, so the
+    /// close is a FIN, not a reset).
+    pub plain_client: bool,
+    /// The same for the backend's connection.
+    pub plain_backend: bool,
 }
 
 /// Where a relay adds its byte counts as it writes, readable while it runs
@@ -149,8 +157,8 @@ where
     let activity = Activity::new();
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut backend_read, mut backend_write) = tokio::io::split(backend);
-    let mut up = Direction::new(counters.to_backend, &activity);
-    let mut down = Direction::new(counters.to_client, &activity);
+    let mut up = Direction::new(counters.to_backend, &activity, limits.plain_backend);
+    let mut down = Direction::new(counters.to_client, &activity, limits.plain_client);
     let ended = tokio::select! {
         // Finished copying wins over a timeout or shutdown that comes due in
         // the same instant.
@@ -199,6 +207,8 @@ impl Side {
 struct Activity {
     start: Instant,
     last: AtomicU64,
+    /// A direction has passed its end of stream on already.
+    one_ended: AtomicBool,
 }
 
 impl Activity {
@@ -206,6 +216,7 @@ impl Activity {
         Activity {
             start: Instant::now(),
             last: AtomicU64::new(0),
+            one_ended: AtomicBool::new(false),
         }
     }
 
@@ -245,21 +256,26 @@ struct Direction<'a> {
     copied: u64,
     live: &'a AtomicU64,
     activity: &'a Activity,
+    /// What it writes to is plain TCP: see [`RelayLimits::plain_client`].
+    plain_destination: bool,
 }
 
 impl<'a> Direction<'a> {
-    fn new(live: &'a AtomicU64, activity: &'a Activity) -> Direction<'a> {
+    fn new(live: &'a AtomicU64, activity: &'a Activity, plain_destination: bool) -> Direction<'a> {
         Direction {
             copied: 0,
             live,
             activity,
+            plain_destination,
         }
     }
 
     /// Copies `from` to `to` until `from` ends, then shuts `to`'s write half
-    /// down (passing the FIN on). Fails with the ending an error makes,
-    /// naming the side it came from (`reader` for `from`, `writer` for
-    /// `to`). Every partial write is counted as soon as it is accepted.
+    /// down (passing the FIN on; left to the close when `to` is plain TCP
+    /// and the other direction has ended already). Fails with the ending an
+    /// error makes, naming the side it came from (`reader` for `from`,
+    /// `writer` for `to`). Every partial write is counted as soon as it is
+    /// accepted. The buffer is read into uninitialised: nothing is zeroed.
     async fn copy<R, W>(
         &mut self,
         from: &mut R,
@@ -271,10 +287,18 @@ impl<'a> Direction<'a> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut buffer = vec![0; BUFFER_SIZE];
+        let mut buffer = Vec::with_capacity(BUFFER_SIZE);
         loop {
-            let read = from.read(&mut buffer).await.map_err(|e| reader.failed(e))?;
+            buffer.clear();
+            let read = from
+                .read_buf(&mut buffer)
+                .await
+                .map_err(|e| reader.failed(e))?;
             if read == 0 {
+                let last = self.activity.one_ended.swap(true, Ordering::Relaxed);
+                if last && self.plain_destination {
+                    return Ok(());
+                }
                 return to.shutdown().await.map_err(|e| writer.failed(e));
             }
             self.activity.touch();
@@ -368,6 +392,7 @@ mod tests {
         let (backend_side, _backend) = duplex(64);
         let limits = RelayLimits {
             idle_timeout: Duration::MAX,
+            ..RelayLimits::default()
         };
         let shutdown = tokio::time::sleep(Duration::from_millis(20));
         let relayed = relay(client_side, backend_side, &limits, shutdown).await;

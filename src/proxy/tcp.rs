@@ -4,11 +4,14 @@
 //! done, the idle timeout passes or the drain ends it; one access-log line
 //! when it ends.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use crate::balance::key::IpText;
 use crate::config::{ListenerConfig, SendProxyProtocol};
@@ -81,22 +84,50 @@ async fn connect<'s>(
     (failed, None)
 }
 
+/// A tcp listener's client connection: plain TCP, or TLS the listener
+/// terminated.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin {
+    /// Whether it is plain TCP (see [`RelayLimits::plain_client`]).
+    fn is_plain(&self) -> bool;
+    /// The address the client connected to.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+impl ClientStream for TcpStream {
+    fn is_plain(&self) -> bool {
+        true
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        TcpStream::local_addr(self)
+    }
+}
+
+impl ClientStream for TlsStream<TcpStream> {
+    fn is_plain(&self) -> bool {
+        false
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.get_ref().0.local_addr()
+    }
+}
+
 /// Serves one connection of tcp listener `listener` from `peer` to its
 /// end; `shutdown` completes when the drain deadline passes.
-/// `proxy_header` writes the PROXY protocol header naming the client in the
-/// version the pool's `upstream.send_proxy_protocol` asks for (the listener
-/// knows the addresses), sent to the backend before any of the client's
-/// bytes.
-pub async fn serve<C>(
+/// `proxy_header` makes the PROXY protocol header naming the client in the
+/// version the pool's `upstream.send_proxy_protocol` asks for, given the
+/// address the client connected to (looked up only then): the listener
+/// knows the addresses and the encoding. It goes to the backend before any
+/// of the client's bytes.
+pub async fn serve<C: ClientStream>(
     client: C,
     peer: SocketAddr,
     listener: &ListenerConfig,
     pools: &Pools,
-    proxy_header: impl FnOnce(SendProxyProtocol) -> Option<Vec<u8>>,
+    proxy_header: impl FnOnce(SendProxyProtocol, Option<SocketAddr>) -> Option<Vec<u8>>,
     shutdown: impl Future<Output = ()>,
-) where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     let started = Instant::now();
     let routing = pools.routing_full();
     let Some(routed) = listener.pool.as_deref().and_then(|p| routing.pool(p)) else {
@@ -131,7 +162,11 @@ pub async fn serve<C>(
     };
     line.backend = Some(backend.name());
     let (to_backend, to_client) = stats.tcp_opened(routed.pool.name(), backend.name());
-    let sent = match proxy_header(snapshot.config().upstream.send_proxy_protocol) {
+    let version = snapshot.config().upstream.send_proxy_protocol;
+    let local = (version != SendProxyProtocol::Off)
+        .then(|| client.local_addr().ok())
+        .flatten();
+    let sent = match proxy_header(version, local) {
         None => Ok(()),
         Some(header) => stream.write_all(&header).await,
     };
@@ -139,6 +174,8 @@ pub async fn serve<C>(
         Ok(()) => {
             let limits = RelayLimits {
                 idle_timeout: listener.idle_timeout,
+                plain_client: client.is_plain(),
+                plain_backend: matches!(stream, BackendStream::Plain(_)),
             };
             let counters = Counters {
                 to_backend: to_backend.inner(),

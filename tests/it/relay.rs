@@ -99,14 +99,36 @@ async fn finished(relay: JoinHandle<Relayed>) -> Relayed {
     bounded(relay).await.unwrap()
 }
 
+/// Both kinds of sides: connections shut down by the relay, and plain TCP
+/// ones whose last FIN the relay leaves to their close. Each peer reads a
+/// clean end of stream either way.
+const SIDES: [RelayLimits; 2] = [
+    RelayLimits {
+        idle_timeout: Duration::ZERO,
+        plain_client: false,
+        plain_backend: false,
+    },
+    RelayLimits {
+        idle_timeout: Duration::ZERO,
+        plain_client: true,
+        plain_backend: true,
+    },
+];
+
 #[tokio::test]
 async fn a_client_that_half_closes_after_its_request_still_reads_the_whole_answer() {
+    for limits in SIDES {
+        client_half_closes_first(limits).await;
+    }
+}
+
+async fn client_half_closes_first(limits: RelayLimits) {
     let Rig {
         mut client,
         mut backend,
         relay,
         ..
-    } = Rig::start().await;
+    } = Rig::start_with(limits, std::future::pending()).await;
     let serving = tokio::spawn(async move {
         // An echo-like backend: reads the request to its end, then answers.
         let mut request = Vec::new();
@@ -131,12 +153,18 @@ async fn a_client_that_half_closes_after_its_request_still_reads_the_whole_answe
 
 #[tokio::test]
 async fn a_backend_that_half_closes_still_receives_what_the_client_sends_afterwards() {
+    for limits in SIDES {
+        backend_half_closes_first(limits).await;
+    }
+}
+
+async fn backend_half_closes_first(limits: RelayLimits) {
     let Rig {
         mut client,
         mut backend,
         relay,
         ..
-    } = Rig::start().await;
+    } = Rig::start_with(limits, std::future::pending()).await;
     backend.write_all(b"everything I have").await.unwrap();
     backend.shutdown().await.unwrap();
     let mut answer = Vec::new();
@@ -387,7 +415,14 @@ async fn a_connection_without_traffic_for_the_idle_timeout_is_closed_both_ways()
         mut backend,
         relay,
         ..
-    } = Rig::start_with(RelayLimits { idle_timeout }, std::future::pending()).await;
+    } = Rig::start_with(
+        RelayLimits {
+            idle_timeout,
+            ..RelayLimits::default()
+        },
+        std::future::pending(),
+    )
+    .await;
     // Taken before the last byte moves, so the timeout cannot look early.
     let quiet_since = Instant::now();
     client.write_all(b"hi").await.unwrap();
@@ -420,7 +455,14 @@ async fn a_trickle_one_way_keeps_the_connection_open_past_several_idle_timeouts(
         mut backend,
         relay,
         ..
-    } = Rig::start_with(RelayLimits { idle_timeout }, std::future::pending()).await;
+    } = Rig::start_with(
+        RelayLimits {
+            idle_timeout,
+            ..RelayLimits::default()
+        },
+        std::future::pending(),
+    )
+    .await;
     // A download to a silent client: one byte every third of the timeout,
     // for four timeouts.
     let started = Instant::now();
