@@ -241,6 +241,20 @@ fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: 
     // The running config's settings for this listener (a reload may have
     // changed them), else those it started with.
     let settings = shared.config.listener(&running.name).unwrap_or(running);
+    if running.protocol == Protocol::Http && !settings.proxy_protocol {
+        // The common case, on its own: the task is the HTTP connection's
+        // future and the count, nothing more (most idle connections).
+        let Some(proxy) = shared.proxies.get(listener).cloned() else {
+            return;
+        };
+        let tls = shared.tls.get(listener).cloned().flatten();
+        let served = serve_connection(stream, peer, proxy, tls, shared.clone());
+        connections.spawn(async move {
+            let _counted = (admitted, load);
+            served.await;
+        });
+        return;
+    }
     let arrival = Arrival::new(settings, listener, peer, shared);
     if settings.proxy_protocol && !arrival.trusted(settings) {
         tracing::debug!(%peer, listener = %running.name, "a PROXY header from an untrusted peer; closing");
@@ -257,9 +271,9 @@ fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: 
         let Some(running) = shared.pools.running().get(listener) else {
             return;
         };
+        // Either boxed: the task holds no room for one while it reads the
+        // header, nor for a relay while it serves HTTP.
         if running.protocol == Protocol::Tcp {
-            // Boxed: an http connection's task (most of the idle ones)
-            // then holds no room for a relay.
             Box::pin(serve_tcp(stream, client, running, &shared, listener)).await;
             return;
         }
@@ -267,7 +281,7 @@ fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: 
             return;
         };
         let tls = shared.tls.get(listener).cloned().flatten();
-        serve_connection(stream, client.source, proxy, tls, shared).await;
+        Box::pin(serve_connection(stream, client.source, proxy, tls, shared)).await;
     });
 }
 
