@@ -15,8 +15,29 @@ use affinity::listener::{Addresses, Drain, ProxyHandle, ReloadFailed};
 /// mimalloc: per-thread free lists suit the proxy's many short-lived
 /// allocations (request heads, header maps, futures) better than glibc's
 /// malloc, which showed up at ~6% of CPU under load.
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// With `--features dhat-heap` (heap profiling, see `bench/idle_heap.sh`):
+/// every allocation goes through dhat, which records where it was made.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static GLOBAL: dhat::Alloc = dhat::Alloc;
+
+/// The running dhat profiler: dropped (which writes `dhat-heap.json`) when
+/// SIGTERM or SIGINT arrives, before the drain, so the file's "at t-end"
+/// figures are what was live while the connections were still open; else
+/// when `main` returns.
+#[cfg(feature = "dhat-heap")]
+static PROFILER: std::sync::Mutex<Option<dhat::Profiler>> = std::sync::Mutex::new(None);
+
+/// Writes the heap profile now (once; later calls do nothing).
+#[cfg(feature = "dhat-heap")]
+fn write_heap_profile() {
+    let profiler = PROFILER.lock().map(|mut p| p.take()).unwrap_or(None);
+    drop(profiler);
+}
 
 /// A consistent-hashing, session-affinity HTTP load balancer.
 #[derive(Debug, Parser)]
@@ -79,6 +100,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    if let Ok(mut profiler) = PROFILER.lock() {
+        // 40 frames, not dhat's 10: enough to reach, from the allocator,
+        // the hyper, tokio or affinity code that asked for the memory.
+        *profiler = Some(dhat::Profiler::builder().trim_backtraces(Some(40)).build());
+    }
+    let code = run_main();
+    #[cfg(feature = "dhat-heap")]
+    write_heap_profile();
+    code
+}
+
+fn run_main() -> ExitCode {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
     if cli.man {
@@ -228,6 +262,8 @@ async fn run(config: Config, path: PathBuf, demo: bool, addresses: Addresses) ->
         }
     };
     tracing::info!("{name} received; shutting down");
+    #[cfg(feature = "dhat-heap")]
+    write_heap_profile();
     if proxy.shutdown().await == Drain::TimedOut {
         tracing::warn!("some requests were cut off by the drain timeout");
     }
