@@ -10,8 +10,9 @@ the live bytes and blocks, divided by N (the idle connections), with:
   mimalloc (outermost first frames from alloc/core/std/bytes/... skipped),
   generics and hash stripped;
 * side: client (a frame of affinity::listener or hyper::server), backend
-  (affinity::proxy::upstream, affinity::pool or hyper::client), or startup
-  (anything else: config, routing tables, runtimes, logging);
+  (affinity::proxy::upstream, affinity::pool::probe or hyper::client), or
+  startup (anything else: config, Maglev tables, runtimes, logging: a fixed
+  cost, which only looks per connection here because it is divided by N);
 * mi: the bytes rounded up to mimalloc's size classes, the heap the
   release build (mimalloc) would hold for the same blocks.
 
@@ -26,7 +27,8 @@ import re
 
 OWN = ("hyper::", "hyper_util::", "h2::", "tokio::", "affinity::", "mimalloc::")
 CLIENT = ("affinity::listener", "hyper::server", "affinity::proxy::framing")
-BACKEND = ("affinity::proxy::upstream", "affinity::pool", "hyper::client")
+FIXED = ("affinity::balance::",)
+BACKEND = ("affinity::proxy::upstream", "affinity::pool::probe", "hyper::client")
 
 
 def function(frame):
@@ -53,6 +55,9 @@ def owner(frames):
 
 def side(frames):
     names = [function(f).lstrip("<") for f in frames]
+    # Tables built once (or on a reload), whichever request first asked.
+    if any(name.startswith(FIXED) for name in names):
+        return "startup"
     # The innermost of the two markers decides: a backend connection's task
     # spawned from a client request's future is the backend's.
     for name in names:
