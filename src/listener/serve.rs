@@ -243,16 +243,20 @@ fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: 
     let settings = shared.config.listener(&running.name).unwrap_or(running);
     if running.protocol == Protocol::Http && !settings.proxy_protocol {
         // The common case, on its own: the task is the HTTP connection's
-        // future and the count, nothing more (most idle connections).
+        // future holding its count, nothing more (most idle connections).
         let Some(proxy) = shared.proxies.get(listener).cloned() else {
             return;
         };
         let tls = shared.tls.get(listener).cloned().flatten();
-        let served = serve_connection(stream, peer, proxy, tls, shared.clone());
-        connections.spawn(async move {
-            let _counted = (admitted, load);
-            served.await;
-        });
+        let counted = (admitted, load);
+        connections.spawn(serve_connection(
+            stream,
+            peer,
+            proxy,
+            tls,
+            shared.clone(),
+            counted,
+        ));
         return;
     }
     let arrival = Arrival::new(settings, listener, peer, shared);
@@ -281,7 +285,15 @@ fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: 
             return;
         };
         let tls = shared.tls.get(listener).cloned().flatten();
-        Box::pin(serve_connection(stream, client.source, proxy, tls, shared)).await;
+        Box::pin(serve_connection(
+            stream,
+            client.source,
+            proxy,
+            tls,
+            shared,
+            (),
+        ))
+        .await;
     });
 }
 
@@ -417,18 +429,24 @@ async fn serve_tcp(
 
 /// Serves one client connection to its end: HTTP/1.1, or HTTP/2 (with
 /// prior knowledge, seen in its first bytes; over TLS, as ALPN agreed).
-fn serve_connection(
+/// `keep` (the connection's place in the counts) is held to the end: the
+/// future can be spawned as it is, so that the task holds it once (an
+/// `async` block around it would hold it twice: as captured, and as
+/// awaited).
+fn serve_connection<K: Send + 'static>(
     stream: TcpStream,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     tls: Option<Arc<TlsListener>>,
     shared: Shared,
+    keep: K,
 ) -> impl Future<Output = ()> + Send + 'static {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
     }
     let header_timeout = shared.config.limits.header_timeout;
     async move {
+        let _keep = keep;
         let Some(tls) = tls else {
             // Until the first request, the connection is on `header_timeout`
             // as a whole (hyper times the HTTP/1 head, but not the wait for
@@ -441,14 +459,26 @@ fn serve_connection(
         };
         // Boxed, the handshake and the TLS state: a plain connection's task
         // (most of the idle ones) then holds no room for them.
-        let handshake = Box::pin(tls.handshake(stream, shared.pools.stats()));
-        let Some(stream) = handshake.await else {
-            return;
-        };
-        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        let deadline = Instant::now() + header_timeout;
-        serve_http(Box::new(stream), peer, h2, deadline, proxy, shared).await;
+        Box::pin(serve_tls(stream, peer, tls, header_timeout, proxy, shared)).await;
     }
+}
+
+/// Serves a connection of a TLS listener: the handshake, then HTTP as ALPN
+/// agreed.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<TlsListener>,
+    header_timeout: Duration,
+    proxy: Arc<Proxy>,
+    shared: Shared,
+) {
+    let Some(stream) = tls.handshake(stream, shared.pools.stats()).await else {
+        return;
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let deadline = Instant::now() + header_timeout;
+    serve_http(Box::new(stream), peer, h2, deadline, proxy, shared).await;
 }
 
 /// Looks at a plain connection's first bytes without consuming them:
