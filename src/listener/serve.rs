@@ -76,6 +76,8 @@ struct Shared {
     config: Arc<Config>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     http1: Arc<http1::Builder>,
+    /// Each running listener's name, for its metrics' labels.
+    names: Arc<[Arc<str>]>,
 }
 
 impl Shared {
@@ -90,6 +92,15 @@ impl Shared {
             }
             self.config = current;
         }
+    }
+
+    /// Running listener `listener` as it started, and its settings in the
+    /// running config (a reload may have changed them; those it started
+    /// with if the config no longer names it).
+    fn settings(&self, listener: usize) -> Option<(&ListenerConfig, &ListenerConfig)> {
+        let running = self.pools.running().get(listener)?;
+        let settings = self.config.listener(&running.name).unwrap_or(running);
+        Some((running, settings))
     }
 }
 
@@ -112,6 +123,11 @@ pub(super) async fn serve(
         mut handed,
     } = worker;
     let config = pools.routing().config().clone();
+    let names: Vec<Arc<str>> = pools
+        .running()
+        .iter()
+        .map(|l| Arc::from(l.name.as_str()))
+        .collect();
     let mut shared = Shared {
         builder: Arc::new(connection_builder(&config.limits)),
         http1: Arc::new(http1_builder(&config.limits)),
@@ -121,22 +137,18 @@ pub(super) async fn serve(
         pools,
         tunnels: Tunnels::new(),
         draining: Arc::new(DrainSignal::default()),
+        names: names.into(),
     };
     // Each listener's open connections, over every worker.
     let listening: Vec<Gauge> = shared
-        .pools
-        .running()
+        .names
         .iter()
-        .map(|l| {
+        .map(|name| {
             let labels = ListenerLabels {
-                listener: Arc::from(l.name.as_str()),
+                listener: name.clone(),
             };
-            shared
-                .pools
-                .stats()
-                .listener_connections()
-                .get_or_create(&labels)
-                .clone()
+            let gauges = shared.pools.stats().listener_connections();
+            gauges.get_or_create(&labels).clone()
         })
         .collect();
     let mut connections = JoinSet::new();
@@ -147,6 +159,7 @@ pub(super) async fn serve(
             (listener, accepted) = accept_any(&listeners) => match accepted {
                 Ok((stream, peer)) => {
                     shared.pools.stats().client_connections_accepted().inc();
+                    shared.refresh();
                     let Some(counted) = admit(&shared, &open, &listening[listener], listener, peer) else {
                         // Over a limit: closed at once, without a word,
                         // so the accept loop never waits on it.
@@ -165,13 +178,15 @@ pub(super) async fn serve(
                 }
             },
             Some(handed) = handed.recv() => match take_over(handed) {
-                Some(connection) => connection,
+                Some(connection) => {
+                    shared.refresh();
+                    connection
+                }
                 None => continue,
             },
             // Reap finished connections so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        shared.refresh();
         spawn_connection(&mut connections, connection, &shared);
     }
     drop(listeners);
@@ -213,18 +228,15 @@ fn admit(
     listener: usize,
     peer: SocketAddr,
 ) -> Option<Admitted> {
-    let config = shared.pools.routing().config().clone();
-    let running = shared.pools.running().get(listener)?;
-    let own = config
-        .listener(&running.name)
-        .map_or(running.max_connections, |l| l.max_connections);
-    let max = config.limits.max_connections;
+    let (_, settings) = shared.settings(listener)?;
+    let own = settings.max_connections;
+    let max = shared.config.limits.max_connections;
     match Admitted::try_admit(open, max, listening, own) {
         Ok(admitted) => Some(admitted),
         Err(refused) => {
-            tracing::debug!(%peer, listener = %running.name, max, ?own, ?refused, "too many client connections; closing a new one");
-            let name = Arc::from(running.name.as_str());
-            shared.pools.stats().listener_event(&name, refused.event());
+            let name = &shared.names[listener];
+            tracing::debug!(%peer, listener = %name, max, ?own, ?refused, "too many client connections; closing a new one");
+            shared.pools.stats().listener_event(name, refused.event());
             None
         }
     }
@@ -235,12 +247,9 @@ fn admit(
 /// trusted peer only), then as its listener's protocol says.
 fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: &Shared) {
     let ((stream, peer, admitted, listener), load) = connection;
-    let Some(running) = shared.pools.running().get(listener) else {
+    let Some((running, settings)) = shared.settings(listener) else {
         return;
     };
-    // The running config's settings for this listener (a reload may have
-    // changed them), else those it started with.
-    let settings = shared.config.listener(&running.name).unwrap_or(running);
     if running.protocol == Protocol::Http && !settings.proxy_protocol {
         // The common case, on its own: the task is the HTTP connection's
         // future holding its count, nothing more (most idle connections).
@@ -259,7 +268,7 @@ fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: 
         ));
         return;
     }
-    let arrival = Arrival::new(settings, listener, peer, shared);
+    let arrival = Arrival::new(settings, &shared.names[listener], peer, shared);
     if settings.proxy_protocol && !arrival.trusted(settings) {
         tracing::debug!(%peer, listener = %running.name, "a PROXY header from an untrusted peer; closing");
         arrival.counted("proxy_untrusted");
@@ -303,8 +312,8 @@ struct Arrival {
     peer: SocketAddr,
     /// `Some`: a header is required within this long.
     header_within: Option<Duration>,
-    /// The listener's place among the running ones.
-    listener: usize,
+    /// The listener's name.
+    listener: Arc<str>,
     pools: Arc<Pools>,
 }
 
@@ -319,7 +328,7 @@ struct Ends {
 impl Arrival {
     fn new(
         settings: &ListenerConfig,
-        listener: usize,
+        listener: &Arc<str>,
         peer: SocketAddr,
         shared: &Shared,
     ) -> Arrival {
@@ -328,17 +337,9 @@ impl Arrival {
             header_within: settings
                 .proxy_protocol
                 .then_some(shared.config.limits.header_timeout),
-            listener,
+            listener: listener.clone(),
             pools: shared.pools.clone(),
         }
-    }
-
-    /// The listener's name.
-    fn name(&self) -> &str {
-        self.pools
-            .running()
-            .get(self.listener)
-            .map_or("", |l| l.name.as_str())
     }
 
     /// Whether the peer may send a PROXY header.
@@ -349,8 +350,7 @@ impl Arrival {
 
     /// Counts `event` for the listener.
     fn counted(&self, event: &'static str) {
-        let name = Arc::from(self.name());
-        self.pools.stats().listener_event(&name, event);
+        self.pools.stats().listener_event(&self.listener, event);
     }
 
     /// The connection's ends: the peer's, or those its PROXY header names;
@@ -388,7 +388,7 @@ impl Arrival {
                     ReadError::Closed => "proxy_closed",
                     ReadError::Invalid(_) | ReadError::Io(_) => "proxy_invalid",
                 };
-                tracing::debug!(peer = %self.peer, listener = %self.name(), %error, "no valid PROXY header; closing");
+                tracing::debug!(peer = %self.peer, listener = %self.listener, %error, "no valid PROXY header; closing");
                 self.counted(event);
                 None
             }
