@@ -7,6 +7,7 @@ use std::fmt;
 
 use crate::proxy::request_body::BodyTooLarge;
 use crate::proxy::upstream::UpstreamError;
+use crate::proxy::upstream::h1;
 
 /// What went wrong with one attempt, most specific first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,9 +55,14 @@ pub fn causes<'a>(
 /// Whether an exchange failed because the client's request body did (hyper
 /// reports the body it was given failing as a user error).
 fn client_body_failed(error: &UpstreamError) -> bool {
-    causes(error)
-        .filter_map(|cause| cause.downcast_ref::<hyper::Error>())
-        .any(hyper::Error::is_user)
+    causes(error).any(|cause| {
+        cause
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+            || cause
+                .downcast_ref::<h1::Error>()
+                .is_some_and(h1::Error::is_request_body)
+    })
 }
 
 /// The [`BodyTooLarge`] that made an exchange fail, if that is what did.
@@ -75,6 +81,12 @@ fn broken_off_by_backend(error: &UpstreamError) -> bool {
                 return false;
             }
             backend |= hyper_error.is_incomplete_message();
+        }
+        if let Some(h1_error) = cause.downcast_ref::<h1::Error>() {
+            if h1_error.is_request_body() {
+                return false;
+            }
+            backend |= h1_error.is_closed_before_head();
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             backend |= matches!(

@@ -7,11 +7,12 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::header::{HOST, HeaderMap, HeaderValue, TE};
 use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, Uri, Version};
+
 use tokio::time::Instant;
 
 use crate::config::{LimitsConfig, UpstreamProtocol};
@@ -23,14 +24,16 @@ use crate::proxy::failure::{Chain, Failure};
 use crate::proxy::request::{TakesTrailers, is_idempotent};
 use crate::proxy::request_body::{BodyTooLarge, ClientBody, RecoverableBody, Recovery};
 use crate::proxy::retry::{Plan, RetryState, Step, Stop};
-use crate::proxy::upstream::{self, Connection, UpstreamError};
+use crate::proxy::upstream::h1::Upgraded;
+use crate::proxy::upstream::{self, Exchanged, ResponseBody, UpstreamError};
 
 /// A backend's response head, with what its body still holds on to.
 pub struct Answer {
-    /// The response, its body still to be read.
-    pub response: Response<Incoming>,
-    /// The backend connection, given back once the response body is read.
-    pub connection: Connection,
+    /// The response, its body still to be read (it gives its connection
+    /// back once read to its end).
+    pub response: Response<ResponseBody>,
+    /// After a `101` over HTTP/1.1: the backend's connection, for a tunnel.
+    pub upgraded: Option<Upgraded>,
     /// The request, in flight until the response body ends.
     pub in_flight: InFlight,
     /// The backend that answered.
@@ -222,13 +225,13 @@ async fn attempt(
     let send = upstream::send(backend.target(), protocol, connect_timeout, request);
     match tokio::time::timeout_at(deadline, send).await {
         Err(_elapsed) => Err(Missed::Timeout),
-        Ok(Ok((response, connection))) => {
+        Ok(Ok(Exchanged { response, upgraded })) => {
             backend
                 .state()
                 .observe_latency(sent.elapsed(), ctx.pool.now_ns());
             Ok(Answer {
                 response,
-                connection,
+                upgraded,
                 in_flight,
                 backend: backend.name().clone(),
                 pin: backend.pin(),

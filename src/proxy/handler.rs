@@ -205,16 +205,16 @@ fn respond(
     tunnels: &Tunnels,
 ) -> Response<ProxyBody> {
     let Answer {
-        mut response,
-        connection,
+        response,
+        upgraded,
         in_flight,
         backend,
         ..
     } = answer;
     // `checked_switch` let a `101` through only for an upgrade request.
-    let upgrades = match client_upgrade {
-        Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            Some((client, hyper::upgrade::on(&mut response)))
+    let upgrades = match (client_upgrade, upgraded) {
+        (Some(client), Some(backend)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Some((client, backend))
         }
         _ => None,
     };
@@ -242,13 +242,13 @@ fn respond(
     match upgrades {
         Some((client, backend)) => {
             // The backend connection becomes the tunnel's.
-            drop(connection);
+            drop(incoming);
             tunnels.spawn(client, backend, finish, ending.bytes_in);
             Response::from_parts(head, ProxyBody::empty())
         }
         None => Response::from_parts(
             head,
-            ProxyBody::Upstream(UpstreamBody::new(incoming, connection, finish)),
+            ProxyBody::Upstream(UpstreamBody::new(incoming, finish)),
         ),
     }
 }

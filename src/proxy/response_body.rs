@@ -8,10 +8,11 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use crate::proxy::access::{Finish, UPSTREAM_ERROR};
-use crate::proxy::upstream::Connection;
+use crate::proxy::request_body::BoxError;
+use crate::proxy::upstream::ResponseBody;
 
 /// The body of every response the proxy sends.
 #[derive(Debug)]
@@ -38,31 +39,20 @@ impl ProxyBody {
 /// A backend's response body on its way to the client.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    /// Gives its backend connection back for another request once read to
+    /// its end, and closes it when dropped before.
+    inner: ResponseBody,
     bytes: u64,
     finish: Option<Finish>,
-    /// The backend connection the body comes on: given back for another
-    /// request once the body has been read to its end.
-    connection: Option<Connection>,
 }
 
 impl UpstreamBody {
-    /// Streams `inner`, which arrives on `connection`; `finish` runs when it
-    /// ends, fails or is dropped.
-    pub fn new(inner: Incoming, connection: Connection, finish: Finish) -> UpstreamBody {
+    /// Streams `inner`; `finish` runs when it ends, fails or is dropped.
+    pub fn new(inner: ResponseBody, finish: Finish) -> UpstreamBody {
         UpstreamBody {
             inner,
             bytes: 0,
             finish: Some(finish),
-            connection: Some(connection),
-        }
-    }
-
-    /// The body was read to its end: the connection goes back for reuse.
-    /// (Dropped any other way, it closes with the body.)
-    fn release(&mut self) {
-        if let Some(connection) = self.connection.take() {
-            connection.release();
         }
     }
 
@@ -75,22 +65,18 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        // A body with nothing in it is whole without being read.
-        if self.inner.is_end_stream() {
-            self.release();
-        }
         self.complete("aborted");
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Upstream(body) => {
                 let frame = ready!(Pin::new(&mut body.inner).poll_frame(cx));
@@ -100,19 +86,11 @@ impl Body for ProxyBody {
                             body.bytes += data.len() as u64;
                         }
                         if body.inner.is_end_stream() {
-                            body.release();
                             body.complete("complete");
                         }
                     }
-                    Some(Err(_)) => {
-                        // Cut off: the connection cannot carry another request.
-                        body.connection = None;
-                        body.complete(UPSTREAM_ERROR);
-                    }
-                    None => {
-                        body.release();
-                        body.complete("complete");
-                    }
+                    Some(Err(_)) => body.complete(UPSTREAM_ERROR),
+                    None => body.complete("complete"),
                 }
                 Poll::Ready(frame)
             }

@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::proxy::access::Finish;
+use crate::proxy::upstream::h1::Upgraded;
 
 /// How much one direction of a tunnel reads at once.
 const BUFFER_SIZE: usize = 16 * 1024;
@@ -96,7 +97,7 @@ impl Tunnels {
     }
 
     /// Starts a tunnel on the current runtime between the client's side of
-    /// an upgrade and the backend's. It waits for both switches (the client's
+    /// an upgrade and the backend's. It waits for the client's switch (which
     /// completes once hyper has written the `101` to it), then copies bytes
     /// until either side closes or the set is cut off. When the tunnel ends,
     /// the bytes the client sent are added to `bytes_in` (the access
@@ -105,7 +106,7 @@ impl Tunnels {
     pub fn spawn(
         &self,
         client: OnUpgrade,
-        backend: OnUpgrade,
+        backend: Upgraded,
         finish: Finish,
         bytes_in: Option<Arc<AtomicU64>>,
     ) {
@@ -135,19 +136,19 @@ impl Tunnels {
     }
 }
 
-/// The tunnel itself: waits for both switches, then copies until one side
+/// The tunnel itself: waits for the client's switch, then copies until one side
 /// closes, counting the bytes sent up (client to backend) and down. Returns
 /// how it ended.
-async fn run(client: OnUpgrade, backend: OnUpgrade, up: &mut u64, down: &mut u64) -> &'static str {
-    let (client, backend) = match tokio::try_join!(client, backend) {
-        Ok(both) => both,
+async fn run(client: OnUpgrade, backend: Upgraded, up: &mut u64, down: &mut u64) -> &'static str {
+    let client = match client.await {
+        Ok(client) => client,
         Err(error) => {
             tracing::debug!(%error, "upgrade failed; no tunnel");
             return "upgrade failed";
         }
     };
     let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
-    let (mut backend_read, mut backend_write) = tokio::io::split(TokioIo::new(backend));
+    let (mut backend_read, mut backend_write) = tokio::io::split(backend);
     let outcome = tokio::select! {
         ended = pump(&mut client_read, &mut backend_write, up) => match ended {
             Ok(()) => "tunnel closed by client",

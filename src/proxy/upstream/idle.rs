@@ -1,0 +1,146 @@
+//! Each worker thread's idle HTTP/1.1 connections to backends, per backend
+//! address (and TLS settings): a request takes the most recently used one
+//! that is still open, and a response read to its end gives its connection
+//! back. An idle connection is its socket alone: nothing polls it, and
+//! whether the backend closed it is read from the socket's readiness when
+//! it is taken, and once a second for all of them.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+use fnv::FnvBuildHasher;
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::pool::target::BackendStream;
+
+/// How long a backend connection may sit idle before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The most idle connections a thread keeps per backend.
+pub const MAX_IDLE_PER_BACKEND: usize = 1024;
+
+/// How often, at most, a thread looks through its idle lists for
+/// connections to drop.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// An HTTP/1.1 connection to a backend, between requests.
+#[derive(Debug)]
+pub struct Conn {
+    stream: BackendStream,
+    /// Its idle list ([`crate::pool::target::Target::key`]).
+    key: Arc<str>,
+}
+
+impl Conn {
+    /// A new connection, for the idle list `key`.
+    pub fn new(stream: BackendStream, key: Arc<str>) -> Conn {
+        Conn { stream, key }
+    }
+
+    /// The idle list it goes back to.
+    pub fn key(&self) -> &Arc<str> {
+        &self.key
+    }
+
+    /// The connection's stream.
+    pub fn stream_mut(&mut self) -> &mut BackendStream {
+        &mut self.stream
+    }
+
+    /// The connection's stream, for good (after a `101`).
+    pub fn into_stream(self) -> BackendStream {
+        self.stream
+    }
+
+    /// Whether an idle connection can take a request: nothing arrived on it
+    /// while it was idle (neither the backend's close nor a stray byte).
+    /// Asks the socket's readiness, which the runtime keeps without a system
+    /// call; only when it says readable is the socket read.
+    pub fn is_reusable(&mut self) -> bool {
+        let mut byte = [MaybeUninit::uninit(); 1];
+        let mut buf = ReadBuf::uninit(&mut byte);
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(&mut self.stream)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending()
+    }
+}
+
+/// The most recently used idle connection of the pool `key` on this thread
+/// that is still open and fresh, if any.
+pub fn take(key: &str) -> Option<Conn> {
+    IDLE.with(|idle| idle.borrow_mut().take(key))
+}
+
+/// Gives `conn`, whose last response was read to its end, back to this
+/// thread's idle list.
+pub fn release(conn: Conn) {
+    IDLE.with(|idle| idle.borrow_mut().put(conn));
+}
+
+thread_local! {
+    static IDLE: RefCell<IdleConnections> = RefCell::new(IdleConnections::default());
+}
+
+/// One thread's idle connections, by backend address (and TLS settings).
+#[derive(Default)]
+struct IdleConnections {
+    by_key: HashMap<Arc<str>, Vec<Idle>, FnvBuildHasher>,
+    last_sweep: Option<Instant>,
+}
+
+/// An idle connection and since when.
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+impl IdleConnections {
+    /// The most recently used connection of the pool `key` that is still
+    /// open and fresh, if any; those that are not are closed.
+    fn take(&mut self, key: &str) -> Option<Conn> {
+        let list = self.by_key.get_mut(key)?;
+        while let Some(mut idle) = list.pop() {
+            if idle.since.elapsed() < IDLE_TIMEOUT && idle.conn.is_reusable() {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` as idle, unless the list is full.
+    fn put(&mut self, conn: Conn) {
+        let now = Instant::now();
+        if self
+            .last_sweep
+            .is_none_or(|last| now.duration_since(last) >= SWEEP_EVERY)
+        {
+            self.sweep(now);
+        }
+        let list = match self.by_key.get_mut(&**conn.key()) {
+            Some(list) => list,
+            None => self.by_key.entry(conn.key().clone()).or_default(),
+        };
+        if list.len() < MAX_IDLE_PER_BACKEND {
+            list.push(Idle { conn, since: now });
+        }
+    }
+
+    /// Closes the connections the backend closed or that have been idle for
+    /// too long, and drops the lists left empty (a backend removed by a
+    /// reload leaves nothing behind).
+    fn sweep(&mut self, now: Instant) {
+        self.last_sweep = Some(now);
+        self.by_key.retain(|_, list| {
+            list.retain_mut(|idle| {
+                now.duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.is_reusable()
+            });
+            !list.is_empty()
+        });
+    }
+}
