@@ -518,6 +518,41 @@ mod tests {
     }
 
     #[test]
+    fn a_backends_cached_handles_count_in_the_same_series_as_label_lookups() {
+        let stats = Stats::new();
+        let metrics = Metrics::new(&stats);
+        let cache = crate::pool::stats::RequestMetricsCache::default();
+        let p: Arc<str> = Arc::from("default");
+        let a: Arc<str> = Arc::from("a");
+        let ms = Duration::from_millis(2);
+        // A common status through its handle, an uncommon one by label, and
+        // the same series by label: one count each, all in one series.
+        stats.backend_request_finished(&cache, &p, &a, 200, ms);
+        stats.backend_request_finished(&cache, &p, &a, 200, ms);
+        stats.backend_request_finished(&cache, &p, &a, 418, ms);
+        stats.request_finished(Some(&p), Some(&a), 200, ms);
+        // The cache was made for `default`/`a`: other labels go the long way.
+        let renamed: Arc<str> = Arc::from("renamed");
+        stats.backend_request_finished(&cache, &renamed, &a, 200, ms);
+        let text = metrics.encode();
+        let count = |pool: &str, code: u16| {
+            let series =
+                format!("affinity_requests_total{{pool=\"{pool}\",backend=\"a\",code=\"{code}\"}}");
+            line(&text, &series).map(|l| l[series.len()..].trim().to_owned())
+        };
+        assert_eq!(count("default", 200).as_deref(), Some("3"), "{text}");
+        assert_eq!(count("default", 418).as_deref(), Some("1"), "{text}");
+        assert_eq!(count("renamed", 200).as_deref(), Some("1"), "{text}");
+        assert_eq!(
+            line(
+                &text,
+                "affinity_request_duration_seconds_count{pool=\"default\",backend=\"a\"}"
+            ),
+            Some("affinity_request_duration_seconds_count{pool=\"default\",backend=\"a\"} 4")
+        );
+    }
+
+    #[test]
     fn requests_count_by_backend_and_code_and_local_answers_have_an_empty_backend() {
         let stats = Stats::new();
         let metrics = Metrics::new(&stats);

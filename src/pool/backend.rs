@@ -12,6 +12,7 @@ use http::uri::{Authority, Scheme};
 
 use crate::balance::policy::LatencyEwma;
 use crate::pool::recent::{LastMinute, RecentRequests};
+use crate::pool::stats::RequestMetricsCache;
 use crate::pool::target::Target;
 
 /// Live figures of one backend that outlive snapshots.
@@ -22,6 +23,7 @@ pub struct BackendState {
     latency: LatencyEwma,
     health: Mutex<HealthRecord>,
     recent: RecentRequests,
+    metrics: RequestMetricsCache,
 }
 
 /// When a backend's health last changed and what its last probe said, for
@@ -63,6 +65,7 @@ impl BackendState {
                 last_probe: None,
             }),
             recent: RecentRequests::new(),
+            metrics: RequestMetricsCache::default(),
         }
     }
 
@@ -151,6 +154,13 @@ impl InFlight {
     /// `now_ns`, and counts it in the backend's last minute.
     pub fn finish(self, status: u16, elapsed: Duration, now_ns: u64) {
         self.0.record_finished(status, elapsed, now_ns);
+    }
+}
+
+impl InFlight {
+    /// The handles on the backend's request metrics.
+    pub fn metrics(&self) -> &RequestMetricsCache {
+        &self.0.metrics
     }
 }
 

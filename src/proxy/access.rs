@@ -255,6 +255,13 @@ impl Finish {
         // One clock read for both the metrics and the last minute.
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(answered.started);
+        answered.pool.stats().backend_request_finished(
+            in_flight.metrics(),
+            answered.pool.name(),
+            &answered.backend,
+            answered.status,
+            elapsed,
+        );
         in_flight.finish(answered.status, elapsed, answered.pool.ns_at(now));
         if outcome == UPSTREAM_ERROR
             && let Some(health) = &answered.health
@@ -266,12 +273,6 @@ impl Finish {
                 "the backend cut off its response",
             );
         }
-        answered.pool.stats().request_finished(
-            Some(answered.pool.name()),
-            Some(&answered.backend),
-            answered.status,
-            elapsed,
-        );
         if let Some(record) = record {
             record.log(bytes, outcome);
         }

@@ -184,11 +184,36 @@ pub struct BodyTooLarge {
 
 /// The other end of a [`RecoverableBody`]: holds the body once it comes back.
 #[derive(Debug)]
-pub struct Recovery<B = ClientBody>(oneshot::Receiver<B>);
+pub struct Recovery<B = ClientBody>(Kept<B>);
+
+/// Where a [`Recovery`]'s body is.
+#[derive(Debug)]
+enum Kept<B> {
+    /// Comes back through the channel if dropped unpolled.
+    Channel(oneshot::Receiver<B>),
+    /// A body that had ended before it was sent (nothing to read, nothing to
+    /// lose): kept here from the start, no channel needed.
+    Here(B),
+}
 
 impl<B> RecoverableBody<B> {
     /// Wraps `body`; the [`Recovery`] gets it back if it is dropped unpolled.
-    pub fn new(body: B) -> (RecoverableBody<B>, Recovery<B>) {
+    /// A body that has already ended stays with the [`Recovery`], and the
+    /// one sent is empty.
+    pub fn new(body: B) -> (RecoverableBody<B>, Recovery<B>)
+    where
+        B: Body,
+    {
+        if body.is_end_stream() {
+            let empty = RecoverableBody {
+                inner: None,
+                give_back: None,
+                read: None,
+                limit: 0,
+                seen: 0,
+            };
+            return (empty, Recovery(Kept::Here(body)));
+        }
         let (tx, rx) = oneshot::channel();
         let wrapped = RecoverableBody {
             inner: Some(body),
@@ -197,7 +222,7 @@ impl<B> RecoverableBody<B> {
             limit: 0,
             seen: 0,
         };
-        (wrapped, Recovery(rx))
+        (wrapped, Recovery(Kept::Channel(rx)))
     }
 
     /// The same body, adding the data bytes read from it to `read` (when
@@ -218,8 +243,11 @@ impl<B> RecoverableBody<B> {
 impl<B> Recovery<B> {
     /// The body, if its [`RecoverableBody`] was dropped without being polled;
     /// `None` if it was polled or is still alive.
-    pub fn take(mut self) -> Option<B> {
-        self.0.try_recv().ok()
+    pub fn take(self) -> Option<B> {
+        match self.0 {
+            Kept::Channel(mut rx) => rx.try_recv().ok(),
+            Kept::Here(body) => Some(body),
+        }
     }
 }
 
@@ -343,6 +371,18 @@ mod tests {
             unlimited.budget(1 << 40, &SizeHint::with_exact(1 << 40)),
             Some(u64::MAX)
         );
+    }
+
+    #[tokio::test]
+    async fn an_ended_body_stays_with_its_recovery_and_an_empty_one_is_sent() {
+        let (body, recovery) = RecoverableBody::new(full(""));
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert!(collected.is_empty());
+        // Polled or not, an empty body can always be sent again.
+        let back = recovery.take().expect("the body is kept");
+        assert!(back.is_end_stream());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 use hyper::ext::ReasonPhrase;
 use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRAILER, TRANSFER_ENCODING,
+    CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRAILER, TRANSFER_ENCODING,
 };
 use hyper::http::response::Parts;
 use hyper::{Method, Response, StatusCode, Version};
@@ -168,8 +168,11 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
         .flatten();
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut framing_headers = FramingHeaders::default();
     for (name, value) in fields {
-        let name = HeaderName::from_bytes(&head[name])
+        let name = &head[name];
+        framing_headers.note(name, &head[value.clone()]);
+        let name = HeaderName::from_bytes(name)
             .map_err(|_| HeadError::Invalid(httparse::Error::HeaderName))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value))
             .map_err(|_| HeadError::HeaderValue)?;
@@ -179,8 +182,8 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
     if let Some(phrase) = phrase {
         parts.extensions.insert(phrase);
     }
-    let framing = framing(status, version, &headers, method)?;
-    let keep_alive = keeps_alive(version, &headers) && framing != Framing::Close;
+    let framing = framing_headers.framing(status, version, method)?;
+    let keep_alive = framing_headers.keeps_alive(version) && framing != Framing::Close;
     parts.status = status;
     parts.version = version;
     parts.headers = headers;
@@ -192,43 +195,104 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
     Ok(Parsed::Head(head, len))
 }
 
-/// How the body of a final response is delimited (RFC 9112 §6.3, as
-/// hyper's `Client::decoder`).
-fn framing(
-    status: StatusCode,
-    version: Version,
-    headers: &HeaderMap,
-    method: &Method,
-) -> Result<Framing, HeadError> {
-    match status.as_u16() {
-        101 => return Ok(Framing::Switch),
-        204 | 304 => return Ok(Framing::Empty),
-        _ => {}
-    }
-    if *method == Method::HEAD {
-        return Ok(Framing::Empty);
-    }
-    if *method == Method::CONNECT && status.is_success() {
-        return Ok(Framing::Switch);
-    }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        if version == Version::HTTP_10 {
-            return Err(HeadError::TransferEncodingOn10);
+/// What a response's `Transfer-Encoding`, `Content-Length` and
+/// `Connection` headers say, noted while its headers are read (no lookup in
+/// the header map afterwards).
+#[derive(Debug, Default)]
+struct FramingHeaders {
+    /// There is a `Transfer-Encoding`; the last one's final coding is
+    /// `chunked`.
+    transfer_encoding: bool,
+    chunked: bool,
+    /// There is a `Content-Length`; every value (and list item) is one and
+    /// the same valid number.
+    content_length: bool,
+    length: Option<u64>,
+    length_invalid: bool,
+    /// `Connection` tokens seen.
+    close: bool,
+    keep_alive: bool,
+}
+
+impl FramingHeaders {
+    /// Notes the header `name: value` if it is one of the three.
+    fn note(&mut self, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_encoding = true;
+            self.chunked = last_coding_is_chunked(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            self.content_length = true;
+            for item in value.split(|&b| b == b',') {
+                match parse_digits(item.trim_ascii()) {
+                    Some(len) if self.length.is_none_or(|seen| seen == len) => {
+                        self.length = Some(len);
+                    }
+                    _ => self.length_invalid = true,
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
         }
-        return Ok(if is_chunked(headers) {
-            Framing::Chunked
-        } else {
-            Framing::Close
-        });
     }
-    if headers.contains_key(CONTENT_LENGTH) {
-        return match content_length(headers) {
-            Some(0) => Ok(Framing::Empty),
-            Some(len) => Ok(Framing::Length(len)),
-            None => Err(HeadError::ContentLength),
-        };
+
+    /// How the body of a final response is delimited (RFC 9112 §6.3, as
+    /// hyper's `Client::decoder`).
+    fn framing(
+        &self,
+        status: StatusCode,
+        version: Version,
+        method: &Method,
+    ) -> Result<Framing, HeadError> {
+        match status.as_u16() {
+            101 => return Ok(Framing::Switch),
+            204 | 304 => return Ok(Framing::Empty),
+            _ => {}
+        }
+        if *method == Method::HEAD {
+            return Ok(Framing::Empty);
+        }
+        if *method == Method::CONNECT && status.is_success() {
+            return Ok(Framing::Switch);
+        }
+        if self.transfer_encoding {
+            if version == Version::HTTP_10 {
+                return Err(HeadError::TransferEncodingOn10);
+            }
+            return Ok(if self.chunked {
+                Framing::Chunked
+            } else {
+                Framing::Close
+            });
+        }
+        if self.content_length {
+            return match self.length {
+                _ if self.length_invalid => Err(HeadError::ContentLength),
+                Some(0) => Ok(Framing::Empty),
+                Some(len) => Ok(Framing::Length(len)),
+                None => Err(HeadError::ContentLength),
+            };
+        }
+        Ok(Framing::Close)
     }
-    Ok(Framing::Close)
+
+    /// Whether a response of `version` leaves its connection open for
+    /// another request: HTTP/1.1 without `close`, HTTP/1.0 with
+    /// `keep-alive`.
+    fn keeps_alive(&self, version: Version) -> bool {
+        !self.close && (version == Version::HTTP_11 || self.keep_alive)
+    }
+}
+
+/// Whether a `Transfer-Encoding` value's final coding is `chunked`.
+fn last_coding_is_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Whether the last `Transfer-Encoding`'s final coding is `chunked`.
@@ -237,8 +301,7 @@ pub fn is_chunked(headers: &HeaderMap) -> bool {
         .get_all(TRANSFER_ENCODING)
         .iter()
         .next_back()
-        .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
-        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .is_some_and(|value| last_coding_is_chunked(value.as_bytes()))
 }
 
 /// The `Content-Length` of `headers`: every value (each possibly a
@@ -272,21 +335,6 @@ fn parse_digits(digits: &[u8]) -> Option<u64> {
         value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
     }
     (value <= MAX_CONTENT_LENGTH).then_some(value)
-}
-
-/// Whether a response of `version` with `headers` leaves its connection
-/// open for another request.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep_alive = false;
-    for value in headers.get_all(CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    !close && (version == Version::HTTP_11 || keep_alive)
 }
 
 /// Writes the head of a request (`method`, origin-form `target`, `headers`)
