@@ -194,6 +194,50 @@ async fn attempt(
     plan: Plan,
     deadline: Instant,
 ) -> Result<Answer, Missed> {
+    // Built apart: what only building the request needs takes no room in
+    // this future, which is moved whole on its way into the task.
+    let (send, recovery) = {
+        let (request, recovery) = outgoing(ctx, backend, head, body, plan);
+        let upstream = &ctx.snapshot.config().upstream;
+        let send = upstream::send(
+            backend.target(),
+            upstream.protocol,
+            upstream.connect_timeout,
+            request,
+        );
+        (send, recovery)
+    };
+    ctx.attempts.count += 1;
+    let in_flight = backend.state().begin();
+    let sent = std::time::Instant::now();
+    match tokio::time::timeout_at(deadline, send).await {
+        Err(_elapsed) => Err(Missed::Timeout),
+        Ok(Ok(Exchanged { response, upgraded })) => {
+            backend
+                .state()
+                .observe_latency(sent.elapsed(), ctx.pool.now_ns());
+            Ok(Answer {
+                response,
+                upgraded,
+                in_flight,
+                backend: backend.name().clone(),
+                pin: backend.pin(),
+            })
+        }
+        Ok(Err(error)) => Err(Missed::Failed(error, recovery)),
+    }
+}
+
+/// The request one attempt sends to `backend`, with `body` streaming
+/// through, and where its body comes back if the attempt fails before
+/// reading it.
+fn outgoing(
+    ctx: &Forwarding<'_>,
+    backend: &Backend,
+    head: &mut Head,
+    body: ClientBody,
+    plan: Plan,
+) -> (Request<RecoverableBody>, Recovery) {
     // Headers are copied only while another attempt could still need them.
     let mut headers = if plan.keeps_request() {
         head.headers.clone()
@@ -217,28 +261,7 @@ async fn attempt(
     *request.method_mut() = head.method.clone();
     set_target(&mut request, &head.path_and_query, backend, protocol);
     *request.headers_mut() = headers;
-
-    ctx.attempts.count += 1;
-    let in_flight = backend.state().begin();
-    let sent = std::time::Instant::now();
-    let connect_timeout = ctx.snapshot.config().upstream.connect_timeout;
-    let send = upstream::send(backend.target(), protocol, connect_timeout, request);
-    match tokio::time::timeout_at(deadline, send).await {
-        Err(_elapsed) => Err(Missed::Timeout),
-        Ok(Ok(Exchanged { response, upgraded })) => {
-            backend
-                .state()
-                .observe_latency(sent.elapsed(), ctx.pool.now_ns());
-            Ok(Answer {
-                response,
-                upgraded,
-                in_flight,
-                backend: backend.name().clone(),
-                pin: backend.pin(),
-            })
-        }
-        Ok(Err(error)) => Err(Missed::Failed(error, recovery)),
-    }
+    (request, recovery)
 }
 
 /// The request's target and version as `protocol` sends them: the origin

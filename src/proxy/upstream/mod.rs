@@ -153,7 +153,10 @@ pub async fn send(
     request: Request<RecoverableBody>,
 ) -> Result<Exchanged, UpstreamError> {
     if protocol.is_h2() {
-        send_h2(target, connect_timeout, request).await
+        // Boxed, as is a new connection below: every request's future holds
+        // room for the largest path it may take, and is moved whole a few
+        // times on its way into its task; the common path stays small.
+        Box::pin(send_h2(target, connect_timeout, request)).await
     } else {
         send_http1(target, connect_timeout, request).await
     }
@@ -165,32 +168,12 @@ async fn send_http1(
     connect_timeout: Duration,
     request: Request<RecoverableBody>,
 ) -> Result<Exchanged, UpstreamError> {
-    let (mut parts, body) = request.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut head = Vec::with_capacity(256 + parts.headers.len() * 48);
-    let framing = codec::encode_request(
-        &parts.method,
-        path,
-        &mut parts.headers,
-        body.size_hint().exact(),
-        body.is_end_stream(),
-        &mut head,
-    );
-    let allowed_trailers = if framing == codec::RequestFraming::Chunked {
-        codec::allowed_trailers(&parts.headers)
-    } else {
-        Vec::new()
-    };
-    let request = h1::Request {
-        head,
-        method: parts.method,
-        body,
-        framing,
-        allowed_trailers,
-    };
+    // Built apart, so that the parts only this needs take no room in the
+    // future.
+    let request = http1_request(request);
     let mut conn = match idle::take(target.key()) {
         Some(conn) => conn,
-        None => connect(target, connect_timeout).await?,
+        None => Box::pin(connect(target, connect_timeout)).await?,
     };
     let answered =
         h1::exchange(&mut conn, request)
@@ -216,6 +199,34 @@ async fn send_http1(
         response: Response::from_parts(head.parts, ResponseBody::Http1(body)),
         upgraded,
     })
+}
+
+/// `request` as the HTTP/1.1 client sends it: its head written, its body
+/// framed.
+fn http1_request(request: Request<RecoverableBody>) -> h1::Request {
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut head = Vec::with_capacity(256 + parts.headers.len() * 48);
+    let framing = codec::encode_request(
+        &parts.method,
+        path,
+        &mut parts.headers,
+        body.size_hint().exact(),
+        body.is_end_stream(),
+        &mut head,
+    );
+    let allowed_trailers = if framing == codec::RequestFraming::Chunked {
+        codec::allowed_trailers(&parts.headers)
+    } else {
+        Vec::new()
+    };
+    h1::Request {
+        head,
+        method: parts.method,
+        body,
+        framing,
+        allowed_trailers,
+    }
 }
 
 /// Opens a connection to `target` (TCP, and TLS for `https://`).
