@@ -18,7 +18,9 @@
 //!   an invalid one is an error; neither reads to the close.
 //! * [`ChunkedDecoder`] follows a chunked body byte for byte as hyper's
 //!   `ChunkedState`: hex size, spaces or tabs, extensions up to a CR, `CRLF`,
-//!   data, `CRLF`, and after the last (`0`) chunk the trailer section.
+//!   data, `CRLF`, and after the last (`0`) chunk the trailer section, with
+//!   hyper's limits ([`MAX_EXTENSION_BYTES`], [`MAX_TRAILER_BYTES`]). The
+//!   tests compare it with hyper's own client over an in-memory pipe.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -26,7 +28,9 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 use hyper::ext::ReasonPhrase;
 use hyper::header::{
-    CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRAILER, TRANSFER_ENCODING,
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
+    Entry, HOST, HeaderMap, HeaderName, HeaderValue, MAX_FORWARDS, SET_COOKIE, TE, TRAILER,
+    TRANSFER_ENCODING,
 };
 use hyper::http::response::Parts;
 use hyper::{Method, Response, StatusCode, Version};
@@ -38,8 +42,14 @@ pub const MAX_HEADERS: usize = 100;
 /// (`8192 + 4096 * 100`).
 pub const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 
-/// The longest trailer section of a chunked response.
+/// The trailer section of a chunked response (its fields and the empty line
+/// after them) must be shorter than this: hyper's `TRAILER_LIMIT`, which
+/// refuses the section once it has buffered that many bytes.
 pub const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// The chunk extensions of a whole chunked response (the bytes after each
+/// `;`) must be fewer than this: hyper's `CHUNKED_EXTENSIONS_LIMIT`.
+pub const MAX_EXTENSION_BYTES: u64 = 16 * 1024;
 
 /// The largest `Content-Length` hyper accepts (it keeps the two values above
 /// as markers).
@@ -80,7 +90,8 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// Whether the connection may carry another request after this
     /// response: HTTP/1.1 without `Connection: close`, HTTP/1.0 with
-    /// `Connection: keep-alive`, and a body not read to the close.
+    /// `Connection: keep-alive`, a body not read to the close, and no switch
+    /// to another protocol (hyper's `keep_alive && !is_upgrade`).
     pub keep_alive: bool,
 }
 
@@ -183,7 +194,9 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
         parts.extensions.insert(phrase);
     }
     let framing = framing_headers.framing(status, version, method)?;
-    let keep_alive = framing_headers.keeps_alive(version) && framing != Framing::Close;
+    // A body read to the close, or a switch, leaves nothing to reuse.
+    let keep_alive = framing_headers.keeps_alive(version)
+        && !matches!(framing, Framing::Close | Framing::Switch);
     parts.status = status;
     parts.version = version;
     parts.headers = headers;
@@ -230,7 +243,9 @@ impl FramingHeaders {
                     _ => self.length_invalid = true,
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if name.eq_ignore_ascii_case(b"connection") && is_visible_ascii(value) {
+            // A value that is not visible ASCII names no option, as in
+            // hyper (`to_str`).
             for token in value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 self.close |= token.eq_ignore_ascii_case(b"close");
@@ -287,15 +302,18 @@ impl FramingHeaders {
     }
 }
 
-/// Whether a `Transfer-Encoding` value's final coding is `chunked`.
+/// Whether a `Transfer-Encoding` value's final coding is `chunked`. A
+/// value that is not visible ASCII has no coding, as in hyper (`to_str`).
 fn last_coding_is_chunked(value: &[u8]) -> bool {
-    value
-        .rsplit(|&b| b == b',')
-        .next()
-        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    is_visible_ascii(value)
+        && value
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
-/// Whether the last `Transfer-Encoding`'s final coding is `chunked`.
+/// Whether the last `Transfer-Encoding`'s final coding is `chunked`. A
+/// value that is not visible ASCII has no coding, as in hyper (`to_str`).
 pub fn is_chunked(headers: &HeaderMap) -> bool {
     headers
         .get_all(TRANSFER_ENCODING)
@@ -320,6 +338,14 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         }
     }
     found
+}
+
+/// Whether `value` is what `HeaderValue::to_str` accepts: tab and visible
+/// ASCII.
+fn is_visible_ascii(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 /// A decimal number of digits only, at most [`MAX_CONTENT_LENGTH`].
@@ -398,27 +424,17 @@ fn request_framing(
     RequestFraming::Chunked
 }
 
-/// Adds `chunked` as the final coding of the last `Transfer-Encoding`.
+/// Adds `chunked` as the final coding of the last `Transfer-Encoding`, in
+/// place (hyper's `headers::add_chunked`): removing and adding it again
+/// would move it, and another header into its slot.
 fn append_chunked(headers: &mut HeaderMap) {
-    let last = headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .map(|value| value.as_bytes().to_vec())
-        .unwrap_or_default();
-    let mut joined = last;
-    if !joined.is_empty() {
-        joined.extend_from_slice(b", ");
-    }
-    joined.extend_from_slice(b"chunked");
-    let values: Vec<HeaderValue> = headers.get_all(TRANSFER_ENCODING).iter().cloned().collect();
-    headers.remove(TRANSFER_ENCODING);
-    let keep = values.len().saturating_sub(1);
-    for value in values.into_iter().take(keep) {
-        headers.append(TRANSFER_ENCODING, value);
-    }
-    if let Ok(value) = HeaderValue::from_bytes(&joined) {
-        headers.append(TRANSFER_ENCODING, value);
+    if let Entry::Occupied(mut entry) = headers.entry(TRANSFER_ENCODING)
+        && let Some(last) = entry.iter_mut().next_back()
+    {
+        let joined = [last.as_bytes(), b", chunked"].concat();
+        if let Ok(value) = HeaderValue::from_bytes(&joined) {
+            *last = value;
+        }
     }
 }
 
@@ -435,12 +451,12 @@ pub fn allowed_trailers(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// Writes the trailer section ending a chunked body: the last chunk, the
-/// `trailers` among `allowed`, and the final empty line.
+/// `trailers` among `allowed` that may be trailers, and the final empty line.
 pub fn encode_last_chunk(trailers: Option<&HeaderMap>, allowed: &[HeaderName], out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n");
     if let Some(trailers) = trailers {
         for (name, value) in trailers.iter() {
-            if allowed.contains(name) {
+            if allowed.contains(name) && may_be_trailer(name) {
                 out.extend_from_slice(name.as_str().as_bytes());
                 out.extend_from_slice(b": ");
                 out.extend_from_slice(value.as_bytes());
@@ -449,6 +465,27 @@ pub fn encode_last_chunk(trailers: Option<&HeaderMap>, allowed: &[HeaderName], o
         }
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a field may be sent as a trailer: not one that frames, routes,
+/// authenticates or describes the message (hyper's `is_valid_trailer_field`;
+/// RFC 9110 §6.5.1).
+fn may_be_trailer(name: &HeaderName) -> bool {
+    !matches!(
+        *name,
+        AUTHORIZATION
+            | CACHE_CONTROL
+            | CONTENT_ENCODING
+            | CONTENT_LENGTH
+            | CONTENT_RANGE
+            | CONTENT_TYPE
+            | HOST
+            | MAX_FORWARDS
+            | SET_COOKIE
+            | TRAILER
+            | TRANSFER_ENCODING
+            | TE
+    )
 }
 
 /// Writes the line that starts a chunk of `len` bytes.
@@ -503,15 +540,20 @@ pub enum ChunkError {
     /// A chunk size over `u64`.
     #[error("chunk size overflows")]
     Overflow,
-    /// A trailer section longer than [`MAX_TRAILER_BYTES`].
-    #[error("the trailer section is larger than {MAX_TRAILER_BYTES} bytes")]
+    /// A trailer section of [`MAX_TRAILER_BYTES`] or more.
+    #[error("the trailer section reaches {MAX_TRAILER_BYTES} bytes")]
     TrailersTooLarge,
+    /// Chunk extensions of [`MAX_EXTENSION_BYTES`] or more in all.
+    #[error("the chunk extensions reach {MAX_EXTENSION_BYTES} bytes")]
+    ExtensionsTooLarge,
 }
 
 /// Follows a chunked body and finds its data, its trailers and its end.
 #[derive(Debug, Clone)]
 pub struct ChunkedDecoder {
     state: Chunk,
+    /// Chunk extension bytes so far, over the whole body.
+    extensions: u64,
 }
 
 impl Default for ChunkedDecoder {
@@ -525,6 +567,7 @@ impl ChunkedDecoder {
     pub fn new() -> ChunkedDecoder {
         ChunkedDecoder {
             state: Chunk::Start,
+            extensions: 0,
         }
     }
 
@@ -557,7 +600,16 @@ impl ChunkedDecoder {
                 }
                 Chunk::Trailers => return self.trailers(buf, at),
                 Chunk::Done => return Ok((at, Decoded::End(None))),
-                state => step(state, byte)?,
+                state => {
+                    let next = step(state, byte)?;
+                    if let (Chunk::Extension(_), Chunk::Extension(_)) = (state, next) {
+                        self.extensions += 1;
+                        if self.extensions >= MAX_EXTENSION_BYTES {
+                            return Err(ChunkError::ExtensionsTooLarge);
+                        }
+                    }
+                    next
+                }
             };
             at += 1;
             if self.state == Chunk::Trailers {
@@ -567,19 +619,32 @@ impl ChunkedDecoder {
         Ok((at, Decoded::More))
     }
 
-    /// The trailer section from `at`: complete, or nothing used.
+    /// The trailer section from `at`: complete, or nothing used. A section
+    /// (or what has come of it) of [`MAX_TRAILER_BYTES`] is refused, so the
+    /// verdict does not depend on how the bytes arrive; so is one with a CR
+    /// not followed by LF (hyper's `TrailerLf` and `EndLf` states), which
+    /// would otherwise hide where the section ends.
     fn trailers(&mut self, buf: &[u8], at: usize) -> Result<(usize, Decoded), ChunkError> {
         let rest = &buf[at..];
         if rest.starts_with(b"\r\n") {
             self.state = Chunk::Done;
             return Ok((at + 2, Decoded::End(None)));
         }
-        match find(rest, b"\r\n\r\n") {
-            Some(end) => {
+        let window = &rest[..rest.len().min(MAX_TRAILER_BYTES)];
+        match find(window, b"\r\n\r\n") {
+            Some(end) if end + 4 < MAX_TRAILER_BYTES => {
+                let section = &window[..end + 4];
+                if section
+                    .windows(2)
+                    .any(|pair| pair[0] == b'\r' && pair[1] != b'\n')
+                {
+                    return Err(ChunkError::Invalid);
+                }
                 self.state = Chunk::Done;
                 Ok((at + end + 4, Decoded::End(Some(at..at + end + 2))))
             }
-            None if rest.len() > MAX_TRAILER_BYTES => Err(ChunkError::TrailersTooLarge),
+            Some(_) => Err(ChunkError::TrailersTooLarge),
+            None if rest.len() >= MAX_TRAILER_BYTES => Err(ChunkError::TrailersTooLarge),
             None => Ok((at, Decoded::More)),
         }
     }
@@ -642,13 +707,21 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Parses a trailer section (`name: value` lines, each ending in CRLF) into
-/// headers; lines that do not parse are an error.
+/// headers; lines that do not parse are an error. As in hyper, which counts
+/// the CRLF-ended lines (at most [`MAX_HEADERS`]) and gives httparse that
+/// many slots, a section with more fields than CRLFs (fields ended by a bare
+/// LF) is refused.
 pub fn parse_trailers(block: &[u8]) -> Result<HeaderMap, ChunkError> {
+    let lines = block.windows(2).filter(|pair| pair == b"\r\n").count();
+    if lines > MAX_HEADERS {
+        return Err(ChunkError::Invalid);
+    }
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let slots = &mut slots[..lines];
     let mut terminated = Vec::with_capacity(block.len() + 2);
     terminated.extend_from_slice(block);
     terminated.extend_from_slice(b"\r\n");
-    let parsed = match httparse::parse_headers(&terminated, &mut slots) {
+    let parsed = match httparse::parse_headers(&terminated, slots) {
         Ok(httparse::Status::Complete((_, parsed))) => parsed,
         _ => return Err(ChunkError::Invalid),
     };
@@ -660,4 +733,1704 @@ pub fn parse_trailers(block: &[u8]) -> Result<HeaderMap, ChunkError> {
         trailers.append(name, value);
     }
     Ok(trailers)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    // -----------------------------------------------------------------
+    // Helpers: each returns what it found; the tests say what is expected.
+    // -----------------------------------------------------------------
+
+    /// A response head: status line, `headers`, and the empty line.
+    fn response(status_line: &str, headers: &[(&str, &str)]) -> String {
+        let mut head = format!("{status_line}\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        head
+    }
+
+    /// The framing and keep-alive of a whole final head `head`, the answer
+    /// to `method`; `None` when `head` is not one.
+    fn read(head: &str, method: &Method) -> Result<Option<(Framing, bool)>, HeadError> {
+        let mut buf = BytesMut::from(head.as_bytes());
+        Ok(match parse_response(&mut buf, method)? {
+            Parsed::Head(head, _) => Some((head.framing, head.keep_alive)),
+            Parsed::Partial | Parsed::Informational(_) => None,
+        })
+    }
+
+    /// The framing of the answer `head` to a `GET`.
+    fn framing_of(head: &str) -> Result<Option<Framing>, HeadError> {
+        read(head, &Method::GET).map(|read| read.map(|(framing, _)| framing))
+    }
+
+    /// Whether the connection stays open after the answer `head` to a `GET`.
+    fn keep_alive_of(head: &str) -> Result<Option<bool>, HeadError> {
+        read(head, &Method::GET).map(|read| read.map(|(_, keep_alive)| keep_alive))
+    }
+
+    /// A header map of `pairs`, in their order; pairs that are not a valid
+    /// header are left out (the tests only write valid ones).
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+
+    /// The request head `encode_request` writes, as text, and its framing.
+    fn encoded(
+        method: Method,
+        pairs: &[(&str, &str)],
+        body_len: Option<u64>,
+        body_empty: bool,
+    ) -> (String, RequestFraming) {
+        let mut map = headers(pairs);
+        let mut out = Vec::new();
+        let framing = encode_request(&method, "/p?q=1", &mut map, body_len, body_empty, &mut out);
+        (String::from_utf8_lossy(&out).into_owned(), framing)
+    }
+
+    /// The last chunk `encode_last_chunk` writes, as text.
+    fn last_chunk(trailers: Option<&HeaderMap>, allowed: &[HeaderName]) -> String {
+        let mut out = Vec::new();
+        encode_last_chunk(trailers, allowed, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// What a decoder made of a body.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Followed {
+        /// Its data, put together.
+        data: Vec<u8>,
+        /// How many `Data` ranges it gave.
+        pieces: usize,
+        /// Where it ended (the bytes it used of the body) and its trailer
+        /// section's range in the body, if it did end.
+        end: Option<(usize, Option<Range<usize>>)>,
+    }
+
+    /// Feeds `body` to a new decoder as it would arrive: up to each of
+    /// `cuts` (in order), then whole. The bytes a call does not use are given
+    /// again with the next ones, as the client does.
+    fn follow(body: &[u8], cuts: &[usize]) -> Result<Followed, ChunkError> {
+        let mut decoder = ChunkedDecoder::new();
+        let mut followed = Followed {
+            data: Vec::new(),
+            pieces: 0,
+            end: None,
+        };
+        let mut start = 0;
+        let arrivals = cuts.iter().map(|&cut| cut.min(body.len()));
+        for arrived in arrivals.chain([body.len()]) {
+            while start < arrived {
+                let buf = &body[start..arrived];
+                let (used, found) = decoder.decode(buf)?;
+                match found {
+                    Decoded::Data(range) => {
+                        followed.data.extend_from_slice(&buf[range]);
+                        followed.pieces += 1;
+                        start += used;
+                    }
+                    Decoded::End(trailers) => {
+                        let trailers = trailers.map(|r| start + r.start..start + r.end);
+                        followed.end = Some((start + used, trailers));
+                        return Ok(followed);
+                    }
+                    Decoded::More => {
+                        start += used;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(followed)
+    }
+
+    /// `body` fed whole.
+    fn whole(body: &[u8]) -> Result<Followed, ChunkError> {
+        follow(body, &[])
+    }
+
+    /// `body` fed a byte at a time.
+    fn bytewise(body: &[u8]) -> Result<Followed, ChunkError> {
+        let cuts: Vec<usize> = (1..body.len()).collect();
+        follow(body, &cuts)
+    }
+
+    /// A body that ends, with `data` and the trailer section at `trailers`.
+    fn ended(data: &[u8], pieces: usize, end: usize, trailers: Option<Range<usize>>) -> Followed {
+        Followed {
+            data: data.to_vec(),
+            pieces,
+            end: Some((end, trailers)),
+        }
+    }
+
+    /// The first error `body` meets, fed whole and fed a byte at a time (the
+    /// same for both, or the pair shows which differs).
+    fn errors(body: &[u8]) -> (Option<ChunkError>, Option<ChunkError>) {
+        (whole(body).err(), bytewise(body).err())
+    }
+
+    // -----------------------------------------------------------------
+    // parse_response: how much of the buffer it takes.
+    // -----------------------------------------------------------------
+
+    const CHUNKED_HEAD: &str = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+                                X-Long: a value, with commas\r\n\r\n";
+
+    #[test]
+    fn a_head_cut_anywhere_is_partial_and_nothing_is_taken() {
+        let heads = [
+            CHUNKED_HEAD,
+            "HTTP/1.1 100 Continue\r\n\r\n",
+            "HTTP/1.0 200 OK\nX: y\n\n",
+        ];
+        for text in heads {
+            for end in 0..text.len() {
+                let mut buf = BytesMut::from(&text.as_bytes()[..end]);
+                let before = buf.clone();
+                let parsed = parse_response(&mut buf, &Method::GET);
+                assert!(matches!(parsed, Ok(Parsed::Partial)), "{end}: {parsed:?}");
+                assert_eq!(buf, before, "{end} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn a_whole_head_is_taken_off_the_buffer_and_the_bytes_after_it_stay() {
+        let body = "5\r\nhello\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n";
+        let mut buf = BytesMut::from(format!("{CHUNKED_HEAD}{body}").as_bytes());
+        let Ok(Parsed::Head(head, len)) = parse_response(&mut buf, &Method::GET) else {
+            panic!("a whole head");
+        };
+        assert_eq!(len, CHUNKED_HEAD.len());
+        assert_eq!(&buf[..], body.as_bytes());
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(head.keep_alive);
+        assert_eq!(head.parts.status, StatusCode::OK);
+        assert_eq!(head.parts.version, Version::HTTP_11);
+        assert_eq!(head.parts.headers["x-long"], "a value, with commas");
+    }
+
+    #[test]
+    fn a_head_of_bare_line_feeds_is_taken_as_httparse_and_hyper_take_it() {
+        let head = b"HTTP/1.1 200 OK\nContent-Length: 2\n\n";
+        let mut buf = BytesMut::from(&[&head[..], b"hi"].concat()[..]);
+        let Ok(Parsed::Head(parsed, len)) = parse_response(&mut buf, &Method::GET) else {
+            panic!("a whole head");
+        };
+        assert_eq!((len, &buf[..]), (head.len(), &b"hi"[..]));
+        let head = parsed;
+        assert_eq!(head.framing, Framing::Length(2));
+    }
+
+    #[test]
+    fn informational_answers_are_skipped_and_taken_off_the_buffer() {
+        for status in [
+            "100 Continue",
+            "102 Processing",
+            "103 Early Hints",
+            "199 Whatever",
+        ] {
+            let informational = response(&format!("HTTP/1.1 {status}"), &[("Link", "</s>")]);
+            let last = response("HTTP/1.1 204 No Content", &[]);
+            let mut buf = BytesMut::from(format!("{informational}{last}").as_bytes());
+            let parsed = parse_response(&mut buf, &Method::GET);
+            let Ok(Parsed::Informational(len)) = parsed else {
+                panic!("{status}: {parsed:?}");
+            };
+            assert_eq!(len, informational.len(), "{status}");
+            assert_eq!(&buf[..], last.as_bytes(), "{status}");
+            let parsed = parse_response(&mut buf, &Method::GET);
+            let Ok(Parsed::Head(head, len)) = parsed else {
+                panic!("{status}: {parsed:?}");
+            };
+            assert_eq!((head.parts.status.as_u16(), len), (204, last.len()));
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_101_is_not_skipped_it_switches_and_its_connection_is_not_reused() {
+        let head = response(
+            "HTTP/1.1 101 Switching Protocols",
+            &[("Upgrade", "websocket"), ("Connection", "Upgrade")],
+        );
+        let mut buf = BytesMut::from(&[head.as_bytes(), b"\x81\x00"].concat()[..]);
+        let Ok(Parsed::Head(parsed, len)) = parse_response(&mut buf, &Method::GET) else {
+            panic!("a final head");
+        };
+        assert_eq!((parsed.parts.status.as_u16(), len), (101, head.len()));
+        assert_eq!(parsed.framing, Framing::Switch);
+        // hyper's client: `keep_alive && !is_upgrade`.
+        assert!(!parsed.keep_alive);
+        assert_eq!(&buf[..], b"\x81\x00", "the other protocol's bytes stay");
+    }
+
+    // -----------------------------------------------------------------
+    // parse_response: keep-alive.
+    // -----------------------------------------------------------------
+
+    const LENGTH_2: (&str, &str) = ("Content-Length", "2");
+
+    #[test]
+    fn http11_keeps_alive_unless_a_connection_header_says_close() {
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[], true),
+            (&[("Connection", "keep-alive")], true),
+            (&[("Connection", "Upgrade")], true),
+            (&[("Connection", "close")], false),
+            (&[("Connection", "CLOSE")], false),
+            (&[("Connection", "Keep-Alive, close")], false),
+            (&[("Connection", " upgrade ,\tClose ")], false),
+            (&[("Connection", "closed")], true),
+            (
+                &[("Connection", "keep-alive"), ("Connection", "close")],
+                false,
+            ),
+            (
+                &[("Connection", "close"), ("Connection", "keep-alive")],
+                false,
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let mut pairs = pairs.to_vec();
+            pairs.push(LENGTH_2);
+            let head = response("HTTP/1.1 200 OK", &pairs);
+            assert_eq!(keep_alive_of(&head), Ok(Some(*expected)), "{head:?}");
+        }
+    }
+
+    #[test]
+    fn http10_keeps_alive_only_when_a_connection_header_says_keep_alive() {
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[], false),
+            (&[("Connection", "keep-alive")], true),
+            (&[("Connection", "Keep-Alive")], true),
+            (&[("Connection", "Keep-Alive, Upgrade")], true),
+            (&[("Connection", "Upgrade,keep-alive")], true),
+            (&[("Connection", "keep-alive, close")], false),
+            (&[("Connection", "keep-alives")], false),
+            (&[("Connection", "foo"), ("Connection", "keep-alive")], true),
+            (
+                &[("Connection", "keep-alive"), ("Connection", "close")],
+                false,
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let mut pairs = pairs.to_vec();
+            pairs.push(LENGTH_2);
+            let head = response("HTTP/1.0 200 OK", &pairs);
+            assert_eq!(keep_alive_of(&head), Ok(Some(*expected)), "{head:?}");
+        }
+    }
+
+    #[test]
+    fn a_connection_value_with_obs_text_names_no_token_as_in_hyper() {
+        // hyper reads the tokens of a value with `to_str`, which refuses
+        // bytes over 0x7F: such a value says neither `close` nor
+        // `keep-alive`.
+        let cases = [
+            ("HTTP/1.1 200 OK", "close, \u{e9}", true),
+            ("HTTP/1.0 200 OK", "keep-alive, \u{e9}", false),
+        ];
+        for (status_line, value, expected) in cases {
+            let head = response(status_line, &[("Connection", value), LENGTH_2]);
+            assert_eq!(keep_alive_of(&head), Ok(Some(expected)), "{head:?}");
+        }
+    }
+
+    #[test]
+    fn a_body_read_to_the_close_never_keeps_the_connection() {
+        for status_line in ["HTTP/1.1 200 OK", "HTTP/1.0 200 OK"] {
+            let head = response(status_line, &[("Connection", "keep-alive")]);
+            assert_eq!(read(&head, &Method::GET), Ok(Some((Framing::Close, false))));
+        }
+        let head = response("HTTP/1.1 200 OK", &[("Transfer-Encoding", "gzip")]);
+        assert_eq!(read(&head, &Method::GET), Ok(Some((Framing::Close, false))));
+    }
+
+    // -----------------------------------------------------------------
+    // parse_response: framing (RFC 9112 §6.3, hyper's Client::decoder).
+    // -----------------------------------------------------------------
+
+    #[test]
+    fn answers_to_head_and_204_and_304_have_no_body_whatever_they_say() {
+        let says = [("Content-Length", "10"), ("Transfer-Encoding", "chunked")];
+        for (status_line, method) in [
+            ("HTTP/1.1 200 OK", Method::HEAD),
+            ("HTTP/1.1 404 Not Found", Method::HEAD),
+            ("HTTP/1.1 204 No Content", Method::GET),
+            ("HTTP/1.1 304 Not Modified", Method::GET),
+            ("HTTP/1.1 204 No Content", Method::CONNECT),
+        ] {
+            for pair in says {
+                let head = response(status_line, &[pair]);
+                assert_eq!(
+                    read(&head, &method),
+                    Ok(Some((Framing::Empty, true))),
+                    "{head:?}"
+                );
+            }
+        }
+        // Even with a Transfer-Encoding on HTTP/1.0 (hyper looks no further).
+        let head = response("HTTP/1.0 304 Not Modified", &[says[1]]);
+        assert_eq!(framing_of(&head), Ok(Some(Framing::Empty)));
+    }
+
+    #[test]
+    fn a_2xx_to_connect_switches_and_other_answers_to_connect_have_bodies() {
+        let tunnel = response("HTTP/1.1 200 Connection Established", &[]);
+        assert_eq!(
+            read(&tunnel, &Method::CONNECT),
+            Ok(Some((Framing::Switch, false)))
+        );
+        let accepted = response("HTTP/1.1 299 Whatever", &[LENGTH_2]);
+        assert_eq!(
+            read(&accepted, &Method::CONNECT),
+            Ok(Some((Framing::Switch, false)))
+        );
+        let refused = response("HTTP/1.1 407 Proxy Authentication Required", &[LENGTH_2]);
+        assert_eq!(
+            read(&refused, &Method::CONNECT),
+            Ok(Some((Framing::Length(2), true)))
+        );
+        assert_eq!(
+            read(&tunnel, &Method::GET),
+            Ok(Some((Framing::Close, false)))
+        );
+        let switch = response("HTTP/1.1 101 Switching Protocols", &[LENGTH_2]);
+        assert_eq!(
+            read(&switch, &Method::HEAD),
+            Ok(Some((Framing::Switch, false)))
+        );
+    }
+
+    #[test]
+    fn chunked_is_read_from_the_last_coding_of_the_last_transfer_encoding_in_any_case() {
+        let cases: &[(&[&str], Framing)] = &[
+            (&["chunked"], Framing::Chunked),
+            (&["Chunked"], Framing::Chunked),
+            (&["CHUNKED"], Framing::Chunked),
+            (&["gzip, chunked"], Framing::Chunked),
+            (&["gzip,chunked"], Framing::Chunked),
+            (&["gzip ,\tchunked"], Framing::Chunked),
+            (&["gzip", "chunked"], Framing::Chunked),
+            (&["chunked, gzip"], Framing::Close),
+            (&["chunked", "gzip"], Framing::Close),
+            (&["gzip"], Framing::Close),
+            (&["chunkedx"], Framing::Close),
+            (&["x-chunked"], Framing::Close),
+            (&["chunked;q=1"], Framing::Close),
+        ];
+        for (values, expected) in cases {
+            let pairs: Vec<_> = values.iter().map(|v| ("Transfer-Encoding", *v)).collect();
+            let head = response("HTTP/1.1 200 OK", &pairs);
+            assert_eq!(framing_of(&head), Ok(Some(*expected)), "{values:?}");
+        }
+    }
+
+    #[test]
+    fn a_transfer_encoding_with_obs_text_is_not_chunked_as_in_hyper() {
+        let head = response(
+            "HTTP/1.1 200 OK",
+            &[("Transfer-Encoding", "\u{e9}, chunked")],
+        );
+        assert_eq!(framing_of(&head), Ok(Some(Framing::Close)));
+    }
+
+    #[test]
+    fn transfer_encoding_wins_over_content_length_valid_or_not() {
+        for length in ["5", "abc", "5, 6"] {
+            let pairs = [("Content-Length", length), ("Transfer-Encoding", "chunked")];
+            let head = response("HTTP/1.1 200 OK", &pairs);
+            assert_eq!(framing_of(&head), Ok(Some(Framing::Chunked)), "{length}");
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_on_http10_is_an_error() {
+        for pairs in [
+            &[("Transfer-Encoding", "chunked")][..],
+            &[("Transfer-Encoding", "gzip")],
+            &[("Transfer-Encoding", "chunked"), ("Content-Length", "5")],
+        ] {
+            let head = response("HTTP/1.0 200 OK", pairs);
+            assert_eq!(framing_of(&head), Err(HeadError::TransferEncodingOn10));
+        }
+    }
+
+    #[test]
+    fn valid_content_lengths_frame_the_body() {
+        let max = MAX_CONTENT_LENGTH.to_string();
+        let cases: &[(&[&str], Framing)] = &[
+            (&["5"], Framing::Length(5)),
+            (&["005"], Framing::Length(5)),
+            (&["5, 5"], Framing::Length(5)),
+            (&["5,5,5"], Framing::Length(5)),
+            (&["5", "5"], Framing::Length(5)),
+            (&["5", "5, 5"], Framing::Length(5)),
+            (&["5 "], Framing::Length(5)),
+            (&["0"], Framing::Empty),
+            (&["0", "0"], Framing::Empty),
+            (&[&max], Framing::Length(u64::MAX - 2)),
+        ];
+        for (values, expected) in cases {
+            let pairs: Vec<_> = values.iter().map(|v| ("Content-Length", *v)).collect();
+            let head = response("HTTP/1.1 200 OK", &pairs);
+            assert_eq!(
+                read(&head, &Method::GET),
+                Ok(Some((*expected, true))),
+                "{values:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_or_conflicting_content_lengths_are_errors() {
+        let over = (u64::MAX - 1).to_string();
+        let cases: &[&[&str]] = &[
+            &["+5"],
+            &["-1"],
+            &[" "],
+            &[""],
+            &["abc"],
+            &["0x5"],
+            &["5 5"],
+            &["5,"],
+            &[",5"],
+            &["5, 6"],
+            &["5", "6"],
+            &["5", "abc"],
+            &["5.0"],
+            &["\u{e9}"],
+            &[&over],
+            &["18446744073709551615"],
+            &["18446744073709551616"],
+            &["99999999999999999999999"],
+        ];
+        for values in cases {
+            let pairs: Vec<_> = values.iter().map(|v| ("Content-Length", *v)).collect();
+            let head = response("HTTP/1.1 200 OK", &pairs);
+            assert_eq!(
+                framing_of(&head),
+                Err(HeadError::ContentLength),
+                "{values:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn neither_length_nor_chunked_reads_to_the_close() {
+        for status_line in [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 404 Not Found",
+            "HTTP/1.0 200 OK",
+        ] {
+            let head = response(status_line, &[("Content-Type", "text/plain")]);
+            assert_eq!(read(&head, &Method::GET), Ok(Some((Framing::Close, false))));
+            assert_eq!(
+                read(&head, &Method::POST),
+                Ok(Some((Framing::Close, false)))
+            );
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // parse_response: what the head carries.
+    // -----------------------------------------------------------------
+
+    #[test]
+    fn a_non_canonical_reason_phrase_is_kept_in_the_extensions_and_a_canonical_one_is_not() {
+        let cases: &[(&[u8], Option<&[u8]>)] = &[
+            (b"HTTP/1.1 200 OK", None),
+            (b"HTTP/1.1 404 Not Found", None),
+            (b"HTTP/1.1 200 Fine", Some(b"Fine")),
+            (b"HTTP/1.1 200 ok", Some(b"ok")),
+            (b"HTTP/1.1 200 ", Some(b"")),
+            (b"HTTP/1.1 599 Custom\tReason ~", Some(b"Custom\tReason ~")),
+            (b"HTTP/1.1 599 ", Some(b"")),
+            // With obs-text httparse gives an empty reason, and hyper keeps that.
+            (b"HTTP/1.1 200 Fine \xc3\xa9", Some(b"")),
+            (b"HTTP/1.1 200 Fine \xff", Some(b"")),
+        ];
+        for (status_line, expected) in cases {
+            let bytes = [status_line, &b"\r\nContent-Length: 0\r\n\r\n"[..]].concat();
+            let mut buf = BytesMut::from(&bytes[..]);
+            let Ok(Parsed::Head(head, _)) = parse_response(&mut buf, &Method::GET) else {
+                panic!("{status_line:?}");
+            };
+            let phrase = head.parts.extensions.get::<ReasonPhrase>();
+            assert_eq!(phrase.map(|p| p.as_bytes()), *expected, "{status_line:?}");
+        }
+    }
+
+    #[test]
+    fn header_values_share_the_head_bytes_and_repeated_names_keep_their_order() {
+        let head = response(
+            "HTTP/1.1 200 OK",
+            &[
+                ("Set-Cookie", "a=1"),
+                ("X-One", "1"),
+                ("set-cookie", "b=2"),
+                ("SET-COOKIE", "c=3"),
+                ("Content-Length", "0"),
+            ],
+        );
+        let mut buf = BytesMut::from(head.as_bytes());
+        let start = buf.as_ptr() as usize;
+        let Ok(Parsed::Head(parsed, len)) = parse_response(&mut buf, &Method::GET) else {
+            panic!("a whole head");
+        };
+        let cookies: Vec<_> = parsed.parts.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2", "c=3"]);
+        for value in parsed.parts.headers.values() {
+            let at = value.as_bytes().as_ptr() as usize;
+            assert!((start..start + len).contains(&at), "{value:?} is a copy");
+        }
+    }
+
+    #[test]
+    fn a_hundred_headers_are_taken_and_a_hundred_and_one_are_an_error() {
+        let names: Vec<String> = (0..=MAX_HEADERS).map(|i| format!("X-H{i}")).collect();
+        let pairs: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        let hundred = response("HTTP/1.1 204 No Content", &pairs[..MAX_HEADERS]);
+        assert_eq!(framing_of(&hundred), Ok(Some(Framing::Empty)));
+        let more = response("HTTP/1.1 204 No Content", &pairs);
+        let expected = HeadError::Invalid(httparse::Error::TooManyHeaders);
+        assert_eq!(framing_of(&more), Err(expected));
+    }
+
+    /// A `204` head of exactly `len` bytes: one long header fills it.
+    fn head_of_length(len: usize) -> String {
+        let bare = response("HTTP/1.1 204 No Content", &[("X-Pad", "")]).len();
+        let pad = "p".repeat(len - bare);
+        response("HTTP/1.1 204 No Content", &[("X-Pad", &pad)])
+    }
+
+    #[test]
+    fn a_head_of_max_head_bytes_is_taken_and_one_byte_more_is_too_large() {
+        let most = head_of_length(MAX_HEAD_BYTES);
+        assert_eq!(most.len(), MAX_HEAD_BYTES);
+        assert_eq!(framing_of(&most), Ok(Some(Framing::Empty)));
+        let over = head_of_length(MAX_HEAD_BYTES + 1);
+        assert_eq!(framing_of(&over), Err(HeadError::TooLarge));
+        // Cut before its end: partial until the buffer holds MAX_HEAD_BYTES.
+        let partial = &over[..MAX_HEAD_BYTES - 1];
+        assert_eq!(framing_of(partial), Ok(None));
+        let partial = &over[..MAX_HEAD_BYTES];
+        assert_eq!(framing_of(partial), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn a_long_head_without_an_end_is_too_large_once_the_buffer_holds_the_limit() {
+        let endless = format!("HTTP/1.1 200 OK\r\nX: {}", "v".repeat(MAX_HEAD_BYTES));
+        assert_eq!(framing_of(&endless), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn garbage_is_invalid() {
+        let cases: &[(&[u8], httparse::Error)] = &[
+            (b"FOO\r\n\r\n", httparse::Error::Version),
+            (b"HTTP/2 200 OK\r\n\r\n", httparse::Error::Version),
+            (b"HTTP/1.2 200 OK\r\n\r\n", httparse::Error::Version),
+            (b"HTTP/1.1 20 OK\r\n\r\n", httparse::Error::Status),
+            (b"HTTP/1.1 2000 OK\r\n\r\n", httparse::Error::Status),
+            (b"HTTP/1.1 abc OK\r\n\r\n", httparse::Error::Status),
+            (b"HTTP/1.1 000 OK\r\n\r\n", httparse::Error::Status),
+            (b"HTTP/1.1 099 OK\r\n\r\n", httparse::Error::Status),
+            (b"\0\r\n\r\n", httparse::Error::Version),
+            (
+                b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+                httparse::Error::HeaderName,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nBad Name: v\r\n\r\n",
+                httparse::Error::HeaderName,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nX: a\0b\r\n\r\n",
+                httparse::Error::HeaderValue,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\n folded: v\r\n\r\n",
+                httparse::Error::HeaderName,
+            ),
+        ];
+        for (bytes, error) in cases {
+            let mut buf = BytesMut::from(*bytes);
+            let parsed = parse_response(&mut buf, &Method::GET);
+            let Err(found) = parsed else {
+                panic!("{:?}: {parsed:?}", String::from_utf8_lossy(bytes));
+            };
+            assert_eq!(found, HeadError::Invalid(*error), "{bytes:?}");
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // encode_request (hyper's Client::encode and Client::set_length).
+    // -----------------------------------------------------------------
+
+    #[test]
+    fn a_get_without_a_body_is_written_exactly() {
+        let (head, framing) = encoded(
+            Method::GET,
+            &[
+                ("Host", "h"),
+                ("Accept", "*/*"),
+                ("X-Two", "1"),
+                ("x-two", "2"),
+            ],
+            Some(0),
+            true,
+        );
+        let expected =
+            "GET /p?q=1 HTTP/1.1\r\nhost: h\r\naccept: */*\r\nx-two: 1\r\nx-two: 2\r\n\r\n";
+        assert_eq!(
+            (head.as_str(), framing),
+            (expected, RequestFraming::Length(0))
+        );
+    }
+
+    #[test]
+    fn a_body_of_known_size_gets_a_content_length() {
+        let (head, framing) = encoded(Method::POST, &[("Host", "h")], Some(11), false);
+        let expected = "POST /p?q=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 11\r\n\r\n";
+        assert_eq!(
+            (head.as_str(), framing),
+            (expected, RequestFraming::Length(11))
+        );
+    }
+
+    #[test]
+    fn a_valid_content_length_is_kept_whatever_the_body_says() {
+        for body_len in [Some(5), None] {
+            let pairs = [("Content-Length", "10"), ("Host", "h")];
+            let (head, framing) = encoded(Method::PUT, &pairs, body_len, false);
+            let expected = "PUT /p?q=1 HTTP/1.1\r\ncontent-length: 10\r\nhost: h\r\n\r\n";
+            assert_eq!(
+                (head.as_str(), framing),
+                (expected, RequestFraming::Length(10))
+            );
+        }
+    }
+
+    #[test]
+    fn an_invalid_content_length_gives_way_to_the_known_size() {
+        let pairs = [("Content-Length", "abc"), ("Host", "h")];
+        let (head, framing) = encoded(Method::POST, &pairs, Some(3), false);
+        let expected = "POST /p?q=1 HTTP/1.1\r\ncontent-length: 3\r\nhost: h\r\n\r\n";
+        assert_eq!(
+            (head.as_str(), framing),
+            (expected, RequestFraming::Length(3))
+        );
+    }
+
+    #[test]
+    fn a_body_of_unknown_size_is_chunked_and_loses_an_invalid_content_length() {
+        let pairs = [("Host", "h"), ("Content-Length", "1, 2")];
+        let (head, framing) = encoded(Method::POST, &pairs, None, false);
+        let expected = "POST /p?q=1 HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(
+            (head.as_str(), framing),
+            (expected, RequestFraming::Chunked)
+        );
+    }
+
+    #[test]
+    fn get_head_and_connect_of_unknown_size_are_sent_without_a_body() {
+        for method in [Method::GET, Method::HEAD, Method::CONNECT] {
+            let (head, framing) = encoded(method.clone(), &[("Host", "h")], None, false);
+            let expected = format!("{method} /p?q=1 HTTP/1.1\r\nhost: h\r\n\r\n");
+            assert_eq!((head, framing), (expected, RequestFraming::Length(0)));
+        }
+        let (head, _) = encoded(Method::DELETE, &[("Host", "h")], None, false);
+        assert!(head.contains("transfer-encoding: chunked\r\n"), "{head:?}");
+    }
+
+    #[test]
+    fn an_empty_body_drops_transfer_encoding_and_keeps_content_length() {
+        let pairs = [
+            ("Transfer-Encoding", "chunked"),
+            ("Content-Length", "0"),
+            ("Host", "h"),
+        ];
+        let (head, framing) = encoded(Method::POST, &pairs, Some(0), true);
+        // `remove` moves the last header into the hole, as in hyper.
+        let expected = "POST /p?q=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(
+            (head.as_str(), framing),
+            (expected, RequestFraming::Length(0))
+        );
+    }
+
+    #[test]
+    fn a_transfer_encoding_ending_in_chunked_is_kept_and_content_length_dropped() {
+        let pairs = [
+            ("Host", "h"),
+            ("Transfer-Encoding", "gzip, Chunked"),
+            ("Content-Length", "5"),
+        ];
+        let (head, framing) = encoded(Method::POST, &pairs, Some(5), false);
+        let expected =
+            "POST /p?q=1 HTTP/1.1\r\nhost: h\r\ntransfer-encoding: gzip, Chunked\r\n\r\n";
+        assert_eq!(
+            (head.as_str(), framing),
+            (expected, RequestFraming::Chunked)
+        );
+    }
+
+    #[test]
+    fn a_transfer_encoding_not_ending_in_chunked_gets_chunked_appended_in_place() {
+        // hyper (`headers::add_chunked`) changes the last value where it is.
+        let pairs = [
+            ("Transfer-Encoding", "gzip"),
+            ("Host", "h"),
+            ("Accept", "*/*"),
+        ];
+        let (head, framing) = encoded(Method::POST, &pairs, Some(5), false);
+        let expected = "POST /p?q=1 HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\
+                        host: h\r\naccept: */*\r\n\r\n";
+        assert_eq!(
+            (head.as_str(), framing),
+            (expected, RequestFraming::Chunked)
+        );
+
+        let pairs = [
+            ("Transfer-Encoding", "gzip"),
+            ("Host", "h"),
+            ("transfer-encoding", "deflate"),
+            ("Content-Length", "5"),
+        ];
+        let (head, framing) = encoded(Method::POST, &pairs, None, false);
+        let expected = "POST /p?q=1 HTTP/1.1\r\ntransfer-encoding: gzip\r\n\
+                        transfer-encoding: deflate, chunked\r\nhost: h\r\n\r\n";
+        assert_eq!(
+            (head.as_str(), framing),
+            (expected, RequestFraming::Chunked)
+        );
+    }
+
+    // -----------------------------------------------------------------
+    // Chunked request bodies: sizes, the last chunk, trailers.
+    // -----------------------------------------------------------------
+
+    #[test]
+    fn chunk_sizes_are_written_in_uppercase_hex() {
+        let cases = [
+            (0, "0\r\n"),
+            (1, "1\r\n"),
+            (10, "A\r\n"),
+            (31, "1F\r\n"),
+            (255, "FF\r\n"),
+            (4096, "1000\r\n"),
+            (0xABCDEF, "ABCDEF\r\n"),
+        ];
+        for (len, expected) in cases {
+            let mut out = Vec::new();
+            encode_chunk_size(len, &mut out);
+            assert_eq!(String::from_utf8_lossy(&out), expected);
+        }
+        let mut out = b"before ".to_vec();
+        encode_chunk_size(usize::MAX, &mut out);
+        assert_eq!(out, format!("before {:X}\r\n", usize::MAX).as_bytes());
+    }
+
+    #[test]
+    fn the_last_chunk_without_trailers_is_a_zero_and_an_empty_line() {
+        assert_eq!(last_chunk(None, &[]), "0\r\n\r\n");
+        let trailers = headers(&[("x-sum", "1")]);
+        assert_eq!(last_chunk(Some(&trailers), &[]), "0\r\n\r\n");
+        assert_eq!(
+            last_chunk(None, &[HeaderName::from_static("x-sum")]),
+            "0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn the_last_chunk_carries_only_the_trailers_named_in_allowed() {
+        let trailers = headers(&[
+            ("x-sum", "1"),
+            ("x-other", "2"),
+            ("x-sum", "3"),
+            ("x-time", "4"),
+        ]);
+        let allowed = [
+            HeaderName::from_static("x-time"),
+            HeaderName::from_static("x-sum"),
+        ];
+        let expected = "0\r\nx-sum: 1\r\nx-sum: 3\r\nx-time: 4\r\n\r\n";
+        assert_eq!(last_chunk(Some(&trailers), &allowed), expected);
+    }
+
+    #[test]
+    fn the_last_chunk_never_carries_fields_forbidden_in_trailers_as_in_hyper() {
+        // hyper's `is_valid_trailer_field` (proto/h1/encode.rs).
+        let forbidden = [
+            "authorization",
+            "cache-control",
+            "content-encoding",
+            "content-length",
+            "content-range",
+            "content-type",
+            "host",
+            "max-forwards",
+            "set-cookie",
+            "trailer",
+            "transfer-encoding",
+            "te",
+        ];
+        let mut pairs: Vec<(&str, &str)> = forbidden.iter().map(|name| (*name, "v")).collect();
+        pairs.push(("x-sum", "1"));
+        let trailers = headers(&pairs);
+        let allowed: Vec<HeaderName> = trailers.keys().cloned().collect();
+        assert_eq!(allowed.len(), forbidden.len() + 1);
+        assert_eq!(
+            last_chunk(Some(&trailers), &allowed),
+            "0\r\nx-sum: 1\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn allowed_trailers_are_the_names_of_every_trailer_header_in_any_case() {
+        let request = headers(&[
+            ("Trailer", "X-Sum, Expires"),
+            ("Host", "h"),
+            ("trailer", " x-time ,,bad name"),
+        ]);
+        let names: Vec<String> = allowed_trailers(&request)
+            .iter()
+            .map(|name| name.to_string())
+            .collect();
+        assert_eq!(names, ["x-sum", "expires", "x-time"]);
+        assert!(allowed_trailers(&headers(&[("Host", "h")])).is_empty());
+    }
+
+    #[test]
+    fn trailers_written_by_encode_last_chunk_are_read_back_by_the_decoder() {
+        let trailers = headers(&[("x-sum", "abc"), ("x-time", "1 2"), ("x-sum", "")]);
+        let allowed: Vec<HeaderName> = trailers.keys().cloned().collect();
+        let mut body = b"3\r\nabc\r\n".to_vec();
+        encode_last_chunk(Some(&trailers), &allowed, &mut body);
+        let Ok(Followed {
+            data,
+            end: Some((end, Some(range))),
+            ..
+        }) = whole(&body)
+        else {
+            panic!("a whole body with trailers");
+        };
+        assert_eq!((data.as_slice(), end), (&b"abc"[..], body.len()));
+        assert_eq!(parse_trailers(&body[range]), Ok(trailers));
+    }
+
+    #[test]
+    fn parse_trailers_reads_fields_and_refuses_what_is_not_one() {
+        let parsed = parse_trailers(b"X-Sum: 1\r\nx-sum:2\r\nExpires:  x \r\n");
+        let expected = headers(&[("x-sum", "1"), ("x-sum", "2"), ("expires", "x")]);
+        assert_eq!(parsed, Ok(expected));
+        for bad in [
+            &b"no colon\r\n"[..],
+            b"Bad Name: v\r\n",
+            b"X: a\rb\r\n",
+            b"X: a\0\r\n",
+            b": v\r\n",
+        ] {
+            assert_eq!(parse_trailers(bad), Err(ChunkError::Invalid), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_hundred_trailer_fields_are_read_and_a_hundred_and_one_lines_are_not() {
+        let section = |count: usize| -> Vec<u8> {
+            (0..count)
+                .flat_map(|i| format!("x-t{i}: v\r\n").into_bytes())
+                .collect()
+        };
+        assert_eq!(
+            parse_trailers(&section(MAX_HEADERS)).map(|t| t.len()),
+            Ok(100)
+        );
+        let invalid = Err(ChunkError::Invalid);
+        assert_eq!(parse_trailers(&section(MAX_HEADERS + 1)), invalid);
+        // hyper counts CRLF-ended lines, even past an empty line that ends
+        // httparse's reading.
+        let past_the_end = [section(MAX_HEADERS), b"\nx-late: v\r\n".to_vec()].concat();
+        assert_eq!(parse_trailers(&past_the_end), invalid);
+    }
+
+    #[test]
+    fn trailer_fields_ended_by_a_bare_lf_are_refused_as_in_hyper() {
+        // Found against hyper's client: it gives httparse one slot per
+        // CRLF-ended line, so two fields and one CRLF fail there.
+        let body = b"0\r\nx-00: 0AA;\nx-a: 0\r\n\r\n";
+        let Ok(Followed {
+            end: Some((end, Some(range))),
+            ..
+        }) = whole(body)
+        else {
+            panic!("the section ends at its empty line");
+        };
+        assert_eq!(end, body.len());
+        assert_eq!(parse_trailers(&body[range]), Err(ChunkError::Invalid));
+        // As many fields as CRLFs: read, up to httparse's empty line.
+        let parsed = parse_trailers(b"x-a: 1\n\r\n");
+        assert_eq!(parsed, Ok(headers(&[("x-a", "1")])));
+    }
+
+    #[test]
+    fn a_cr_not_followed_by_lf_in_the_trailer_section_is_invalid_as_in_hyper() {
+        // Found against hyper's client: the first input, whose bare LF line
+        // made httparse stop before the bare CR, was taken as one trailer.
+        let invalid = Some(ChunkError::Invalid);
+        for body in [
+            &b"0\r\nx-0a: \n\r\n\r-aaa00a0: \r\n\r\n"[..],
+            b"0\r\nX: a\r\r\n\r\n",
+            b"0\r\n\rX: a\r\n\r\n",
+            b"0\r\nX: a\rb\r\n\r\n",
+        ] {
+            assert_eq!(
+                errors(body),
+                (invalid, invalid),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // ChunkedDecoder (hyper's ChunkedState, proto/h1/decode.rs).
+    // -----------------------------------------------------------------
+
+    /// A body with an extension, spaces after a size, data holding CRLF,
+    /// and a trailer section; then the next response's first bytes.
+    const BODY: &[u8] = b"5;name=\"v\"\r\nhello\r\n\
+                          B \t ; a ; b\r\n wor\r\nld!!!\r\n\
+                          0;last\r\nX-Sum: 7\r\nX-More: a, b\r\n\r\nHTTP/1.1";
+
+    /// BODY's trailer fields.
+    const SECTION: &[u8] = b"X-Sum: 7\r\nX-More: a, b\r\n";
+
+    /// Where BODY ends and where its trailer section lies.
+    const BODY_END: usize = BODY.len() - b"HTTP/1.1".len();
+    const BODY_TRAILERS: Range<usize> = BODY_END - 2 - SECTION.len()..BODY_END - 2;
+
+    #[test]
+    fn a_body_fed_whole_gives_its_data_then_its_end_and_trailers() {
+        let expected = ended(b"hello wor\r\nld!!!", 2, BODY_END, Some(BODY_TRAILERS));
+        assert_eq!(whole(BODY), Ok(expected));
+        assert_eq!(&BODY[BODY_TRAILERS], SECTION);
+        let trailers = headers(&[("x-sum", "7"), ("x-more", "a, b")]);
+        assert_eq!(parse_trailers(&BODY[BODY_TRAILERS]), Ok(trailers));
+    }
+
+    #[test]
+    fn a_body_split_at_any_point_or_two_gives_the_same_data_and_end() {
+        let Ok(expected) = whole(BODY) else {
+            panic!("BODY is valid");
+        };
+        for first in 0..=BODY.len() {
+            for second in first..=BODY.len() {
+                let Ok(found) = follow(BODY, &[first, second]) else {
+                    panic!("cut at {first} and {second}");
+                };
+                assert_eq!(found.data, expected.data, "cut at {first} and {second}");
+                assert_eq!(found.end, expected.end, "cut at {first} and {second}");
+            }
+        }
+        let Ok(found) = bytewise(BODY) else {
+            panic!("fed a byte at a time");
+        };
+        assert_eq!((found.data, found.end), (expected.data, expected.end));
+    }
+
+    #[test]
+    fn a_body_without_trailers_ends_at_its_empty_line() {
+        let body = b"1\r\nx\r\n0\r\n\r\n";
+        assert_eq!(whole(body), Ok(ended(b"x", 1, body.len(), None)));
+        assert_eq!(bytewise(body), Ok(ended(b"x", 1, body.len(), None)));
+        assert_eq!(whole(b"0\r\n\r\n"), Ok(ended(b"", 0, 5, None)));
+    }
+
+    #[test]
+    fn sizes_are_hex_in_either_case_with_leading_zeros() {
+        let data = [b'd'; 0xAB];
+        for size in ["ab", "AB", "aB", "00ab", "0000000000000000000000AB"] {
+            let mut body = format!("{size}\r\n").into_bytes();
+            body.extend_from_slice(&data);
+            body.extend_from_slice(b"\r\n0\r\n\r\n");
+            assert_eq!(
+                whole(&body),
+                Ok(ended(&data, 1, body.len(), None)),
+                "{size}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_largest_size_is_sixteen_hex_digits_of_f() {
+        let body = b"ffffffffffffffff\r\nabc";
+        let expected = Followed {
+            data: b"abc".to_vec(),
+            pieces: 1,
+            end: None,
+        };
+        assert_eq!(whole(body), Ok(expected));
+    }
+
+    #[test]
+    fn a_size_over_u64_overflows() {
+        let body = b"1ffffffffffffffff\r\n";
+        assert_eq!(
+            errors(body),
+            (Some(ChunkError::Overflow), Some(ChunkError::Overflow))
+        );
+        let body = b"10000000000000000\r\n";
+        assert_eq!(
+            errors(body),
+            (Some(ChunkError::Overflow), Some(ChunkError::Overflow))
+        );
+    }
+
+    #[test]
+    fn a_size_line_that_is_not_hex_digits_spaces_and_extensions_is_invalid() {
+        let invalid = Some(ChunkError::Invalid);
+        for body in [
+            &b"g\r\n"[..],
+            b"\r\n",
+            b" 5\r\nhello\r\n",
+            b"0x5\r\nhello\r\n",
+            b"5 5\r\nhello\r\n",
+            b"5\t6\r\nhello\r\n",
+            b"-5\r\n",
+            b"+5\r\n",
+            b"5\xff\r\n",
+            b";ext\r\n",
+        ] {
+            assert_eq!(
+                errors(body),
+                (invalid, invalid),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn a_bare_lf_after_the_size_or_in_an_extension_is_invalid() {
+        let invalid = Some(ChunkError::Invalid);
+        for body in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5 \nhello\r\n",
+            b"5;ext\nhello\r\n",
+            b"5;ext\r\r\n",
+            b"5\r\r\n",
+            b"5\rhello",
+            b"0\n\r\n",
+        ] {
+            assert_eq!(
+                errors(body),
+                (invalid, invalid),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn data_not_followed_by_crlf_is_invalid() {
+        let invalid = Some(ChunkError::Invalid);
+        for body in [
+            &b"5\r\nhelloX\r\n0\r\n\r\n"[..],
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5\r\nhello\rX",
+            b"5\r\nhello0\r\n\r\n",
+            b"5\r\nhello\r\n\r\n",
+        ] {
+            assert_eq!(
+                errors(body),
+                (invalid, invalid),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_cut_short_asks_for_more_and_has_no_end() {
+        let Ok(expected) = whole(BODY) else {
+            panic!("BODY is valid");
+        };
+        for end in 0..BODY_END {
+            let Ok(found) = whole(&BODY[..end]) else {
+                panic!("{end} bytes");
+            };
+            assert_eq!(found.end, None, "{end} bytes");
+            assert!(expected.data.starts_with(&found.data), "{end} bytes");
+        }
+    }
+
+    #[test]
+    fn after_its_end_the_decoder_uses_nothing_more() {
+        let mut decoder = ChunkedDecoder::new();
+        assert!(!decoder.is_done());
+        assert_eq!(
+            decoder.decode(b"0\r\n\r\nrest"),
+            Ok((5, Decoded::End(None)))
+        );
+        assert!(decoder.is_done());
+        assert_eq!(decoder.decode(b"rest"), Ok((0, Decoded::End(None))));
+    }
+
+    #[test]
+    fn the_trailer_section_is_given_whole_or_not_at_all() {
+        let mut decoder = ChunkedDecoder::new();
+        assert_eq!(decoder.decode(b"0\r\nX-Sum: 7\r\n"), Ok((3, Decoded::More)));
+        assert_eq!(decoder.decode(b"X-Sum: 7\r\n"), Ok((0, Decoded::More)));
+        let section = b"X-Sum: 7\r\n\r\nnext";
+        assert_eq!(decoder.decode(section), Ok((12, Decoded::End(Some(0..10)))));
+    }
+
+    /// A body whose trailer section (fields and the final empty line) is
+    /// `len` bytes long: one long field.
+    fn body_with_trailer_section(len: usize) -> Vec<u8> {
+        let pad = "t".repeat(len - b"x: \r\n\r\n".len());
+        format!("0\r\nx: {pad}\r\n\r\n").into_bytes()
+    }
+
+    #[test]
+    fn a_trailer_section_reaching_the_limit_is_refused_whole_or_in_pieces() {
+        // hyper refuses the section once its buffer reaches TRAILER_LIMIT
+        // bytes, final CRLF included, however the bytes arrive.
+        let longest = body_with_trailer_section(MAX_TRAILER_BYTES - 1);
+        let expected = ended(b"", 0, longest.len(), Some(3..longest.len() - 2));
+        assert_eq!(whole(&longest), Ok(expected));
+        let Ok(found) = bytewise(&longest) else {
+            panic!("fed a byte at a time");
+        };
+        assert_eq!(found.end, Some((longest.len(), Some(3..longest.len() - 2))));
+        let too_large = Some(ChunkError::TrailersTooLarge);
+        for len in [
+            MAX_TRAILER_BYTES,
+            MAX_TRAILER_BYTES + 1,
+            2 * MAX_TRAILER_BYTES,
+        ] {
+            let body = body_with_trailer_section(len);
+            assert_eq!(
+                errors(&body),
+                (too_large, too_large),
+                "a section of {len} bytes"
+            );
+            let half = body.len() / 2;
+            assert_eq!(
+                follow(&body, &[half]).err(),
+                too_large,
+                "{len} bytes in halves"
+            );
+        }
+    }
+
+    #[test]
+    fn a_trailer_section_without_an_end_is_refused_at_the_limit() {
+        let mut body = b"0\r\n".to_vec();
+        body.extend(std::iter::repeat_n(b'x', MAX_TRAILER_BYTES - 1));
+        assert_eq!(whole(&body).map(|f| f.end), Ok(None));
+        body.push(b'x');
+        let too_large = Some(ChunkError::TrailersTooLarge);
+        assert_eq!(errors(&body), (too_large, too_large));
+    }
+
+    #[test]
+    fn chunk_extensions_reaching_the_limit_over_the_whole_body_are_refused() {
+        // hyper counts the bytes after each `;` over the whole body and
+        // refuses the body when the count reaches CHUNKED_EXTENSIONS_LIMIT.
+        let half = "e".repeat(MAX_EXTENSION_BYTES as usize / 2);
+        let last = "e".repeat(MAX_EXTENSION_BYTES as usize / 2 - 1);
+        let fits = format!("1;{half}\r\nx\r\n0;{last}\r\n\r\n").into_bytes();
+        assert_eq!(whole(&fits), Ok(ended(b"x", 1, fits.len(), None)));
+        let over = format!("1;{half}\r\nx\r\n0;{last}e\r\n\r\n").into_bytes();
+        let too_large = Some(ChunkError::ExtensionsTooLarge);
+        assert_eq!(errors(&over), (too_large, too_large));
+    }
+
+    // -----------------------------------------------------------------
+    // Properties.
+    // -----------------------------------------------------------------
+
+    /// Text for a chunk extension (after its `;`): anything but CR and LF.
+    fn extension() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[a-z]{1,6}(=[a-z0-9]{0,6})?",
+            "[ \t;=\"a-zA-Z0-9!-~]{0,16}",
+        ]
+    }
+
+    /// One chunk's size line pieces: leading zeros, upper or lower hex,
+    /// spaces after the size, an extension.
+    fn size_line() -> impl Strategy<Value = (usize, bool, String, Option<String>)> {
+        (
+            0usize..3,
+            any::<bool>(),
+            "[ \t]{0,2}",
+            prop::option::of(extension()),
+        )
+    }
+
+    /// A trailer field: a name and a value httparse reads back as it is.
+    fn trailer() -> impl Strategy<Value = (String, String)> {
+        ("x-[a-z0-9]{1,8}", "([!-~]([ -~]{0,12}[!-~])?)?")
+    }
+
+    /// A chunked body on the wire, the data it carries, and its trailer
+    /// fields.
+    #[derive(Debug, Clone)]
+    struct Chunked {
+        wire: Vec<u8>,
+        data: Vec<u8>,
+        trailers: Vec<(String, String)>,
+    }
+
+    /// Writes a size line: `size` with its leading zeros, case, spaces and
+    /// extension.
+    fn write_size(wire: &mut Vec<u8>, size: usize, line: &(usize, bool, String, Option<String>)) {
+        let (zeros, upper, spaces, extension) = line;
+        wire.extend(std::iter::repeat_n(b'0', *zeros));
+        let hex = if *upper {
+            format!("{size:X}")
+        } else {
+            format!("{size:x}")
+        };
+        wire.extend_from_slice(hex.as_bytes());
+        wire.extend_from_slice(spaces.as_bytes());
+        if let Some(extension) = extension {
+            wire.push(b';');
+            wire.extend_from_slice(extension.as_bytes());
+        }
+        wire.extend_from_slice(b"\r\n");
+    }
+
+    fn chunked() -> impl Strategy<Value = Chunked> {
+        let chunk = (prop::collection::vec(any::<u8>(), 1..48), size_line());
+        (
+            prop::collection::vec(chunk, 0..6),
+            size_line(),
+            prop::collection::vec(trailer(), 0..4),
+        )
+            .prop_map(|(chunks, last, trailers)| {
+                let mut wire = Vec::new();
+                let mut data = Vec::new();
+                for (bytes, line) in chunks {
+                    write_size(&mut wire, bytes.len(), &line);
+                    wire.extend_from_slice(&bytes);
+                    wire.extend_from_slice(b"\r\n");
+                    data.extend_from_slice(&bytes);
+                }
+                write_size(&mut wire, 0, &last);
+                for (name, value) in &trailers {
+                    wire.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+                }
+                wire.extend_from_slice(b"\r\n");
+                Chunked {
+                    wire,
+                    data,
+                    trailers,
+                }
+            })
+    }
+
+    /// The trailer fields as a header map.
+    fn trailer_map(trailers: &[(String, String)]) -> HeaderMap {
+        let pairs: Vec<(&str, &str)> = trailers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        headers(&pairs)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn any_chunked_body_cut_anywhere_gives_its_data_and_ends_exactly_at_its_end(
+            body in chunked(),
+            after in prop::collection::vec(any::<u8>(), 0..16),
+            cuts in prop::collection::vec(any::<Index>(), 0..8),
+        ) {
+            let stream = [&body.wire[..], &after[..]].concat();
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let found = follow(&stream, &cuts);
+            let Ok(found) = found else {
+                return Err(TestCaseError::fail(format!("{found:?}")));
+            };
+            prop_assert_eq!(&found.data, &body.data);
+            let Some((end, section)) = found.end.clone() else {
+                return Err(TestCaseError::fail("no end"));
+            };
+            prop_assert_eq!(end, body.wire.len());
+            match section {
+                None => prop_assert!(body.trailers.is_empty()),
+                Some(range) => {
+                    prop_assert_eq!(range.end, body.wire.len() - 2);
+                    prop_assert_eq!(parse_trailers(&stream[range]), Ok(trailer_map(&body.trailers)));
+                }
+            }
+            prop_assert_eq!(whole(&stream).map(|f| (f.data, f.end)), Ok((found.data, found.end)));
+        }
+
+        #[test]
+        fn a_chunked_body_cut_short_anywhere_never_ends_nor_fails(
+            body in chunked(),
+            end in any::<Index>(),
+            cuts in prop::collection::vec(any::<Index>(), 0..4),
+        ) {
+            let short = &body.wire[..end.index(body.wire.len())];
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(short.len() + 1)).collect();
+            cuts.sort_unstable();
+            let found = follow(short, &cuts);
+            let Ok(found) = found else {
+                return Err(TestCaseError::fail(format!("{found:?}")));
+            };
+            prop_assert_eq!(found.end, None);
+            prop_assert!(body.data.starts_with(&found.data));
+        }
+
+        #[test]
+        fn any_bytes_give_the_same_result_whole_and_in_pieces(
+            stream in prop::collection::vec(
+                prop_oneof![
+                    4 => prop::sample::select(b"0123456789abcdefABCDEF\r\n; \t:x".to_vec()),
+                    1 => any::<u8>(),
+                ],
+                0..64,
+            ),
+            cuts in prop::collection::vec(any::<Index>(), 0..8),
+        ) {
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let whole = whole(&stream).map(|f| (f.data, f.end));
+            prop_assert_eq!(follow(&stream, &cuts).map(|f| (f.data, f.end)), whole.clone());
+            prop_assert_eq!(bytewise(&stream).map(|f| (f.data, f.end)), whole);
+        }
+    }
+
+    /// A response head from a small safe alphabet, and what parsing it
+    /// should find.
+    #[derive(Debug, Clone)]
+    struct HeadCase {
+        text: String,
+        method: Method,
+        status: u16,
+        reason: String,
+        http10: bool,
+        fields: Vec<(String, String)>,
+        expected: Result<(Framing, bool), HeadError>,
+    }
+
+    /// How the case's body is announced.
+    #[derive(Debug, Clone)]
+    enum Announced {
+        Length(u64),
+        Chunked,
+        Nothing,
+    }
+
+    fn head_case() -> impl Strategy<Value = HeadCase> {
+        let status = prop_oneof![
+            Just(200u16),
+            Just(204),
+            Just(304),
+            Just(101),
+            Just(404),
+            200u16..600,
+        ];
+        let announced = prop_oneof![
+            (0u64..100_000).prop_map(Announced::Length),
+            (0..=MAX_CONTENT_LENGTH).prop_map(Announced::Length),
+            Just(Announced::Chunked),
+            Just(Announced::Nothing),
+        ];
+        let connection = prop::option::of(prop::sample::select(vec!["close", "keep-alive"]));
+        (
+            prop::sample::select(vec![
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::CONNECT,
+            ]),
+            status,
+            "[A-Za-z][A-Za-z ]{0,12}",
+            any::<bool>(),
+            announced,
+            connection,
+            prop::collection::vec(("x-[a-z]{1,6}", "[!-~]([ -~]{0,10}[!-~])?"), 0..8),
+            any::<Index>(),
+        )
+            .prop_map(
+                |(method, status, reason, http10, announced, connection, mut fields, at)| {
+                    let framing_field = match announced {
+                        Announced::Length(len) => Some(("Content-Length".into(), len.to_string())),
+                        Announced::Chunked => Some(("Transfer-Encoding".into(), "chunked".into())),
+                        Announced::Nothing => None,
+                    };
+                    let special = framing_field
+                        .into_iter()
+                        .chain(connection.map(|c| ("Connection".to_string(), c.to_string())));
+                    for field in special {
+                        fields.insert(at.index(fields.len() + 1), field);
+                    }
+                    let expected =
+                        expected_framing(status, &method, http10, &announced).map(|framing| {
+                            let keep_alive = match connection {
+                                Some("close") => false,
+                                Some(_) => true,
+                                None => !http10,
+                            };
+                            let reusable = !matches!(framing, Framing::Close | Framing::Switch);
+                            (framing, keep_alive && reusable)
+                        });
+                    let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+                    let pairs: Vec<(&str, &str)> = fields
+                        .iter()
+                        .map(|(n, v)| (n.as_str(), v.as_str()))
+                        .collect();
+                    let text = response(&format!("{version} {status} {reason}"), &pairs);
+                    HeadCase {
+                        text,
+                        method,
+                        status,
+                        reason,
+                        http10,
+                        fields,
+                        expected,
+                    }
+                },
+            )
+    }
+
+    /// RFC 9112 §6.3, written from the RFC and hyper's comments.
+    fn expected_framing(
+        status: u16,
+        method: &Method,
+        http10: bool,
+        announced: &Announced,
+    ) -> Result<Framing, HeadError> {
+        Ok(match (status, announced) {
+            (101, _) => Framing::Switch,
+            (204 | 304, _) => Framing::Empty,
+            _ if *method == Method::HEAD => Framing::Empty,
+            (200..=299, _) if *method == Method::CONNECT => Framing::Switch,
+            (_, Announced::Chunked) if http10 => return Err(HeadError::TransferEncodingOn10),
+            (_, Announced::Chunked) => Framing::Chunked,
+            (_, Announced::Length(0)) => Framing::Empty,
+            (_, Announced::Length(len)) => Framing::Length(*len),
+            (_, Announced::Nothing) => Framing::Close,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn any_formatted_head_is_taken_to_its_end_with_the_framing_the_rfc_gives(
+            case in head_case(),
+            after in prop::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let mut buf = BytesMut::from([case.text.as_bytes(), &after[..]].concat().as_slice());
+            let parsed = parse_response(&mut buf, &case.method);
+            let head = match (parsed, &case.expected) {
+                (Ok(Parsed::Head(head, len)), Ok(expected)) => {
+                    prop_assert_eq!(len, case.text.len());
+                    prop_assert_eq!(&buf[..], &after[..]);
+                    prop_assert_eq!((head.framing, head.keep_alive), *expected);
+                    head
+                }
+                (Err(error), Err(expected)) => {
+                    prop_assert_eq!(&error, expected);
+                    return Ok(());
+                }
+                (parsed, expected) => {
+                    return Err(TestCaseError::fail(format!("{parsed:?}, expected {expected:?}")));
+                }
+            };
+            prop_assert_eq!(head.parts.status.as_u16(), case.status);
+            let version = if case.http10 { Version::HTTP_10 } else { Version::HTTP_11 };
+            prop_assert_eq!(head.parts.version, version);
+            let canonical = head.parts.status.canonical_reason() == Some(case.reason.as_str());
+            let phrase = head.parts.extensions.get::<ReasonPhrase>().map(|p| p.as_bytes().to_vec());
+            prop_assert_eq!(phrase, (!canonical).then(|| case.reason.clone().into_bytes()));
+            let names: Vec<&str> = case.fields.iter().map(|(n, _)| n.as_str()).collect();
+            for name in names {
+                let found: Vec<&[u8]> =
+                    head.parts.headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+                let written: Vec<&[u8]> = case.fields.iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.as_bytes())
+                    .collect();
+                prop_assert_eq!(found, written);
+            }
+            prop_assert_eq!(head.parts.headers.len(), case.fields.len());
+        }
+
+        #[test]
+        fn any_formatted_head_cut_short_is_partial_and_takes_nothing(
+            case in head_case(),
+            end in any::<Index>(),
+        ) {
+            let short = &case.text.as_bytes()[..end.index(case.text.len())];
+            let mut buf = BytesMut::from(short);
+            let parsed = parse_response(&mut buf, &case.method);
+            prop_assert!(matches!(parsed, Ok(Parsed::Partial)), "{:?}", parsed);
+            prop_assert_eq!(&buf[..], short);
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // Against hyper's own client, over an in-memory pipe.
+    // -----------------------------------------------------------------
+
+    /// What a client makes of a response: its head (status, version,
+    /// headers, reason phrase), then its body's data and trailers, or
+    /// `None` for the body when it failed.
+    type Seen = (
+        (StatusCode, Version, HeaderMap, Option<Vec<u8>>),
+        Option<(Vec<u8>, HeaderMap)>,
+    );
+
+    /// `response` (the answer to a `GET`) read by hyper's HTTP/1 client;
+    /// `None` when hyper refused the head or took too long.
+    fn hyper_reads(response: &[u8]) -> Option<Seen> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        let response = response.to_vec();
+        runtime.block_on(async move {
+            let (client, mut server) = tokio::io::duplex(1 << 20);
+            let backend = async move {
+                // hyper's client refuses an answer that comes before its
+                // request: the whole request head is read first.
+                let mut request = Vec::new();
+                while !request.ends_with(b"\r\n\r\n") {
+                    match server.read_buf(&mut request).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                let _ = server.write_all(&response).await;
+                let _ = server.shutdown().await;
+                server
+            };
+            let client = async move {
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(client))
+                        .await
+                        .ok()?;
+                tokio::spawn(connection);
+                let request = hyper::Request::get("/").body(Empty::<Bytes>::new()).ok()?;
+                let (parts, body) = sender.send_request(request).await.ok()?.into_parts();
+                let phrase = parts
+                    .extensions
+                    .get::<ReasonPhrase>()
+                    .map(|p| p.as_bytes().to_vec());
+                let body = body.collect().await.ok().map(|collected| {
+                    let trailers = collected.trailers().cloned().unwrap_or_default();
+                    (collected.to_bytes().to_vec(), trailers)
+                });
+                Some(((parts.status, parts.version, parts.headers, phrase), body))
+            };
+            let timed = tokio::time::timeout(Duration::from_secs(10), client);
+            let (seen, _server) = tokio::join!(timed, backend);
+            seen.ok().flatten()
+        })
+    }
+
+    /// `response` (the answer to a `GET`) read with this module; `None`
+    /// when the head is refused.
+    fn codec_reads(response: &[u8]) -> Option<Seen> {
+        let mut buf = BytesMut::from(response);
+        let Ok(Parsed::Head(head, _)) = parse_response(&mut buf, &Method::GET) else {
+            return None;
+        };
+        let parts = head.parts;
+        let phrase = parts
+            .extensions
+            .get::<ReasonPhrase>()
+            .map(|p| p.as_bytes().to_vec());
+        let body = match whole(&buf) {
+            Ok(Followed {
+                data,
+                end: Some((_, section)),
+                ..
+            }) => match section.map(|range| parse_trailers(&buf[range])) {
+                None => Some((data, HeaderMap::new())),
+                Some(Ok(trailers)) => Some((data, trailers)),
+                Some(Err(_)) => None,
+            },
+            _ => None,
+        };
+        Some(((parts.status, parts.version, parts.headers, phrase), body))
+    }
+
+    /// Bytes that matter to chunked framing, to put in a body.
+    const FRAMING_BYTES: &[u8] = b"\r\n;: \t0aFgx\xff";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn hyper_s_client_reads_any_chunked_response_as_this_module_does(
+            body in chunked(),
+            reason in "[ -~\t\u{80}-\u{ff}]{0,8}",
+            fields in prop::collection::vec(("x-[a-z]{1,6}", "[ -~]{0,10}"), 0..4),
+            changes in prop::collection::vec((any::<Index>(), prop::sample::select(FRAMING_BYTES)), 0..6),
+            cut in prop::option::of(any::<Index>()),
+        ) {
+            let mut wire = body.wire.clone();
+            // Every other change puts a byte in, the others replace one.
+            for (n, (at, byte)) in changes.into_iter().enumerate() {
+                let at = at.index(wire.len());
+                if n % 2 == 0 {
+                    wire[at] = byte;
+                } else {
+                    wire.insert(at, byte);
+                }
+            }
+            if let Some(cut) = cut {
+                wire.truncate(cut.index(wire.len()));
+            }
+            let mut response: Vec<u8> = b"HTTP/1.1 200 ".to_vec();
+            // The reason's chars stand for bytes: `\u{ff}` is 0xff on the wire.
+            response.extend(reason.chars().map(|c| c as u32 as u8));
+            response.extend_from_slice(b"\r\nTransfer-Encoding: chunked\r\n");
+            for (name, value) in &fields {
+                response.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+            }
+            response.extend_from_slice(b"\r\n");
+            response.extend_from_slice(&wire);
+            prop_assert_eq!(codec_reads(&response), hyper_reads(&response));
+        }
+    }
 }
