@@ -15,7 +15,9 @@
 //!   none after `HEAD`, `204` and `304`; a switch after `101` (and a `2xx`
 //!   to `CONNECT`); `chunked` when `Transfer-Encoding` ends in it, else read
 //!   to the close (and an error on HTTP/1.0); a valid `Content-Length`;
-//!   an invalid one is an error; neither reads to the close.
+//!   an invalid one is an error; neither reads to the close. A
+//!   `Content-Length` beside `Transfer-Encoding` is removed, as RFC 9112
+//!   §6.3 has an intermediary do (hyper's client kept it).
 //! * [`ChunkedDecoder`] follows a chunked body byte for byte as hyper's
 //!   `ChunkedState`: hex size, spaces or tabs, extensions up to a CR, `CRLF`,
 //!   data, `CRLF`, and after the last (`0`) chunk the trailer section.
@@ -180,6 +182,12 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
         parts.extensions.insert(phrase);
     }
     let framing = framing(status, version, &headers, method)?;
+    if headers.contains_key(TRANSFER_ENCODING) {
+        // RFC 9112 §6.3: `Transfer-Encoding` overrides `Content-Length`, and
+        // an intermediary removes the latter before passing the message on.
+        // Kept, it would frame the decoded body wrongly for the client.
+        headers.remove(CONTENT_LENGTH);
+    }
     let keep_alive = keeps_alive(version, &headers) && framing != Framing::Close;
     parts.status = status;
     parts.version = version;
