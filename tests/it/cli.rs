@@ -30,16 +30,16 @@ fn affinity(args: &[&str]) -> std::process::Output {
 }
 
 /// A file in the system temp dir, removed on drop.
-struct TempFile(PathBuf);
+pub(crate) struct TempFile(PathBuf);
 
 impl TempFile {
-    fn new(name: &str, text: &str) -> TempFile {
+    pub(crate) fn new(name: &str, text: &str) -> TempFile {
         let path = std::env::temp_dir().join(format!("affinity-{}-{name}", std::process::id()));
         std::fs::write(&path, text).unwrap();
         TempFile(path)
     }
 
-    fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.0.to_str().unwrap()
     }
 }
@@ -51,7 +51,7 @@ impl Drop for TempFile {
 }
 
 /// A child process killed on drop, should a test fail before it exits.
-struct Running(Child);
+pub(crate) struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -289,7 +289,7 @@ fn start_affinity(file: &TempFile, args: &[&str]) -> (Running, mpsc::Receiver<St
 }
 
 /// [`start_affinity`] with `RUST_LOG=rust_log`.
-fn start_affinity_logging(
+pub(crate) fn start_affinity_logging(
     file: &TempFile,
     args: &[&str],
     rust_log: &str,
@@ -360,7 +360,7 @@ fn signal(child: &Running, name: &str) {
     assert!(status.success());
 }
 
-fn terminate(child: &mut Running) -> ExitStatus {
+pub(crate) fn terminate(child: &mut Running) -> ExitStatus {
     signal(child, "TERM");
     child.wait_timeout(Duration::from_secs(10))
 }

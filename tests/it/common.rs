@@ -1,6 +1,7 @@
-//! Helpers shared by the integration tests: real backends, the proxy started
-//! in-process on port 0, and an HTTP/1.1 client that can connect from any
-//! 127.0.0.0/8 source address.
+//! Helpers shared by the integration tests: real backends, raw-TCP backends
+//! that run a script (for answers no HTTP library would send), the proxy
+//! started in-process on port 0, and an HTTP/1.1 client that can connect
+//! from any 127.0.0.0/8 source address.
 //!
 //! Everything binds 127.0.0.1 (or 127.0.0.N) on ephemeral ports, and every
 //! task is aborted when its owner is dropped, so a test cleans up by ending.
@@ -10,7 +11,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -654,6 +655,8 @@ pub struct RawResponse {
     pub complete: bool,
     /// Whether the body was chunked.
     pub chunked: bool,
+    /// The trailer lines after the last chunk of a chunked body.
+    pub trailers: Vec<String>,
 }
 
 impl RawResponse {
@@ -799,6 +802,7 @@ impl RawConnection {
             body: Vec::new(),
             complete: true,
             chunked: false,
+            trailers: Vec::new(),
         };
         if (100..200).contains(&status) || status == 204 || status == 304 {
             return Some(response);
@@ -808,7 +812,9 @@ impl RawConnection {
             .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
         if chunked {
             response.chunked = true;
-            response.complete = self.chunks(&mut response.body).await;
+            response.complete = self
+                .chunks(&mut response.body, &mut response.trailers)
+                .await;
         } else if let Some(len) = response.header("content-length") {
             let len: usize = len.parse().expect("a numeric Content-Length");
             let (body, complete) = self.take(len).await;
@@ -822,9 +828,9 @@ impl RawConnection {
         Some(response)
     }
 
-    /// Decodes a chunked body into `body`: `true` if it ended with the last
-    /// chunk and its trailers.
-    async fn chunks(&mut self, body: &mut Vec<u8>) -> bool {
+    /// Decodes a chunked body into `body`, its trailer lines into
+    /// `trailers`: `true` if it ended with the last chunk and its trailers.
+    async fn chunks(&mut self, body: &mut Vec<u8>, trailers: &mut Vec<String>) -> bool {
         loop {
             let Some(line) = self.line().await else {
                 return false;
@@ -837,7 +843,7 @@ impl RawConnection {
                 loop {
                     match self.line().await {
                         Some(line) if line.is_empty() => return true,
-                        Some(_) => {}
+                        Some(line) => trailers.push(String::from_utf8_lossy(&line).into_owned()),
                         None => return false,
                     }
                 }
@@ -884,6 +890,362 @@ impl RawConnection {
     pub fn into_stream(self) -> TcpStream {
         self.stream
     }
+
+    /// A second handle on the connection, to write with (an upload going
+    /// on) while this one reads the answer: a peer that answers early and
+    /// closes then resets the connection, and what it sent before still
+    /// reads here.
+    pub fn with_writer(self) -> (RawConnection, TcpStream) {
+        let RawConnection {
+            stream,
+            buf,
+            ended,
+            reset,
+        } = self;
+        let stream = stream.into_std().unwrap();
+        let writer = TcpStream::from_std(stream.try_clone().unwrap()).unwrap();
+        let reader = RawConnection {
+            stream: TcpStream::from_std(stream).unwrap(),
+            buf,
+            ended,
+            reset,
+        };
+        (reader, writer)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scripted raw-TCP backends
+// ---------------------------------------------------------------------------
+
+/// A request as a [`Scripted`] backend read it off the wire.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The request line without its version: `METHOD /path`.
+    pub line: String,
+    /// The head as received: request line and header lines, CRLF-separated,
+    /// without the blank line.
+    pub head: String,
+    /// The body as its framing delimits it, decoded when chunked; empty
+    /// when only the head was read ([`Conn::receive_head`]).
+    pub body: Vec<u8>,
+    /// The trailer lines of a chunked body.
+    pub trailers: Vec<String>,
+    /// What was wrong with the chunked framing, if anything (the
+    /// connection was then given up).
+    pub bad_framing: Option<String>,
+}
+
+impl Received {
+    /// Every value of header `name` (any case), in order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+            .collect()
+    }
+
+    /// The first header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_values(name).into_iter().next()
+    }
+}
+
+/// What a scripted backend received: each request with the number of the
+/// connection it came on, health probes left out.
+#[derive(Default)]
+pub struct Log {
+    connections: AtomicUsize,
+    requests: Mutex<Vec<(usize, Received)>>,
+}
+
+/// One connection a [`Scripted`] backend accepted, handed to its script.
+pub struct Conn {
+    /// The connection.
+    pub stream: TcpStream,
+    /// Bytes read and not yet taken as part of a request.
+    pub buf: Vec<u8>,
+    /// 0 for the first connection the backend accepted, and so on.
+    pub index: usize,
+    log: Arc<Log>,
+}
+
+impl Conn {
+    /// Reads the next request (head and body, `Content-Length` or chunked)
+    /// and returns its `METHOD /path`; `None` if the connection ends first.
+    /// Health probes are answered `200` and skipped.
+    pub async fn request(&mut self) -> Option<String> {
+        self.receive().await.map(|received| received.line)
+    }
+
+    /// Reads the next request, head and body (`Content-Length` or chunked,
+    /// the chunked framing checked strictly), and records it; `None` if the
+    /// connection ends first or the framing is invalid. Health probes are
+    /// answered `200` and skipped.
+    pub async fn receive(&mut self) -> Option<Received> {
+        let mut received = self.receive_unrecorded_head().await?;
+        let ended = self.read_body(&mut received).await;
+        if ended.is_none() && received.bad_framing.is_none() {
+            return None;
+        }
+        self.record(&received);
+        ended.map(|()| received)
+    }
+
+    /// Reads the next request head only, leaving its body unread (as a
+    /// server answering early does), and records it. Health probes are
+    /// answered `200` and skipped.
+    pub async fn receive_head(&mut self) -> Option<Received> {
+        let received = self.receive_unrecorded_head().await?;
+        self.record(&received);
+        Some(received)
+    }
+
+    fn record(&self, received: &Received) {
+        self.log
+            .requests
+            .lock()
+            .unwrap()
+            .push((self.index, received.clone()));
+    }
+
+    /// The next head that is not a health probe's.
+    async fn receive_unrecorded_head(&mut self) -> Option<Received> {
+        loop {
+            let end = loop {
+                if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break at;
+                }
+                if !self.fill().await {
+                    return None;
+                }
+            };
+            let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+            self.buf.drain(..end + 4);
+            let line = head
+                .lines()
+                .next()
+                .and_then(|l| l.rsplit_once(' '))
+                .map_or_else(String::new, |(line, _)| line.to_owned());
+            if line.ends_with(" /health") {
+                self.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                continue;
+            }
+            return Some(Received {
+                line,
+                head,
+                body: Vec::new(),
+                trailers: Vec::new(),
+                bad_framing: None,
+            });
+        }
+    }
+
+    /// Reads the body `received`'s head announces; `None` if the connection
+    /// ends first or its chunked framing is invalid.
+    async fn read_body(&mut self, received: &mut Received) -> Option<()> {
+        let chunked = received
+            .header_values("transfer-encoding")
+            .iter()
+            .any(|te| te.to_ascii_lowercase().contains("chunked"));
+        if chunked {
+            return self.chunked_body(received).await;
+        }
+        if let Some(len) = received
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            while self.buf.len() < len {
+                if !self.fill().await {
+                    return None;
+                }
+            }
+            received.body = self.buf.drain(..len).collect();
+        }
+        Some(())
+    }
+
+    /// Decodes a chunked body strictly: hex size (extensions allowed), CRLF,
+    /// the data, CRLF; after the last chunk, trailer lines up to an empty
+    /// one.
+    async fn chunked_body(&mut self, received: &mut Received) -> Option<()> {
+        loop {
+            let line = self.line().await?;
+            let text = String::from_utf8_lossy(&line).into_owned();
+            let digits = text
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim_end_matches([' ', '\t']);
+            let Ok(size) = usize::from_str_radix(digits, 16) else {
+                received.bad_framing = Some(format!("chunk size line {text:?}"));
+                return None;
+            };
+            if size == 0 {
+                loop {
+                    let trailer = self.line().await?;
+                    if trailer.is_empty() {
+                        return Some(());
+                    }
+                    received
+                        .trailers
+                        .push(String::from_utf8_lossy(&trailer).into_owned());
+                }
+            }
+            while self.buf.len() < size + 2 {
+                if !self.fill().await {
+                    return None;
+                }
+            }
+            if &self.buf[size..size + 2] != b"\r\n" {
+                received.bad_framing = Some(format!("no CRLF after a chunk of {size} bytes"));
+                return None;
+            }
+            received.body.extend_from_slice(&self.buf[..size]);
+            self.buf.drain(..size + 2);
+        }
+    }
+
+    /// One line without its CRLF; `None` if the connection ends first.
+    async fn line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf[..at].to_vec();
+                self.buf.drain(..at + 2);
+                return Some(line);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Reads more bytes: `false` once the connection has ended (or after
+    /// [`LIMIT`] of silence).
+    pub async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        matches!(
+            tokio::time::timeout(LIMIT, self.stream.read_buf(&mut self.buf)).await,
+            Ok(Ok(n)) if n > 0
+        )
+    }
+
+    /// Writes `bytes`, ignoring a proxy that has gone.
+    pub async fn write(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.stream.write_all(bytes).await;
+        let _ = self.stream.flush().await;
+    }
+
+    /// Aborts the connection: `SO_LINGER` 0 makes the close send a RST.
+    pub fn reset(self) {
+        self.stream.set_zero_linger().unwrap();
+        drop(self.stream);
+    }
+
+    /// Serves every request on the connection with a small `200` naming the
+    /// request and, in `x-conn`, the connection.
+    pub async fn serve_ok(mut self) {
+        while let Some(line) = self.request().await {
+            let body = format!("ok {line}");
+            self.write(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-conn: {}\r\n\r\n{body}",
+                    body.len(),
+                    self.index
+                )
+                .as_bytes(),
+            )
+            .await;
+        }
+    }
+}
+
+/// A raw TCP backend on 127.0.0.1 that runs its script on every connection
+/// it accepts, for answers no HTTP library would send. Dropping it stops
+/// it, its connections with it.
+pub struct Scripted {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    log: Arc<Log>,
+    _tasks: JoinSet<()>,
+}
+
+impl Scripted {
+    /// Starts a backend that runs `script` on each connection.
+    pub async fn start<F, Fut>(script: F) -> Scripted
+    where
+        F: Fn(Conn) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Log::default());
+        let mut tasks = JoinSet::new();
+        let shared = log.clone();
+        tasks.spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let index = shared.connections.fetch_add(1, Ordering::SeqCst);
+                connections.spawn(script(Conn {
+                    stream,
+                    buf: Vec::new(),
+                    index,
+                    log: shared.clone(),
+                }));
+            }
+        });
+        Scripted {
+            addr,
+            log,
+            _tasks: tasks,
+        }
+    }
+
+    /// The requests received so far, as `(connection, "METHOD /path")`.
+    pub fn requests(&self) -> Vec<(usize, String)> {
+        self.received()
+            .into_iter()
+            .map(|(conn, received)| (conn, received.line))
+            .collect()
+    }
+
+    /// The requests received so far, whole, with their connection.
+    pub fn received(&self) -> Vec<(usize, Received)> {
+        self.log.requests.lock().unwrap().clone()
+    }
+
+    /// Connections accepted so far (health probes' included).
+    pub fn connections(&self) -> usize {
+        self.log.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// `request` on a new raw connection to `proxy`; the response, or `None` if
+/// the proxy closed without one.
+pub async fn exchange(proxy: SocketAddr, request: &[u8]) -> (Option<RawResponse>, RawConnection) {
+    let mut client = RawConnection::connect(proxy).await;
+    client.send(request).await.unwrap();
+    let response = client.response().await;
+    (response, client)
+}
+
+/// A `GET` of `path` with `Host`.
+pub fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: proxy.test\r\n\r\n").into_bytes()
+}
+
+/// A `POST` of `path` with a small body.
+pub fn post(path: &str) -> Vec<u8> {
+    format!("POST {path} HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 8\r\n\r\norder #1")
+        .into_bytes()
 }
 
 // ---------------------------------------------------------------------------

@@ -5,16 +5,13 @@
 //!
 //! Every await is bounded: a proxy that hangs fails the test.
 
-use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::Request;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
@@ -34,169 +31,8 @@ fn sections(upstream: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Scripted backends
+// The proxy in front of a scripted backend ([`Scripted`])
 // ---------------------------------------------------------------------------
-
-/// What a scripted backend received: `(connection number, "METHOD /path")`
-/// per request, health probes left out.
-#[derive(Default)]
-struct Log {
-    connections: AtomicUsize,
-    requests: Mutex<Vec<(usize, String)>>,
-}
-
-/// One accepted connection, handed to the script.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    /// 0 for the first connection the backend accepted, and so on.
-    index: usize,
-    log: Arc<Log>,
-}
-
-impl Conn {
-    /// Reads the next request (head and body, `Content-Length` or chunked)
-    /// and returns its `METHOD /path`; `None` if the connection ends first.
-    /// Health probes are answered `200` and skipped.
-    async fn request(&mut self) -> Option<String> {
-        loop {
-            let end = loop {
-                if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break at + 4;
-                }
-                if !self.fill().await {
-                    return None;
-                }
-            };
-            let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-            self.buf.drain(..end);
-            let lower = head.to_ascii_lowercase();
-            if lower.contains("transfer-encoding: chunked") {
-                while !self.buf.windows(5).any(|w| w == b"0\r\n\r\n") {
-                    if !self.fill().await {
-                        return None;
-                    }
-                }
-                let at = self.buf.windows(5).position(|w| w == b"0\r\n\r\n").unwrap();
-                self.buf.drain(..at + 5);
-            } else if let Some(len) = lower
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-            {
-                while self.buf.len() < len {
-                    if !self.fill().await {
-                        return None;
-                    }
-                }
-                self.buf.drain(..len);
-            }
-            // The request line without its version: `METHOD /path`.
-            let line = head
-                .lines()
-                .next()
-                .and_then(|l| l.rsplit_once(' '))
-                .map_or_else(String::new, |(line, _)| line.to_owned());
-            if line.ends_with(" /health") {
-                self.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                    .await;
-                continue;
-            }
-            self.log
-                .requests
-                .lock()
-                .unwrap()
-                .push((self.index, line.clone()));
-            return Some(line);
-        }
-    }
-
-    async fn fill(&mut self) -> bool {
-        matches!(
-            tokio::time::timeout(LIMIT, self.stream.read_buf(&mut self.buf)).await,
-            Ok(Ok(n)) if n > 0
-        )
-    }
-
-    /// Writes `bytes`, ignoring a proxy that has gone.
-    async fn write(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
-        let _ = self.stream.flush().await;
-    }
-
-    /// Aborts the connection: `SO_LINGER` 0 makes the close send a RST.
-    fn reset(self) {
-        self.stream.set_zero_linger().unwrap();
-        drop(self.stream);
-    }
-
-    /// Serves every request on the connection with a small `200`.
-    async fn serve_ok(mut self) {
-        while let Some(line) = self.request().await {
-            let body = format!("ok {line}");
-            self.write(
-                format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-conn: {}\r\n\r\n{body}",
-                    body.len(),
-                    self.index
-                )
-                .as_bytes(),
-            )
-            .await;
-        }
-    }
-}
-
-/// A raw TCP backend on 127.0.0.1 that runs its script on every connection
-/// it accepts. Dropping it stops it, its connections with it.
-struct Scripted {
-    addr: SocketAddr,
-    log: Arc<Log>,
-    _tasks: JoinSet<()>,
-}
-
-impl Scripted {
-    async fn start<F, Fut>(script: F) -> Scripted
-    where
-        F: Fn(Conn) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let log = Arc::new(Log::default());
-        let mut tasks = JoinSet::new();
-        let shared = log.clone();
-        tasks.spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let index = shared.connections.fetch_add(1, Ordering::SeqCst);
-                connections.spawn(script(Conn {
-                    stream,
-                    buf: Vec::new(),
-                    index,
-                    log: shared.clone(),
-                }));
-            }
-        });
-        Scripted {
-            addr,
-            log,
-            _tasks: tasks,
-        }
-    }
-
-    /// The requests received so far, as `(connection, "METHOD /path")`.
-    fn requests(&self) -> Vec<(usize, String)> {
-        self.log.requests.lock().unwrap().clone()
-    }
-
-    fn connections(&self) -> usize {
-        self.log.connections.load(Ordering::SeqCst)
-    }
-}
 
 /// A proxy in front of the one scripted backend `backend`.
 async fn proxy_for(backend: &Scripted, upstream: &str) -> affinity::listener::ProxyHandle {
@@ -205,26 +41,6 @@ async fn proxy_for(backend: &Scripted, upstream: &str) -> affinity::listener::Pr
         &[("scripted", backend.addr)],
     ))
     .await
-}
-
-/// `request` on a new raw connection to `proxy`; the response, or `None` if
-/// the proxy closed without one.
-async fn exchange(proxy: SocketAddr, request: &[u8]) -> (Option<RawResponse>, RawConnection) {
-    let mut client = RawConnection::connect(proxy).await;
-    client.send(request).await.unwrap();
-    let response = client.response().await;
-    (response, client)
-}
-
-/// A `GET` of `path` with `Host`.
-fn get(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: proxy.test\r\n\r\n").into_bytes()
-}
-
-/// A `POST` of `path` with a small body.
-fn post(path: &str) -> Vec<u8> {
-    format!("POST {path} HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 8\r\n\r\norder #1")
-        .into_bytes()
 }
 
 // ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ mod architecture;
 
 mod admin;
 mod admin_write;
+mod backend_http1;
 mod cli;
 mod config_files;
 mod discovery;

@@ -15,7 +15,9 @@
 //!   none after `HEAD`, `204` and `304`; a switch after `101` (and a `2xx`
 //!   to `CONNECT`); `chunked` when `Transfer-Encoding` ends in it, else read
 //!   to the close (and an error on HTTP/1.0); a valid `Content-Length`;
-//!   an invalid one is an error; neither reads to the close.
+//!   an invalid one is an error; neither reads to the close. A
+//!   `Content-Length` beside `Transfer-Encoding` is removed, as RFC 9112
+//!   §6.3 has an intermediary do (hyper's client kept it).
 //! * [`ChunkedDecoder`] follows a chunked body byte for byte as hyper's
 //!   `ChunkedState`: hex size, spaces or tabs, extensions up to a CR, `CRLF`,
 //!   data, `CRLF`, and after the last (`0`) chunk the trailer section, with
@@ -194,6 +196,12 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
         parts.extensions.insert(phrase);
     }
     let framing = framing_headers.framing(status, version, method)?;
+    if framing_headers.transfer_encoding && framing_headers.content_length {
+        // RFC 9112 §6.3: `Transfer-Encoding` overrides `Content-Length`, and
+        // an intermediary removes the latter before passing the message on.
+        // Kept, it would frame the decoded body wrongly for the client.
+        headers.remove(CONTENT_LENGTH);
+    }
     // A body read to the close, or a switch, leaves nothing to reuse.
     let keep_alive = framing_headers.keeps_alive(version)
         && !matches!(framing, Framing::Close | Framing::Switch);
