@@ -12,7 +12,7 @@ use hyper::header::{HOST, HeaderValue, SET_COOKIE, UPGRADE};
 use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
 use hyper::upgrade::OnUpgrade;
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Request, Response, StatusCode, Uri, Version};
 
 use crate::balance::key;
 use crate::balance::key::pinned_value;
@@ -219,6 +219,12 @@ fn respond(
         _ => None,
     };
     let (mut head, incoming) = response.into_parts();
+    // RFC 9110 §6.2: the proxy answers in its own version, not the
+    // backend's (hyper's server still speaks HTTP/1.0 to an HTTP/1.0
+    // client, and its own framing to the rest).
+    if head.version < Version::HTTP_11 {
+        head.version = Version::HTTP_11;
+    }
     if upgrades.is_some() {
         headers::strip_hop_by_hop_keeping_upgrade(&mut head.headers);
     } else {

@@ -180,17 +180,7 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
         .then(|| ReasonPhrase::try_from(Bytes::copy_from_slice(reason.as_bytes())).ok())
         .flatten();
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    let mut framing_headers = FramingHeaders::default();
-    for (name, value) in fields {
-        let name = &head[name];
-        framing_headers.note(name, &head[value.clone()]);
-        let name = HeaderName::from_bytes(name)
-            .map_err(|_| HeadError::Invalid(httparse::Error::HeaderName))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value))
-            .map_err(|_| HeadError::HeaderValue)?;
-        headers.append(name, value);
-    }
+    let (mut headers, framing_headers) = header_map(&head, fields)?;
     let (mut parts, ()) = Response::new(()).into_parts();
     if let Some(phrase) = phrase {
         parts.extensions.insert(phrase);
@@ -214,6 +204,26 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
         keep_alive,
     };
     Ok(Parsed::Head(head, len))
+}
+
+/// The headers at `fields` of `head`, their values sharing its bytes, and
+/// what the framing headers among them say.
+fn header_map(
+    head: &Bytes,
+    fields: Vec<(Range<usize>, Range<usize>)>,
+) -> Result<(HeaderMap, FramingHeaders), HeadError> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut framing_headers = FramingHeaders::default();
+    for (name, value) in fields {
+        let name = &head[name];
+        framing_headers.note(name, &head[value.clone()]);
+        let name = HeaderName::from_bytes(name)
+            .map_err(|_| HeadError::Invalid(httparse::Error::HeaderName))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value))
+            .map_err(|_| HeadError::HeaderValue)?;
+        headers.append(name, value);
+    }
+    Ok((headers, framing_headers))
 }
 
 /// What a response's `Transfer-Encoding`, `Content-Length` and

@@ -3,7 +3,8 @@
 //! that is still open, and a response read to its end gives its connection
 //! back. An idle connection is its socket alone: nothing polls it, and
 //! whether the backend closed it is read from the socket's readiness when
-//! it is taken, and once a second for all of them.
+//! it is taken, and once a second for all of them by a sweeper task per
+//! thread (running only while there are idle connections).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -87,11 +88,36 @@ thread_local! {
     static IDLE: RefCell<IdleConnections> = RefCell::new(IdleConnections::default());
 }
 
+/// Sweeps this thread's idle lists every [`SWEEP_EVERY`] while they hold
+/// connections, so that a connection the backend closed is closed here too
+/// (not left in `CLOSE_WAIT`) and [`IDLE_TIMEOUT`] applies, even when no
+/// request comes any more. One per thread, started by the first connection
+/// given back; it ends when the lists are empty. (The workers' runtimes are
+/// single-threaded: it runs on the thread whose lists it sweeps.)
+async fn sweeper() {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let done = IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            idle.sweep(Instant::now());
+            if idle.by_key.is_empty() {
+                idle.sweeping = false;
+            }
+            !idle.sweeping
+        });
+        if done {
+            return;
+        }
+    }
+}
+
 /// One thread's idle connections, by backend address (and TLS settings).
 #[derive(Default)]
 struct IdleConnections {
     by_key: HashMap<Arc<str>, Vec<Idle>, FnvBuildHasher>,
     last_sweep: Option<Instant>,
+    /// A sweeper task is running for this thread ([`sweeper`]).
+    sweeping: bool,
 }
 
 /// An idle connection and since when.
@@ -116,11 +142,16 @@ impl IdleConnections {
     /// Keeps `conn` as idle, unless the list is full.
     fn put(&mut self, conn: Conn) {
         let now = Instant::now();
-        if self
-            .last_sweep
-            .is_none_or(|last| now.duration_since(last) >= SWEEP_EVERY)
-        {
+        let since_sweep = self.last_sweep.map(|last| now.duration_since(last));
+        if since_sweep.is_none_or(|since| since >= SWEEP_EVERY) {
             self.sweep(now);
+        }
+        // A sweeper that has not swept for a while ran elsewhere (a
+        // multi-threaded runtime moved it) or is gone: another one.
+        let stale = since_sweep.is_some_and(|since| since >= 3 * SWEEP_EVERY);
+        if (!self.sweeping || stale) && tokio::runtime::Handle::try_current().is_ok() {
+            self.sweeping = true;
+            tokio::spawn(sweeper());
         }
         let list = match self.by_key.get_mut(&**conn.key()) {
             Some(list) => list,
