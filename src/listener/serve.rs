@@ -533,15 +533,10 @@ async fn serve_http<I>(
         if ambiguity.is(index) {
             request.extensions_mut().insert(AmbiguousRequest);
         }
-        let proxy = proxy.clone();
-        let tunnels = tunnels.clone();
         // Boxed: hyper keeps room for one request's future in every
         // connection, idle or not; a box keeps that to a pointer, and the
-        // ~3 KB state lives only while a request does.
-        Box::pin(async move {
-            let response = proxy.handle(request, peer, &tunnels).await;
-            Ok::<_, std::convert::Infallible>(response)
-        })
+        // few kilobytes of state live only while a request does.
+        Box::pin(proxy.clone().handle(request, peer, tunnels.clone()))
     });
     let Shared {
         draining,

@@ -75,12 +75,28 @@ pub struct Forwarding<'a> {
 }
 
 /// The parts of a request that every attempt sends again.
-struct Head {
+pub struct Head {
     method: Method,
     path_and_query: PathAndQuery,
     headers: HeaderMap,
     /// The client sent `TE: trailers`.
     trailers: bool,
+}
+
+impl Head {
+    /// What every attempt sends of the request whose head is `parts`.
+    pub fn of(parts: Parts) -> Head {
+        Head {
+            trailers: parts.extensions.get::<TakesTrailers>().is_some(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            method: parts.method,
+            headers: parts.headers,
+        }
+    }
 }
 
 /// An attempt that got no response head.
@@ -92,24 +108,16 @@ enum Missed {
 }
 
 /// Sends the request to backends until one answers or a failure ends it.
+/// (Given the [`Head`] rather than the request's parts, which would take
+/// room in the future for as long as it runs.)
 pub async fn forward(
     ctx: &mut Forwarding<'_>,
-    parts: Parts,
+    mut head: Head,
     mut body: ClientBody,
 ) -> Result<Answer, ProxyError> {
     let config = ctx.snapshot.config();
     check_declared_length(&body, ctx.limits)?;
     let deadline = Instant::now() + config.upstream.request_timeout;
-    let mut head = Head {
-        trailers: parts.extensions.get::<TakesTrailers>().is_some(),
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        method: parts.method,
-        headers: parts.headers,
-    };
     let mut state = RetryState::new(config.upstream.retries, is_idempotent(&head.method));
     loop {
         let (index, backend) = next_backend(ctx, &mut state)?;

@@ -2,6 +2,7 @@
 //! the client gets, in steps of a screen or less.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -23,7 +24,7 @@ use crate::pool::{Pool, Snapshot};
 use crate::proxy::access::{self, AccessRecord, Answered, Finish};
 use crate::proxy::error::{ProxyError, error_response};
 use crate::proxy::failure::Chain;
-use crate::proxy::forward::{Answer, Attempts, Forwarding, forward};
+use crate::proxy::forward::{Answer, Attempts, Forwarding, Head, forward};
 use crate::proxy::headers;
 use crate::proxy::request::{check_request, prepare};
 use crate::proxy::request_body::ClientBody;
@@ -70,12 +71,16 @@ impl Proxy {
     /// Forwards one client request from `peer`; never fails: errors become
     /// the responses [`error_response`] gives. A request that upgrades gets
     /// its tunnel started in `tunnels` (see [Upgrades](crate::proxy#upgrades)).
+    ///
+    /// It owns what it needs and answers as hyper's service does, so that
+    /// its future is the service's own: no wrapper around it, which would be
+    /// one more copy of a few kilobytes per request.
     pub async fn handle(
-        &self,
+        self: Arc<Self>,
         mut request: Request<Incoming>,
         peer: SocketAddr,
-        tunnels: &Tunnels,
-    ) -> Response<ProxyBody> {
+        tunnels: Tunnels,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         // Taken before the request is taken apart: hyper completes it with
         // the client's connection once the `101` has been written.
@@ -93,7 +98,9 @@ impl Proxy {
         let record = access::enabled().then(|| AccessRecord::new(peer, &parts, started));
         let destination = match self.destination(&routing, &mut parts) {
             Ok(destination) => destination,
-            Err(error) => return self.unrouted(&rejection.unwrap_or(error), record, peer, started),
+            Err(error) => {
+                return Ok(self.unrouted(&rejection.unwrap_or(error), record, peer, started));
+            }
         };
         let routed = destination.pool;
         let snapshot = routed.pool.snapshot();
@@ -119,7 +126,7 @@ impl Proxy {
                     pinned: keyed.pin.and_then(|pin| snapshot.pinned(pin)),
                     attempts: &mut attempts,
                 };
-                forward(&mut forwarding, parts, body)
+                forward(&mut forwarding, Head::of(parts), body)
                     .await
                     .and_then(|answer| checked_switch(answer, client_upgrade.is_some()))
             }
@@ -134,15 +141,15 @@ impl Proxy {
             }),
             bytes_in: attempts.bytes_in,
         };
-        match result {
+        Ok(match result {
             Ok(answer) => {
                 let cookie = session_cookie(&snapshot, &keyed, answer.pin);
-                respond(routed, answer, client_upgrade, cookie, ending, tunnels)
+                respond(routed, answer, client_upgrade, cookie, ending, &tunnels)
             }
             Err(error) => {
                 answer_error(self.pools.stats(), Some(&routed.pool), &error, peer, ending)
             }
-        }
+        })
     }
 }
 
