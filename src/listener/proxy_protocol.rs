@@ -13,7 +13,7 @@
 //! | [`parse`] | bytes → a [`Header`] and how many bytes it took, or [`ParseError`]; pure, no I/O |
 //! | [`encode_v1`], [`encode_v2`], [`encode_v2_local`] | the header to send to a backend |
 //! | [`read_header`] | reads a header from a stream, with one overall timeout; returns the bytes that came after it |
-//! | [`Prefixed`] | a stream that yields those bytes first, then the rest of the stream |
+//! | [`Prefixed`](crate::proxy::prefixed::Prefixed) | a stream that yields those bytes first, then the rest of the stream |
 //!
 //! # Guarantees
 //! * **Decided as early as possible.** [`parse`] answers
@@ -79,11 +79,9 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 use crate::config::SendProxyProtocol;
@@ -704,7 +702,7 @@ fn as_ipv6(ip: IpAddr) -> Ipv6Addr {
 
 /// Reads the PROXY header that begins `stream`: the header, and the bytes
 /// read after it (they belong to the application: hand them on with
-/// [`Prefixed`]).
+/// [`Prefixed`](crate::proxy::prefixed::Prefixed)).
 ///
 /// Reads at most 4 KiB at a time until [`parse`] decides, so never more
 /// than [`MAX_HEADER_LEN`] plus one read; bytes that cannot begin a header
@@ -784,101 +782,14 @@ async fn take_until_decided(stream: &mut TcpStream) -> Result<Header, ReadError>
     }
 }
 
-/// A stream whose reads yield `prefix` first, then what the stream gives;
-/// writes go to the stream. For the bytes [`read_header`] read past the
-/// header, so that the stream can be handed to hyper or a relay whole.
-#[derive(Debug)]
-pub struct Prefixed<S> {
-    /// Bytes to yield before reading `inner`.
-    prefix: Vec<u8>,
-    /// How many bytes of `prefix` have been yielded.
-    yielded: usize,
-    /// The stream.
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    /// `inner`, with `prefix` read before it.
-    pub fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
-        Prefixed {
-            prefix,
-            yielded: 0,
-            inner,
-        }
-    }
-
-    /// The stream.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The stream, to change settings (reading or writing it directly
-    /// would bypass the prefix order).
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The bytes of the prefix not yet read, and the stream.
-    pub fn into_parts(mut self) -> (Vec<u8>, S) {
-        self.prefix.drain(..self.yielded);
-        (self.prefix, self.inner)
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let unread = &this.prefix[this.yielded..];
-        if unread.is_empty() {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        }
-        let n = unread.len().min(buf.remaining());
-        buf.put_slice(&unread[..n]);
-        this.yielded += n;
-        if this.yielded == this.prefix.len() {
-            this.prefix = Vec::new();
-            this.yielded = 0;
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::ReadBuf;
+
+    use crate::proxy::prefixed::Prefixed;
     use std::time::Instant;
 
     use proptest::prelude::*;
@@ -1695,36 +1606,6 @@ mod tests {
     async fn a_failing_read_is_an_io_error() {
         let read = read_header(&mut Failing, LONG).await;
         assert!(matches!(read, Err(ReadError::Io(_))), "{read:?}");
-    }
-
-    #[tokio::test]
-    async fn prefixed_reads_the_prefix_then_the_stream_and_writes_to_the_stream() {
-        let (mut client, server) = tokio::io::duplex(64);
-        let mut stream = Prefixed::new(b"abc".to_vec(), server);
-        client.write_all(b"def").await.unwrap();
-        let mut two = [0; 2];
-        stream.read_exact(&mut two).await.unwrap();
-        assert_eq!(&two, b"ab");
-        stream.read_exact(&mut two).await.unwrap();
-        assert_eq!(&two, b"cd");
-        stream.write_all(b"pong").await.unwrap();
-        stream.flush().await.unwrap();
-        stream.shutdown().await.unwrap();
-        let mut pong = Vec::new();
-        client.read_to_end(&mut pong).await.unwrap();
-        assert_eq!(pong, b"pong");
-        drop(client);
-        let mut rest = Vec::new();
-        stream.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(rest, b"ef");
-        let (unread, _) = stream.into_parts();
-        assert!(unread.is_empty());
-    }
-
-    #[test]
-    fn prefixed_gives_back_the_unread_part_of_its_prefix() {
-        let (unread, _) = Prefixed::new(b"abc".to_vec(), tokio::io::empty()).into_parts();
-        assert_eq!(unread, b"abc");
     }
 
     #[tokio::test]

@@ -93,6 +93,7 @@ pub mod forward;
 pub mod framing;
 pub mod handler;
 pub mod headers;
+pub mod prefixed;
 pub mod relay;
 pub mod request;
 pub mod request_body;

@@ -31,9 +31,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::HeaderName;
 use hyper::{HeaderMap, Method};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 
 use crate::pool::target::BackendStream;
+use crate::proxy::prefixed::Prefixed;
 use crate::proxy::request_body::{BoxError, RecoverableBody};
 use crate::proxy::upstream::codec::{
     self, ChunkError, ChunkedDecoder, Decoded, Framing, HeadError, Parsed, RequestFraming,
@@ -577,52 +578,10 @@ impl Body for ResponseBody {
 
 /// A backend connection after a `101`: the bytes already read after the
 /// head come first.
-#[derive(Debug)]
-pub struct Upgraded {
-    stream: BackendStream,
-    read: Bytes,
-}
+pub type Upgraded = Prefixed<BackendStream>;
 
-impl Upgraded {
-    /// `conn`'s stream, with `read` (the bytes read past the head) first.
-    pub fn new(conn: Conn, read: BytesMut) -> Upgraded {
-        Upgraded {
-            stream: conn.into_stream(),
-            read: read.freeze(),
-        }
-    }
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.read.is_empty() {
-            let take = this.read.len().min(buf.remaining());
-            buf.put_slice(&this.read.split_to(take));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
+/// `conn`'s stream after a `101`, with `read` (the bytes read past the head)
+/// first.
+pub fn upgraded(conn: Conn, read: BytesMut) -> Upgraded {
+    Prefixed::new(read.freeze(), conn.into_stream())
 }

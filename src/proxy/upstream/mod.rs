@@ -188,7 +188,7 @@ async fn send_http1(
         reusable,
     } = answered;
     let (body, upgraded) = if head.framing == Framing::Switch {
-        (h1::ResponseBody::empty(), Some(Upgraded::new(conn, buf)))
+        (h1::ResponseBody::empty(), Some(h1::upgraded(conn, buf)))
     } else {
         (
             h1::ResponseBody::new(conn, head.framing, buf, reusable),
