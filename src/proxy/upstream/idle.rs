@@ -142,15 +142,16 @@ impl IdleConnections {
     /// Keeps `conn` as idle, unless the list is full.
     fn put(&mut self, conn: Conn) {
         let now = Instant::now();
-        let since_sweep = self.last_sweep.map(|last| now.duration_since(last));
-        if since_sweep.is_none_or(|since| since >= SWEEP_EVERY) {
-            self.sweep(now);
-        }
-        // A sweeper that has not swept for a while ran elsewhere (a
-        // multi-threaded runtime moved it) or is gone: another one.
-        let stale = since_sweep.is_some_and(|since| since >= 3 * SWEEP_EVERY);
+        // Sweeping is the sweeper's, off the request path. One that has not
+        // swept for a while ran elsewhere (a multi-threaded runtime moved it)
+        // or is gone: another one.
+        let stale = self
+            .last_sweep
+            .is_some_and(|last| now.duration_since(last) >= 3 * SWEEP_EVERY);
         if (!self.sweeping || stale) && tokio::runtime::Handle::try_current().is_ok() {
             self.sweeping = true;
+            // Its first sweep is a period away: stale from then on only.
+            self.last_sweep = Some(now);
             tokio::spawn(sweeper());
         }
         let list = match self.by_key.get_mut(&**conn.key()) {
