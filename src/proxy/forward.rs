@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::task::Poll;
 
 use hyper::body::Body;
 use hyper::header::{HOST, HeaderMap, HeaderValue, TE};
@@ -72,6 +73,9 @@ pub struct Forwarding<'a> {
     pub pinned: Option<usize>,
     /// What happened so far.
     pub attempts: &'a mut Attempts,
+    /// When the request arrived: its deadline counts from here, and its
+    /// first choice of backend is made at this time (one clock read fewer).
+    pub started: std::time::Instant,
 }
 
 /// The parts of a request that every attempt sends again.
@@ -117,7 +121,7 @@ pub async fn forward(
 ) -> Result<Answer, ProxyError> {
     let config = ctx.snapshot.config();
     check_declared_length(&body, ctx.limits)?;
-    let deadline = Instant::now() + config.upstream.request_timeout;
+    let deadline = Instant::from_std(ctx.started) + config.upstream.request_timeout;
     let mut state = RetryState::new(config.upstream.retries, is_idempotent(&head.method));
     loop {
         let (index, backend) = next_backend(ctx, &mut state)?;
@@ -158,9 +162,16 @@ fn next_backend<'s>(
     let per_backend = u64::from(snapshot.config().max_in_flight_per_backend);
     loop {
         let pinned = ctx.pinned;
+        // The first choice is made as the request arrives; a retry reads
+        // the clock again.
+        let now_ns = if state.is_first() {
+            ctx.pool.ns_at(ctx.started)
+        } else {
+            ctx.pool.now_ns()
+        };
         let next = state.next(|tried| match pinned {
             Some(pinned) if tried.is_empty() => Some(pinned),
-            _ => snapshot.next_backend(ctx.key_hash, tried, ctx.pool.now_ns()),
+            _ => snapshot.next_backend(ctx.key_hash, tried, now_ns),
         });
         let Some((index, backend)) = next.and_then(|i| Some((i, snapshot.backends().get(i)?)))
         else {
@@ -172,7 +183,7 @@ fn next_backend<'s>(
             continue;
         }
         if state.is_first() && pinned == Some(index) {
-            backend.state().record_pinned(ctx.pool.now_ns());
+            backend.state().record_pinned(now_ns);
         } else if state.is_first() && pinned.is_none() {
             let detour = snapshot.detour(ctx.key_hash, index);
             if detour.unhealthy {
@@ -202,28 +213,35 @@ async fn attempt(
     plan: Plan,
     deadline: Instant,
 ) -> Result<Answer, Missed> {
-    // Built apart: what only building the request needs takes no room in
-    // this future, which is moved whole on its way into the task.
-    let (send, recovery) = {
-        let (request, recovery) = outgoing(ctx, backend, head, body, plan);
-        let upstream = &ctx.snapshot.config().upstream;
-        let send = upstream::send(
-            backend.target(),
-            upstream.protocol,
-            upstream.connect_timeout,
-            request,
-        );
-        (send, recovery)
-    };
+    let (request, recovery) = outgoing(ctx, backend, head, body, plan);
+    let upstream = &ctx.snapshot.config().upstream;
+    // Built where it stays, and raced against the deadline in place: a
+    // `Timeout` around it would move its kilobyte and a half twice more.
+    let mut send = std::pin::pin!(upstream::send(
+        backend.target(),
+        upstream.protocol,
+        upstream.connect_timeout,
+        request,
+    ));
+    let mut expired = std::pin::pin!(tokio::time::sleep_until(deadline));
     ctx.attempts.count += 1;
     let in_flight = backend.state().begin();
     let sent = std::time::Instant::now();
-    match tokio::time::timeout_at(deadline, send).await {
-        Err(_elapsed) => Err(Missed::Timeout),
-        Ok(Ok(Exchanged { response, upgraded })) => {
-            backend
-                .state()
-                .observe_latency(sent.elapsed(), ctx.pool.now_ns());
+    let sent_or_expired = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = send.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        expired.as_mut().poll(cx).map(|()| None)
+    });
+    match sent_or_expired.await {
+        None => Err(Missed::Timeout),
+        Some(Ok(Exchanged { response, upgraded })) => {
+            // One clock read for the latency and its time.
+            let answered = std::time::Instant::now();
+            backend.state().observe_latency(
+                answered.saturating_duration_since(sent),
+                ctx.pool.ns_at(answered),
+            );
             Ok(Answer {
                 response,
                 upgraded,
@@ -232,7 +250,7 @@ async fn attempt(
                 pin: backend.pin(),
             })
         }
-        Ok(Err(error)) => Err(Missed::Failed(error, recovery)),
+        Some(Err(error)) => Err(Missed::Failed(error, recovery)),
     }
 }
 

@@ -125,6 +125,7 @@ impl Proxy {
                     key_hash: keyed.hash.unwrap_or(0),
                     pinned: keyed.pin.and_then(|pin| snapshot.pinned(pin)),
                     attempts: &mut attempts,
+                    started,
                 };
                 forward(&mut forwarding, Head::of(parts), body)
                     .await

@@ -89,7 +89,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The index of `name` in [`HOP_BY_HOP`], if it is there: one string match
 /// rather than nine header-name comparisons (this runs for every header of
 /// every message).
-fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+pub fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     match name.as_str() {
         "connection" => Some(0),
         "keep-alive" => Some(1),

@@ -37,6 +37,8 @@ use hyper::header::{
 use hyper::http::response::Parts;
 use hyper::{Method, Response, StatusCode, Version};
 
+use crate::proxy::headers::hop_by_hop_index;
+
 /// The most headers a response head may have: hyper's default.
 pub const MAX_HEADERS: usize = 100;
 
@@ -133,6 +135,25 @@ pub enum HeadError {
 /// with `method`, and takes it (or an informational answer) off `buf`. The
 /// header values share the head's bytes.
 pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, HeadError> {
+    parse_response_with(buf, method, false)
+}
+
+/// [`parse_response`] for a response the proxy passes on: except in a
+/// `101`, the hop-by-hop headers that
+/// [`strip_hop_by_hop`](crate::proxy::headers::strip_hop_by_hop) removes from it
+/// anyway are left out of its header map (a `Connection` that names other
+/// headers stays, for `strip_hop_by_hop` to remove those too). So the
+/// usual `Connection: keep-alive` is neither stored nor looked up again
+/// and removed.
+pub fn parse_forwarded_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, HeadError> {
+    parse_response_with(buf, method, true)
+}
+
+fn parse_response_with(
+    buf: &mut BytesMut,
+    method: &Method,
+    forwarded: bool,
+) -> Result<Parsed, HeadError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -180,7 +201,8 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
         .then(|| ReasonPhrase::try_from(Bytes::copy_from_slice(reason.as_bytes())).ok())
         .flatten();
     let head = buf.split_to(len).freeze();
-    let (mut headers, framing_headers) = header_map(&head, fields)?;
+    let leave_out_hop_by_hop = forwarded && status != StatusCode::SWITCHING_PROTOCOLS;
+    let (mut headers, framing_headers) = header_map(&head, fields, leave_out_hop_by_hop)?;
     let (mut parts, ()) = Response::new(()).into_parts();
     if let Some(phrase) = phrase {
         parts.extensions.insert(phrase);
@@ -207,23 +229,42 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Hea
 }
 
 /// The headers at `fields` of `head`, their values sharing its bytes, and
-/// what the framing headers among them say.
+/// what the framing headers among them say; with `leave_out_hop_by_hop`,
+/// without the hop-by-hop headers (see [`parse_forwarded_response`]).
 fn header_map(
     head: &Bytes,
     fields: Vec<(Range<usize>, Range<usize>)>,
+    leave_out_hop_by_hop: bool,
 ) -> Result<(HeaderMap, FramingHeaders), HeadError> {
     let mut headers = HeaderMap::with_capacity(fields.len());
     let mut framing_headers = FramingHeaders::default();
     for (name, value) in fields {
         let name = &head[name];
-        framing_headers.note(name, &head[value.clone()]);
+        let value_bytes = &head[value.clone()];
+        framing_headers.note(name, value_bytes);
         let name = HeaderName::from_bytes(name)
             .map_err(|_| HeadError::Invalid(httparse::Error::HeaderName))?;
+        if leave_out_hop_by_hop
+            && let Some(i) = hop_by_hop_index(&name)
+            // `HOP_BY_HOP[0]` is `Connection`.
+            && (i != 0 || !names_other_headers(value_bytes))
+        {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(value))
             .map_err(|_| HeadError::HeaderValue)?;
         headers.append(name, value);
     }
     Ok((headers, framing_headers))
+}
+
+/// Whether a `Connection` value has a token other than `keep-alive`, which
+/// may name a header to remove with it.
+fn names_other_headers(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .any(|token| !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive"))
 }
 
 /// What a response's `Transfer-Encoding`, `Content-Length` and
@@ -2449,6 +2490,94 @@ mod tests {
             response.extend_from_slice(b"\r\n");
             response.extend_from_slice(&wire);
             prop_assert_eq!(codec_reads(&response), hyper_reads(&response));
+        }
+    }
+}
+
+/// `parse_forwarded_response` leaves out only what the proxy strips anyway.
+#[cfg(test)]
+mod forwarded_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proxy::headers::strip_hop_by_hop;
+
+    type Fields = std::collections::BTreeMap<String, Vec<Vec<u8>>>;
+
+    /// Header lines a response may carry: hop-by-hop ones, `Connection`
+    /// values that name other headers or only keep-alive, and headers they
+    /// may name.
+    fn field() -> impl Strategy<Value = (&'static str, &'static str)> {
+        prop::sample::select(vec![
+            ("Connection", "keep-alive"),
+            ("connection", "Keep-Alive, keep-alive"),
+            ("Connection", "close"),
+            ("Connection", "x-private, keep-alive"),
+            ("Connection", "x-other"),
+            ("Connection", ""),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("TE", "trailers"),
+            ("Trailer", "x-checksum"),
+            ("Upgrade", "websocket"),
+            ("Proxy-Authenticate", "Basic"),
+            ("X-Private", "1"),
+            ("x-other", "2"),
+            ("Close", "3"),
+            ("Content-Type", "text/plain"),
+            ("Set-Cookie", "a=1"),
+            ("Server", "nginx"),
+        ])
+    }
+
+    /// Status, headers (each name's values in order: the order of
+    /// different names carries no meaning, RFC 9110 §5.3), framing and
+    /// keep-alive of the head `bytes`, stripped as the proxy strips it.
+    fn parsed(bytes: &[u8], forwarded: bool) -> (StatusCode, Fields, Framing, bool) {
+        let mut buf = BytesMut::from(bytes);
+        let parsed = if forwarded {
+            parse_forwarded_response(&mut buf, &Method::GET)
+        } else {
+            parse_response(&mut buf, &Method::GET)
+        };
+        let Ok(Parsed::Head(head, _)) = parsed else {
+            panic!("not a head: {:?}", String::from_utf8_lossy(bytes));
+        };
+        let mut headers = head.parts.headers;
+        if head.parts.status != StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_by_hop(&mut headers);
+        }
+        let mut fields = Fields::new();
+        for (name, value) in &headers {
+            fields
+                .entry(name.as_str().to_owned())
+                .or_default()
+                .push(value.as_bytes().to_vec());
+        }
+        (head.parts.status, fields, head.framing, head.keep_alive)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Stripped as the proxy strips it, a response parsed for
+        /// forwarding has the same headers (each name's values in the same
+        /// order), the same
+        /// framing and keep-alive as one parsed whole; a `101` keeps all.
+        #[test]
+        fn a_forwarded_response_stripped_is_the_whole_response_stripped(
+            fields in prop::collection::vec(field(), 0..8),
+            switching in any::<bool>(),
+        ) {
+            let status = if switching { "101 Switching Protocols" } else { "200 OK" };
+            let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n");
+            for (name, value) in &fields {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\n");
+            let whole = parsed(head.as_bytes(), false);
+            let forwarded = parsed(head.as_bytes(), true);
+            prop_assert_eq!(forwarded, whole);
         }
     }
 }

@@ -346,7 +346,7 @@ fn poll_head(
 ) -> Poll<Result<ResponseHead, Error>> {
     loop {
         while !buf.is_empty() {
-            match codec::parse_response(buf, method).map_err(Error::Head)? {
+            match codec::parse_forwarded_response(buf, method).map_err(Error::Head)? {
                 Parsed::Head(head, _) => return Poll::Ready(Ok(head)),
                 Parsed::Informational(_) => continue,
                 Parsed::Partial => break,
