@@ -85,12 +85,16 @@ pub struct Head {
     headers: HeaderMap,
     /// The client sent `TE: trailers`.
     trailers: bool,
+    /// There is a `Host` header.
+    has_host: bool,
 }
 
 impl Head {
-    /// What every attempt sends of the request whose head is `parts`.
-    pub fn of(parts: Parts) -> Head {
+    /// What every attempt sends of the request whose head is `parts`
+    /// (`has_host`: with a `Host` header).
+    pub fn of(parts: Parts, has_host: bool) -> Head {
         Head {
+            has_host,
             trailers: parts.extensions.get::<TakesTrailers>().is_some(),
             path_and_query: parts
                 .uri
@@ -270,7 +274,7 @@ fn outgoing(
     } else {
         std::mem::take(&mut head.headers)
     };
-    if !headers.contains_key(HOST) {
+    if !head.has_host {
         // An HTTP/1.0 client may leave it out; HTTP/1.1 requires it.
         headers.insert(HOST, backend.host_header().clone());
     }

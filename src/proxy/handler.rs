@@ -25,7 +25,7 @@ use crate::proxy::access::{self, AccessRecord, Answered, Finish};
 use crate::proxy::error::{ProxyError, error_response};
 use crate::proxy::failure::Chain;
 use crate::proxy::forward::{Answer, Attempts, Forwarding, Head, forward};
-use crate::proxy::headers;
+use crate::proxy::headers::{self, HopByHop};
 use crate::proxy::request::{check_request, prepare};
 use crate::proxy::request_body::ClientBody;
 use crate::proxy::response_body::{ProxyBody, UpstreamBody};
@@ -84,16 +84,19 @@ impl Proxy {
         let started = Instant::now();
         // Taken before the request is taken apart: hyper completes it with
         // the client's connection once the `101` has been written.
-        let client_upgrade = headers::is_upgrade_request(request.version(), request.headers())
-            .then(|| hyper::upgrade::on(&mut request));
+        // The hop-by-hop headers, found once for the checks below.
+        let hop_by_hop = HopByHop::of(request.headers());
+        let client_upgrade =
+            headers::asks_to_upgrade(request.version(), request.headers(), hop_by_hop)
+                .then(|| hyper::upgrade::on(&mut request));
         let routing = self.pools.routing_full();
         let (mut parts, body) = request.into_parts();
         let peer = peer.ip().to_canonical();
         let limits = &routing.config().limits;
         let body = ClientBody::new(body, parts.version, limits);
         // Checked before the hop-by-hop headers go.
-        let rejection = check_request(&parts, limits);
-        prepare(&mut parts, client_upgrade.is_some());
+        let rejection = check_request(&parts, limits, hop_by_hop);
+        prepare(&mut parts, client_upgrade.is_some(), hop_by_hop);
         // The path as the client sent it, before routing resolves or strips it.
         let record = access::enabled().then(|| AccessRecord::new(peer, &parts, started));
         let destination = match self.destination(&routing, &mut parts) {
@@ -108,7 +111,7 @@ impl Proxy {
         let record =
             record.map(|record| routed_record(record, &snapshot, &parts, &keyed, &destination));
         let trusted = snapshot.is_trusted(peer);
-        headers::set_forwarded(&mut parts.headers, peer, trusted, self.proto);
+        let has_host = headers::set_forwarded(&mut parts.headers, peer, trusted, self.proto);
 
         let mut attempts = Attempts {
             bytes_in: record.as_ref().map(|r| r.bytes_in.clone()),
@@ -127,7 +130,7 @@ impl Proxy {
                     attempts: &mut attempts,
                     started,
                 };
-                forward(&mut forwarding, Head::of(parts), body)
+                forward(&mut forwarding, Head::of(parts, has_host), body)
                     .await
                     .and_then(|answer| checked_switch(answer, client_upgrade.is_some()))
             }

@@ -43,6 +43,50 @@ pub static HOP_BY_HOP: [HeaderName; 9] = [
     UPGRADE,
 ];
 
+/// Which of the [`HOP_BY_HOP`] headers a message has, found in one pass over
+/// its names: the checks of a request that look for one of them ask this
+/// first, and a header map is searched only for a header that is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HopByHop(u16);
+
+impl HopByHop {
+    /// The hop-by-hop headers among `headers`' names.
+    pub fn of(headers: &HeaderMap) -> HopByHop {
+        // Bit i: `HOP_BY_HOP[i]` is present.
+        let mut present = 0u16;
+        for name in headers.keys() {
+            if let Some(i) = hop_by_hop_index(name) {
+                present |= 1 << i;
+            }
+        }
+        HopByHop(present)
+    }
+
+    fn has(self, i: usize) -> bool {
+        self.0 & (1 << i) != 0
+    }
+
+    /// There is a `Connection` header.
+    pub fn connection(self) -> bool {
+        self.has(0)
+    }
+
+    /// There is a `TE` header.
+    pub fn te(self) -> bool {
+        self.has(5)
+    }
+
+    /// There is a `Transfer-Encoding` header.
+    pub fn transfer_encoding(self) -> bool {
+        self.has(7)
+    }
+
+    /// There is an `Upgrade` header.
+    pub fn upgrade(self) -> bool {
+        self.has(8)
+    }
+}
+
 /// Removes the hop-by-hop headers: every header named in a `Connection`
 /// header, then the fixed [`HOP_BY_HOP`] list. Used on requests and on
 /// responses. Tokens in `Connection` that are not header names are ignored.
@@ -51,18 +95,16 @@ pub static HOP_BY_HOP: [HeaderName; 9] = [
 /// hop-by-hop headers are there (usually none, or `Connection` alone), and
 /// only those are removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Bit i: `HOP_BY_HOP[i]` is present.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name) {
-            present |= 1 << i;
-        }
-    }
-    if present == 0 {
+    strip_present(headers, HopByHop::of(headers));
+}
+
+/// [`strip_hop_by_hop`], knowing which are `present` (`HopByHop::of` the
+/// same headers).
+pub fn strip_present(headers: &mut HeaderMap, present: HopByHop) {
+    if present.0 == 0 {
         return;
     }
-    // `HOP_BY_HOP[0]` is `Connection`.
-    if present & 1 != 0 {
+    if present.connection() {
         // Collected first: the names borrow from the map being changed.
         // Only names that are there and not removed below anyway, so that
         // the usual `Connection: keep-alive` or `close` allocates nothing.
@@ -80,7 +122,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
+        if present.has(i) {
             headers.remove(name);
         }
     }
@@ -114,7 +156,15 @@ pub fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 /// speaks itself (with prior knowledge), so, as Envoy does, it is stripped and
 /// the request forwarded as an ordinary one.
 pub fn is_upgrade_request(version: Version, headers: &HeaderMap) -> bool {
+    asks_to_upgrade(version, headers, HopByHop::of(headers))
+}
+
+/// [`is_upgrade_request`], knowing which hop-by-hop headers are `present`
+/// (`HopByHop::of` the same headers).
+pub fn asks_to_upgrade(version: Version, headers: &HeaderMap, present: HopByHop) -> bool {
     version == Version::HTTP_11
+        && present.connection()
+        && present.upgrade()
         && tokens(headers, &CONNECTION).any(|token| token.eq_ignore_ascii_case(b"upgrade"))
         && tokens(headers, &UPGRADE).next().is_some()
         && !tokens(headers, &UPGRADE).any(|protocol| {
@@ -163,12 +213,14 @@ fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item =
 ///
 /// The peer's address is written in canonical form (an IPv4-mapped IPv6
 /// address as IPv4), as [`client_ip`](crate::balance::key::client_ip) reads it.
+///
+/// Returns whether there is a `Host` header (looked up here anyway).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer: IpAddr,
     peer_trusted: bool,
     proto: &'static str,
-) {
+) -> bool {
     let peer_text = IpText::new(peer.to_canonical());
     let forwarded_for = if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let mut list = Vec::new();
@@ -192,9 +244,11 @@ pub fn set_forwarded(
     match headers.get(HOST).cloned() {
         Some(host) => {
             headers.insert(&X_FORWARDED_HOST, host);
+            true
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);
+            false
         }
     }
 }
@@ -380,7 +434,12 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "evil.example"),
         ]);
-        set_forwarded(&mut h, "2001:db8::1".parse().unwrap(), false, "http");
+        assert!(set_forwarded(
+            &mut h,
+            "2001:db8::1".parse().unwrap(),
+            false,
+            "http"
+        ));
         assert_eq!(values(&h, &X_FORWARDED_PROTO), ["http"]);
         assert_eq!(values(&h, &X_FORWARDED_HOST), ["shop.example:8080"]);
         assert_eq!(values(&h, &HOST), ["shop.example:8080"]);
@@ -390,7 +449,12 @@ mod tests {
     #[test]
     fn without_host_a_planted_x_forwarded_host_is_removed() {
         let mut h = map(&[("x-forwarded-host", "evil.example")]);
-        set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), true, "http");
+        assert!(!set_forwarded(
+            &mut h,
+            "192.0.2.1".parse().unwrap(),
+            true,
+            "http"
+        ));
         assert!(h.get(&X_FORWARDED_HOST).is_none());
     }
 
@@ -409,6 +473,24 @@ mod tests {
         assert_eq!(values(&h, &X_FORWARDED_FOR), ["10.0.0.9"]);
         assert_eq!(values(&h, &X_FORWARDED_PROTO), ["http"]);
         assert_eq!(values(&h, &X_FORWARDED_HOST), ["a.example"]);
+    }
+
+    #[test]
+    fn the_presence_of_each_hop_by_hop_header_is_found_in_one_pass() {
+        assert_eq!(HopByHop::of(&map(&[("host", "a")])), HopByHop(0));
+        let present = HopByHop::of(&map(&[
+            ("Connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("host", "a"),
+        ]));
+        assert!(present.connection() && present.upgrade());
+        assert!(!present.te() && !present.transfer_encoding());
+        let present = HopByHop::of(&map(&[
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+        ]));
+        assert!(present.te() && present.transfer_encoding());
+        assert!(!present.connection() && !present.upgrade());
     }
 
     #[test]

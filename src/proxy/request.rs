@@ -8,7 +8,7 @@ use hyper::{Method, Version};
 use crate::config::LimitsConfig;
 use crate::proxy::error::ProxyError;
 use crate::proxy::framing::AmbiguousRequest;
-use crate::proxy::headers;
+use crate::proxy::headers::{self, HopByHop};
 
 /// Removes the hop-by-hop headers (keeping `Upgrade` for a request that
 /// `upgrades`) and, for a request whose target has an authority (an HTTP/2
@@ -16,22 +16,25 @@ use crate::proxy::headers;
 /// `Host` to it: RFC 9112 §3.2.2 has a server ignore `Host` then, and
 /// RFC 9113 §8.3.1 has `:authority` win. So routes and keys see, and the
 /// backend gets, the host the target names.
-pub fn prepare(parts: &mut Parts, upgrades: bool) {
+///
+/// `hop_by_hop`: the hop-by-hop headers `parts` has (`HopByHop::of` them).
+pub fn prepare(parts: &mut Parts, upgrades: bool, hop_by_hop: HopByHop) {
     // `TE: trailers` is hop-by-hop, but says the client takes trailers: an
     // HTTP/2 backend (gRPC) is told so again.
-    let trailers = parts.headers.get_all(TE).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-    });
+    let trailers = hop_by_hop.te()
+        && parts.headers.get_all(TE).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
     if trailers {
         parts.extensions.insert(TakesTrailers);
     }
     if upgrades {
         headers::strip_hop_by_hop_keeping_upgrade(&mut parts.headers);
     } else {
-        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_present(&mut parts.headers, hop_by_hop);
     }
     if let Some(authority) = parts.uri.authority() {
         let host = match authority.port() {
@@ -51,8 +54,13 @@ pub struct TakesTrailers;
 /// The problem with a request that must not be forwarded, if any (RFC 9112
 /// §3.2 and §6.1, and `limits`). hyper itself refuses malformed heads,
 /// invalid or conflicting `Content-Length`s and codings that do not end in
-/// `chunked`; it leaves these to the proxy.
-pub fn check_request(parts: &Parts, limits: &LimitsConfig) -> Option<ProxyError> {
+/// `chunked`; it leaves these to the proxy. `hop_by_hop`: the hop-by-hop
+/// headers `parts` has (`HopByHop::of` them).
+pub fn check_request(
+    parts: &Parts,
+    limits: &LimitsConfig,
+    hop_by_hop: HopByHop,
+) -> Option<ProxyError> {
     // hyper's HTTP/1 server refuses a head with more fields itself (with the
     // same count: one a header line, the request line apart); its HTTP/2
     // server has no such limit. An HTTP/2 request's fields are counted as
@@ -83,6 +91,9 @@ pub fn check_request(parts: &Parts, limits: &LimitsConfig) -> Option<ProxyError>
     }
     if hosts == 0 && parts.version == Version::HTTP_11 {
         return Some(ProxyError::BadRequest("an HTTP/1.1 request without Host"));
+    }
+    if !hop_by_hop.transfer_encoding() {
+        return None;
     }
     let mut codings = parts
         .headers
@@ -127,6 +138,12 @@ mod tests {
         request.body(()).unwrap().into_parts().0
     }
 
+    /// `check_request`, with the hop-by-hop headers found as the handler
+    /// finds them.
+    fn check(parts: &Parts, limits: &LimitsConfig) -> Option<ProxyError> {
+        check_request(parts, limits, HopByHop::of(&parts.headers))
+    }
+
     fn limits(max_headers: u32) -> LimitsConfig {
         LimitsConfig {
             max_headers,
@@ -137,7 +154,7 @@ mod tests {
     #[test]
     fn a_request_over_max_headers_is_refused_and_one_at_the_limit_is_not() {
         let names: Vec<String> = (0..11).map(|i| format!("x-{i}")).collect();
-        let over = check_request(&parts_with(&names), &limits(10));
+        let over = check(&parts_with(&names), &limits(10));
         assert!(
             matches!(
                 over,
@@ -148,14 +165,14 @@ mod tests {
             ),
             "{over:?}"
         );
-        assert!(check_request(&parts_with(&names[..10]), &limits(10)).is_none());
+        assert!(check(&parts_with(&names[..10]), &limits(10)).is_none());
     }
 
     #[test]
     fn every_field_of_a_repeated_name_counts() {
         let names = vec!["cookie".to_owned(); 3];
         let parts = parts_with(&names);
-        assert!(check_request(&parts, &limits(3)).is_none());
-        assert!(check_request(&parts, &limits(2)).is_some());
+        assert!(check(&parts, &limits(3)).is_none());
+        assert!(check(&parts, &limits(2)).is_some());
     }
 }
