@@ -29,6 +29,15 @@ pub const MAX_IDLE_PER_BACKEND: usize = 1024;
 /// connections to drop.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// [`IDLE_TIMEOUT`] in sweeps: an idle connection's age is counted in the
+/// sweeps since it was given back, so that giving a connection back and
+/// taking it read no clock.
+const IDLE_SWEEPS: u64 = IDLE_TIMEOUT.as_secs() / SWEEP_EVERY.as_secs();
+
+/// One in how many connections given back checks that the thread's
+/// sweeper still sweeps (a clock read).
+const CHECK_SWEEPER_EVERY: u32 = 64;
+
 /// An HTTP/1.1 connection to a backend, between requests.
 #[derive(Debug)]
 pub struct Conn {
@@ -115,15 +124,19 @@ async fn sweeper() {
 #[derive(Default)]
 struct IdleConnections {
     by_key: HashMap<Arc<str>, Vec<Idle>, FnvBuildHasher>,
+    /// Sweeps so far: the clock idle connections age by.
+    sweeps: u64,
     last_sweep: Option<Instant>,
     /// A sweeper task is running for this thread ([`sweeper`]).
     sweeping: bool,
+    /// Connections given back, to check the sweeper now and then.
+    given_back: u32,
 }
 
-/// An idle connection and since when.
+/// An idle connection and since when (the sweep count then).
 struct Idle {
     conn: Conn,
-    since: Instant,
+    since: u64,
 }
 
 impl IdleConnections {
@@ -132,7 +145,7 @@ impl IdleConnections {
     fn take(&mut self, key: &str) -> Option<Conn> {
         let list = self.by_key.get_mut(key)?;
         while let Some(mut idle) = list.pop() {
-            if idle.since.elapsed() < IDLE_TIMEOUT && idle.conn.is_reusable() {
+            if self.sweeps - idle.since < IDLE_SWEEPS && idle.conn.is_reusable() {
                 return Some(idle.conn);
             }
         }
@@ -141,10 +154,28 @@ impl IdleConnections {
 
     /// Keeps `conn` as idle, unless the list is full.
     fn put(&mut self, conn: Conn) {
+        self.given_back = self.given_back.wrapping_add(1);
+        if !self.sweeping || self.given_back.is_multiple_of(CHECK_SWEEPER_EVERY) {
+            self.start_sweeper();
+        }
+        let list = match self.by_key.get_mut(&**conn.key()) {
+            Some(list) => list,
+            None => self.by_key.entry(conn.key().clone()).or_default(),
+        };
+        if list.len() < MAX_IDLE_PER_BACKEND {
+            list.push(Idle {
+                conn,
+                since: self.sweeps,
+            });
+        }
+    }
+
+    /// Starts a sweeper for this thread if none sweeps. Sweeping is the
+    /// sweeper's, off the request path. One that has not swept for a while
+    /// ran elsewhere (a multi-threaded runtime moved it) or is gone:
+    /// another one.
+    fn start_sweeper(&mut self) {
         let now = Instant::now();
-        // Sweeping is the sweeper's, off the request path. One that has not
-        // swept for a while ran elsewhere (a multi-threaded runtime moved it)
-        // or is gone: another one.
         let stale = self
             .last_sweep
             .is_some_and(|last| now.duration_since(last) >= 3 * SWEEP_EVERY);
@@ -154,13 +185,6 @@ impl IdleConnections {
             self.last_sweep = Some(now);
             tokio::spawn(sweeper());
         }
-        let list = match self.by_key.get_mut(&**conn.key()) {
-            Some(list) => list,
-            None => self.by_key.entry(conn.key().clone()).or_default(),
-        };
-        if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push(Idle { conn, since: now });
-        }
     }
 
     /// Closes the connections the backend closed or that have been idle for
@@ -168,11 +192,74 @@ impl IdleConnections {
     /// reload leaves nothing behind).
     fn sweep(&mut self, now: Instant) {
         self.last_sweep = Some(now);
+        self.sweeps += 1;
+        let sweeps = self.sweeps;
         self.by_key.retain(|_, list| {
-            list.retain_mut(|idle| {
-                now.duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.is_reusable()
-            });
+            list.retain_mut(|idle| sweeps - idle.since < IDLE_SWEEPS && idle.conn.is_reusable());
             !list.is_empty()
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A connection to a fresh listener, and the listener's end of it.
+    async fn pair(key: &Arc<str>) -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Conn::new(BackendStream::Plain(client), key.clone()), server)
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_taken_until_it_has_been_idle_for_the_timeout_in_sweeps() {
+        let key: Arc<str> = Arc::from("b");
+        let mut idle = IdleConnections::default();
+        let (conn, _server) = pair(&key).await;
+        idle.put(conn);
+        for _ in 0..IDLE_SWEEPS - 1 {
+            idle.sweep(Instant::now());
+        }
+        let conn = idle.take(&key).expect("idle for less than the timeout");
+        idle.put(conn);
+        for _ in 0..IDLE_SWEEPS - 1 {
+            idle.sweep(Instant::now());
+        }
+        assert_eq!(idle.by_key.get(&key).map(Vec::len), Some(1));
+        idle.sweep(Instant::now());
+        assert!(idle.by_key.is_empty(), "idle for the timeout: closed");
+        let (conn, _server) = pair(&key).await;
+        idle.put(conn);
+        idle.sweeps += IDLE_SWEEPS;
+        assert!(idle.take(&key).is_none(), "too old when taken: closed");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_backend_closed_or_wrote_on_is_not_taken() {
+        let key: Arc<str> = Arc::from("b");
+        let mut idle = IdleConnections::default();
+        let (conn, server) = pair(&key).await;
+        idle.put(conn);
+        let (conn, mut chatty) = pair(&key).await;
+        idle.put(conn);
+        let (conn, _open) = pair(&key).await;
+        idle.put(conn);
+        drop(server);
+        chatty.write_all(b"x").await.unwrap();
+        // Until the runtime has seen the close and the byte.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut taken = idle.take(&key).expect("the last one given back is open");
+        assert!(taken.is_reusable());
+        assert!(
+            idle.take(&key).is_none(),
+            "one closed, one with a byte: both dropped"
+        );
     }
 }
