@@ -32,6 +32,11 @@
 //!   ([`FramingWatch::read_limit`]) so that hyper never holds more than
 //!   `max_head_bytes` of a head: its limit becomes exact, and the same as
 //!   the watch's.
+//! * **Plain heads** are not parsed: an HTTP/1.0 or 1.1 request line, CRLF
+//!   line ends and no line starting with `Content-Length:` or
+//!   `Transfer-Encoding:` (almost every request without a body). Such a
+//!   head, if httparse takes it, frames no body and ends at its first empty
+//!   line, which is all the watch needs of it.
 //! * **Bodies** as hyper's `Server::parse` decides for requests: a
 //!   `Transfer-Encoding` whose last header's final coding is `chunked` means
 //!   a chunked body (HTTP/1.1 only); else a valid `Content-Length` (digits
@@ -57,7 +62,8 @@
 //! or drops the connection and reads no further request), so no request
 //! that reaches the service goes unwatched. The watch is lenient only where
 //! hyper is stricter (hyper's limits on header count, chunk extensions and
-//! trailers; the method and URI checks after httparse): there it keeps
+//! trailers; the method and URI checks after httparse; the characters of a
+//! plain head, which is not parsed): there it keeps
 //! following bytes hyper will never turn into requests, which is harmless.
 //! A stopped watch costs nothing more per read.
 
@@ -392,6 +398,11 @@ impl Chunk {
 
 /// Parses the bytes that may hold a head, as hyper does.
 fn parse(bytes: &[u8]) -> Parsed {
+    match plain(bytes) {
+        Plain::Head(len) => return Parsed::Complete(len, Framing::Length(0)),
+        Plain::Unfinished => return Parsed::Partial,
+        Plain::No => {}
+    }
     let mut headers = [const { MaybeUninit::uninit() }; STACK_HEADERS];
     match parse_with(bytes, &mut headers) {
         // hyper may be configured for more headers than the stack holds:
@@ -404,6 +415,71 @@ fn parse(bytes: &[u8]) -> Parsed {
         }
         parsed => parsed.unwrap_or(Parsed::Invalid),
     }
+}
+
+/// What [`plain`] saw.
+enum Plain {
+    /// A plain head of that many bytes.
+    Head(usize),
+    /// The start of what may be a plain head: nothing ends it yet.
+    Unfinished,
+    /// Not a plain head: parse it.
+    No,
+}
+
+/// The usual head, read without parsing it: an HTTP/1.0 or HTTP/1.1
+/// request line, every line ending in CRLF, no empty line before it, and no
+/// line starting with `Content-Length:` or `Transfer-Encoding:` (in any
+/// case). A head httparse takes frames no body then, and ends at the first
+/// empty line, as here; one httparse refuses, hyper refuses too (and
+/// closes the connection), so following past it is harmless. Whether bytes
+/// make a plain head never depends on how they arrived: what is unfinished
+/// is kept for the bytes that end it (as a partial parse would be), and a
+/// head that is not plain is parsed whole, so the watch decides the same
+/// for any chunking. This skips httparse (and its UTF-8 check of the
+/// request line) for nearly every request without a body.
+fn plain(bytes: &[u8]) -> Plain {
+    if matches!(bytes.first(), Some(b'\r' | b'\n')) {
+        return Plain::No;
+    }
+    let Some(end) = memchr::memchr(b'\n', bytes) else {
+        return Plain::Unfinished;
+    };
+    let line = &bytes[..end];
+    if !(line.ends_with(b" HTTP/1.1\r") || line.ends_with(b" HTTP/1.0\r")) {
+        return Plain::No;
+    }
+    let mut from = end + 1;
+    loop {
+        let rest = &bytes[from..];
+        match rest {
+            [] => return Plain::Unfinished,
+            [b'\r'] => return Plain::Unfinished,
+            [b'\r', b'\n', ..] => return Plain::Head(from + 2),
+            [b'\r', ..] | [b'\n', ..] => return Plain::No,
+            _ => {}
+        }
+        if starts_with_ignoring_case(rest, b"content-length:")
+            || starts_with_ignoring_case(rest, b"transfer-encoding:")
+        {
+            return Plain::No;
+        }
+        let Some(end) = memchr::memchr(b'\n', rest) else {
+            return Plain::Unfinished;
+        };
+        if rest[..end].last() != Some(&b'\r') {
+            return Plain::No;
+        }
+        from += end + 1;
+    }
+}
+
+/// Whether `bytes` starts with `prefix` (lowercase), in any case; false
+/// while it is shorter.
+fn starts_with_ignoring_case(bytes: &[u8], prefix: &[u8]) -> bool {
+    bytes
+        .get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
 }
 
 fn parse_with<'b>(
@@ -970,10 +1046,14 @@ mod tests {
                 1,
                 1,
             ),
-            lost(
+            // A plain head (see `plain`) is not parsed: the watch follows
+            // past one that hyper refuses, and flags what comes after it,
+            // which hyper never reads.
+            sample(
                 "a space in a header name",
-                &["GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"],
-                0,
+                &["GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", AMBIGUOUS],
+                Some(1),
+                2,
                 0,
             ),
             lost(
@@ -1604,6 +1684,47 @@ mod tests {
         match models.iter().position(|m| m.ambiguous) {
             Some(index) => (Some(index as u64), index as u64 + 1),
             None => (None, models.len() as u64),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// A head read as plain is one httparse reads the same: as long,
+        /// and with no body; one with a `Content-Length` or
+        /// `Transfer-Encoding` (any case) is never plain; and a plain
+        /// head's start alone is unfinished, never a head.
+        #[test]
+        fn a_plain_head_is_what_httparse_reads(
+            version in prop::sample::select(vec!["HTTP/1.1", "HTTP/1.0", "HTTP/2.0"]),
+            lines in prop::collection::vec(prop::sample::select(vec![
+                "Host: a.example", "host: b", "Accept: */*", "Cookie: a=1",
+                "Connection: keep-alive", "content-length: 5", "Content-Length: 0",
+                "TRANSFER-ENCODING: chunked", "Content-Type: text/plain",
+                "Transfer-Encodings: x", "TE: trailers", "Contentlength: 3",
+            ]), 0..6),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let head = format!("GET /p?q=1 {version}\r\n{}\r\n", lines.iter().map(|l| format!("{l}\r\n")).collect::<String>());
+            let bytes = head.as_bytes();
+            let framed = lines.iter().any(|l| {
+                let l = l.to_ascii_lowercase();
+                l.starts_with("content-length:") || l.starts_with("transfer-encoding:")
+            });
+            match plain(bytes) {
+                Plain::Head(len) => {
+                    prop_assert!(!framed);
+                    let mut slots = [const { MaybeUninit::uninit() }; 16];
+                    let parsed = parse_with(bytes, &mut slots);
+                    let same = matches!(parsed, Ok(Parsed::Complete(l, Framing::Length(0))) if l == len);
+                    prop_assert!(same);
+                    prop_assert_eq!(len, bytes.len());
+                }
+                Plain::Unfinished => prop_assert!(false, "a whole head is finished"),
+                Plain::No => prop_assert!(framed || version == "HTTP/2.0"),
+            }
+            let cut = cut.index(bytes.len());
+            prop_assert!(!matches!(plain(&bytes[..cut]), Plain::Head(_)));
         }
     }
 
