@@ -80,6 +80,19 @@ struct Shared {
     names: Arc<[Arc<str>]>,
 }
 
+/// What serving one HTTP connection needs of [`Shared`], and no more: its
+/// task keeps this for as long as the connection is open, idle or not.
+struct Http {
+    tunnels: Tunnels,
+    draining: Arc<DrainSignal>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    http1: Arc<http1::Builder>,
+    /// For the TLS handshake's counters.
+    pools: Arc<Pools>,
+    max_header_bytes: usize,
+    header_timeout: Duration,
+}
+
 impl Shared {
     /// A reload that changed the limits builds the connection settings
     /// again, for the connections that follow.
@@ -91,6 +104,20 @@ impl Shared {
                 self.http1 = Arc::new(http1_builder(&current.limits));
             }
             self.config = current;
+        }
+    }
+
+    /// What serving one HTTP connection needs of these.
+    fn http(&self) -> Http {
+        Http {
+            tunnels: self.tunnels.clone(),
+            draining: self.draining.clone(),
+            builder: self.builder.clone(),
+            http1: self.http1.clone(),
+            pools: self.pools.clone(),
+            max_header_bytes: usize::try_from(self.config.limits.max_header_bytes)
+                .unwrap_or(usize::MAX),
+            header_timeout: self.config.limits.header_timeout,
         }
     }
 
@@ -263,7 +290,7 @@ fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: 
             peer,
             proxy,
             tls,
-            shared.clone(),
+            shared.http(),
             counted,
         ));
         return;
@@ -299,7 +326,7 @@ fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: 
             client.source,
             proxy,
             tls,
-            shared,
+            shared.http(),
             (),
         ))
         .await;
@@ -438,28 +465,29 @@ fn serve_connection<K: Send + 'static>(
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     tls: Option<Arc<TlsListener>>,
-    shared: Shared,
+    http: Http,
     keep: K,
 ) -> impl Future<Output = ()> + Send + 'static {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
     }
-    let header_timeout = shared.config.limits.header_timeout;
     async move {
-        let _keep = keep;
+        // Held (by reference: the task holds it once) until the end.
+        let _keep = &keep;
         let Some(tls) = tls else {
             // Until the first request, the connection is on `header_timeout`
             // as a whole (hyper times the HTTP/1 head, but not the wait for
             // a first byte, the HTTP/2 preface nor its handshake).
-            let deadline = Instant::now() + header_timeout;
+            let deadline = Instant::now() + http.header_timeout;
             let Some(maybe_h2) = first_bytes(&stream, peer, deadline).await else {
                 return;
             };
-            return serve_http(stream, peer, maybe_h2, deadline, proxy, shared).await;
+            // `http` by reference: the task holds it once.
+            return serve_http(stream, peer, maybe_h2, deadline, proxy, &http).await;
         };
         // Boxed, the handshake and the TLS state: a plain connection's task
         // (most of the idle ones) then holds no room for them.
-        Box::pin(serve_tls(stream, peer, tls, header_timeout, proxy, shared)).await;
+        Box::pin(serve_tls(stream, peer, tls, proxy, &http)).await;
     }
 }
 
@@ -469,16 +497,15 @@ async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Arc<TlsListener>,
-    header_timeout: Duration,
     proxy: Arc<Proxy>,
-    shared: Shared,
+    http: &Http,
 ) {
-    let Some(stream) = tls.handshake(stream, shared.pools.stats()).await else {
+    let Some(stream) = tls.handshake(stream, http.pools.stats()).await else {
         return;
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    let deadline = Instant::now() + header_timeout;
-    serve_http(Box::new(stream), peer, h2, deadline, proxy, shared).await;
+    let deadline = Instant::now() + http.header_timeout;
+    serve_http(Box::new(stream), peer, h2, deadline, proxy, http).await;
 }
 
 /// Looks at a plain connection's first bytes without consuming them:
@@ -516,7 +543,7 @@ async fn serve_http<I>(
     h2: bool,
     deadline: Instant,
     proxy: Arc<Proxy>,
-    shared: Shared,
+    http: &Http,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -525,9 +552,8 @@ async fn serve_http<I>(
     let served = requests.clone();
     // The raw bytes are watched for what hyper hides: a request with both
     // Content-Length and Transfer-Encoding.
-    let head_bytes = usize::try_from(shared.config.limits.max_header_bytes).unwrap_or(usize::MAX);
-    let (stream, ambiguity) = Watched::new(io, head_bytes);
-    let tunnels = shared.tunnels.clone();
+    let (stream, ambiguity) = Watched::new(io, http.max_header_bytes);
+    let tunnels = http.tunnels.clone();
     let service = service_fn(move |mut request: Request<Incoming>| {
         let index = requests.fetch_add(1, Ordering::Relaxed);
         if ambiguity.is(index) {
@@ -538,15 +564,13 @@ async fn serve_http<I>(
         // few kilobytes of state live only while a request does.
         Box::pin(proxy.clone().handle(request, peer, tunnels.clone()))
     });
-    let Shared {
+    let Http {
         draining,
         builder,
         http1,
         ..
-    } = shared;
+    } = http;
     let ended = if h2 {
-        let first = tokio::time::sleep_until(deadline);
-        tokio::pin!(first);
         // With upgrades: after a `101`, hyper hands the client's
         // connection over to the tunnel and this future ends.
         let mut connection = Box::pin(
@@ -554,20 +578,30 @@ async fn serve_http<I>(
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned(),
         );
-        tokio::select! {
-            ended = connection.as_mut() => ended,
-            () = &mut first, if served.load(Ordering::Relaxed) == 0 => {
-                if served.load(Ordering::Relaxed) == 0 {
-                    tracing::debug!(%peer, "no request within the header timeout; closing");
-                    return;
+        // Boxed, the wait for the first request: an HTTP/1 connection's
+        // task (most idle ones) holds no room for it. `None`: none came.
+        let served_h2 = Box::pin(async move {
+            let first = tokio::time::sleep_until(deadline);
+            tokio::pin!(first);
+            Some(tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = &mut first, if served.load(Ordering::Relaxed) == 0 => {
+                    if served.load(Ordering::Relaxed) == 0 {
+                        return None;
+                    }
+                    drained(connection.as_mut(), draining, || true, |c| c.graceful_shutdown()).await
                 }
-                drained(connection.as_mut(), &draining, || true, |c| c.graceful_shutdown()).await
-            }
-            () = draining.started() => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        }
+                () = draining.started() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            })
+        });
+        let Some(ended) = served_h2.await else {
+            tracing::debug!(%peer, "no request within the header timeout; closing");
+            return;
+        };
+        ended
     } else {
         // hyper times the head from here (header_timeout).
         let connection = http1
@@ -575,7 +609,7 @@ async fn serve_http<I>(
             .with_upgrades();
         tokio::pin!(connection);
         let started = || served.load(Ordering::Relaxed) > 0;
-        drained(connection.as_mut(), &draining, started, |c| {
+        drained(connection.as_mut(), draining, started, |c| {
             c.graceful_shutdown()
         })
         .await
