@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use fnv::FnvBuildHasher;
+use rustc_hash::FxBuildHasher;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::pool::target::BackendStream;
@@ -123,7 +123,9 @@ async fn sweeper() {
 /// One thread's idle connections, by backend address (and TLS settings).
 #[derive(Default)]
 struct IdleConnections {
-    by_key: HashMap<Arc<str>, Vec<Idle>, FnvBuildHasher>,
+    /// FxHash: the keys are backend addresses from the config, not a
+    /// client's, and short; FNV took a few instructions per byte.
+    by_key: HashMap<Arc<str>, Vec<Idle>, FxBuildHasher>,
     /// Sweeps so far: the clock idle connections age by.
     sweeps: u64,
     last_sweep: Option<Instant>,
