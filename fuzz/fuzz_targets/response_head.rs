@@ -15,15 +15,19 @@
 //! version as documented; the decoder's ranges lie within the bytes it
 //! reports used, which lie within the buffer given; and the body fed whole,
 //! in the input's runs, or a byte at a time gives the same data, the same
-//! end and trailers, or the same error.
+//! end and trailers, or the same error. `parse_forwarded_response` (what
+//! the proxy reads) takes the same bytes as `parse_response` with the same
+//! status, framing and keep-alive, or fails alike, and its headers, stripped
+//! of the hop-by-hop ones, are the whole head's stripped.
 
 #![no_main]
 
 use std::ops::Range;
 
+use affinity::proxy::headers::strip_hop_by_hop;
 use affinity::proxy::upstream::codec::{
-    ChunkError, ChunkedDecoder, Decoded, Framing, HeadError, MAX_HEAD_BYTES, Parsed,
-    parse_response, parse_trailers,
+    ChunkError, ChunkedDecoder, Decoded, Framing, HeadError, MAX_HEAD_BYTES, Parsed, ResponseHead,
+    parse_forwarded_response, parse_response, parse_trailers,
 };
 use bytes::BytesMut;
 use http::{HeaderMap, Method, Version};
@@ -47,7 +51,9 @@ fuzz_target!(|data: &[u8]| {
     loop {
         let before = buf.len();
         let unparsed = buf.clone();
-        match parse_response(&mut buf, &method) {
+        let parsed = parse_response(&mut buf, &method);
+        assert_forwarded_alike(&unparsed, &method, &parsed);
+        match parsed {
             Ok(Parsed::Partial) => {
                 assert_eq!(buf, unparsed, "a partial head takes nothing");
                 assert!(before < MAX_HEAD_BYTES);
@@ -94,6 +100,37 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// `parse_forwarded_response` reads `bytes` as `parse_response` did
+/// (`whole`): the same length and outcome, and the same headers once both
+/// are stripped of the hop-by-hop ones (a `101` keeps them all).
+fn assert_forwarded_alike(bytes: &BytesMut, method: &Method, whole: &Result<Parsed, HeadError>) {
+    let mut buf = bytes.clone();
+    let forwarded = parse_forwarded_response(&mut buf, method);
+    let (whole, forwarded) = match (whole, forwarded) {
+        (Ok(Parsed::Head(whole, len)), Ok(Parsed::Head(forwarded, flen))) => {
+            assert_eq!(flen, *len);
+            (whole, forwarded)
+        }
+        (Ok(Parsed::Partial), Ok(Parsed::Partial)) | (Err(_), Err(_)) => return,
+        (Ok(Parsed::Informational(len)), Ok(Parsed::Informational(flen))) => {
+            assert_eq!(flen, *len);
+            return;
+        }
+        (whole, forwarded) => panic!("whole {whole:?}, forwarded {forwarded:?}"),
+    };
+    let outline = |head: &ResponseHead| (head.parts.status, head.framing, head.keep_alive);
+    assert_eq!(outline(&forwarded), outline(whole));
+    let (mut a, mut b) = (whole.parts.headers.clone(), forwarded.parts.headers);
+    if whole.parts.status.as_u16() != 101 {
+        strip_hop_by_hop(&mut a);
+        strip_hop_by_hop(&mut b);
+    }
+    assert_eq!(a.len(), b.len());
+    for name in a.keys() {
+        assert!(a.get_all(name).iter().eq(b.get_all(name).iter()), "{name}");
+    }
+}
 
 /// Every proper prefix of a head that `parse_response` took is partial, and
 /// leaves the buffer as it was. Only the first bytes and a few cut points
