@@ -87,7 +87,7 @@ impl Proxy {
         // The hop-by-hop headers, found once for the checks below.
         let hop_by_hop = HopByHop::of(request.headers());
         let client_upgrade =
-            headers::asks_to_upgrade(request.version(), request.headers(), hop_by_hop)
+            headers::is_upgrade_request(request.version(), request.headers(), hop_by_hop)
                 .then(|| hyper::upgrade::on(&mut request));
         let routing = self.pools.routing_full();
         let (mut parts, body) = request.into_parts();

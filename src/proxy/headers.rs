@@ -155,13 +155,9 @@ pub fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 /// that asks to switch the client's own hop to HTTP/2, which the proxy
 /// speaks itself (with prior knowledge), so, as Envoy does, it is stripped and
 /// the request forwarded as an ordinary one.
-pub fn is_upgrade_request(version: Version, headers: &HeaderMap) -> bool {
-    asks_to_upgrade(version, headers, HopByHop::of(headers))
-}
-
-/// [`is_upgrade_request`], knowing which hop-by-hop headers are `present`
-/// (`HopByHop::of` the same headers).
-pub fn asks_to_upgrade(version: Version, headers: &HeaderMap, present: HopByHop) -> bool {
+///
+/// `present`: the hop-by-hop headers among `headers` (`HopByHop::of` them).
+pub fn is_upgrade_request(version: Version, headers: &HeaderMap, present: HopByHop) -> bool {
     version == Version::HTTP_11
         && present.connection()
         && present.upgrade()
@@ -257,6 +253,12 @@ pub fn set_forwarded(
 mod tests {
     use super::*;
 
+    /// [`is_upgrade_request`], with the hop-by-hop headers found as the
+    /// handler finds them.
+    fn upgrade_requested(version: Version, headers: &HeaderMap) -> bool {
+        is_upgrade_request(version, headers, HopByHop::of(headers))
+    }
+
     use crate::balance::key::test_support::header_map as map;
 
     fn names(map: &HeaderMap) -> Vec<&str> {
@@ -341,7 +343,7 @@ mod tests {
     fn a_websocket_handshake_is_an_upgrade_request_whatever_the_token_case() {
         for connection in ["Upgrade", "upgrade", "keep-alive, UPGRADE", " Upgrade "] {
             assert!(
-                is_upgrade_request(Version::HTTP_11, &websocket_handshake(connection)),
+                upgrade_requested(Version::HTTP_11, &websocket_handshake(connection)),
                 "{connection:?}"
             );
         }
@@ -350,26 +352,26 @@ mod tests {
             ("connection", "upgrade"),
             ("upgrade", "websocket"),
         ]);
-        assert!(is_upgrade_request(Version::HTTP_11, &split));
+        assert!(upgrade_requested(Version::HTTP_11, &split));
         split.remove(UPGRADE);
-        assert!(!is_upgrade_request(Version::HTTP_11, &split));
+        assert!(!upgrade_requested(Version::HTTP_11, &split));
     }
 
     #[test]
     fn upgrade_needs_both_headers_http_1_1_and_a_protocol_other_than_h2c() {
         let no_token = websocket_handshake("keep-alive, x-upgrade");
-        assert!(!is_upgrade_request(Version::HTTP_11, &no_token));
+        assert!(!upgrade_requested(Version::HTTP_11, &no_token));
         let no_upgrade = map(&[("connection", "upgrade")]);
-        assert!(!is_upgrade_request(Version::HTTP_11, &no_upgrade));
+        assert!(!upgrade_requested(Version::HTTP_11, &no_upgrade));
         let empty_upgrade = map(&[("connection", "upgrade"), ("upgrade", " , ")]);
-        assert!(!is_upgrade_request(Version::HTTP_11, &empty_upgrade));
+        assert!(!upgrade_requested(Version::HTTP_11, &empty_upgrade));
         for version in [Version::HTTP_10, Version::HTTP_2, Version::HTTP_3] {
             let handshake = websocket_handshake("upgrade");
-            assert!(!is_upgrade_request(version, &handshake), "{version:?}");
+            assert!(!upgrade_requested(version, &handshake), "{version:?}");
         }
         for h2c in ["h2c", "H2C", "websocket, h2c/2"] {
             let h = map(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", h2c)]);
-            assert!(!is_upgrade_request(Version::HTTP_11, &h), "{h2c:?}");
+            assert!(!upgrade_requested(Version::HTTP_11, &h), "{h2c:?}");
         }
     }
 
