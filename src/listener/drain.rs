@@ -1,9 +1,12 @@
 //! How a worker stops: the signal every connection watches, and how the
 //! drain ended.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 /// How a shutdown ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,33 +50,66 @@ impl DrainSignal {
 /// Polled on every wake-up of the connection, so this costs one atomic load
 /// then: the drain's wake-up is registered on the first poll only (the
 /// connection's task, and so its waker, stays the same).
-pub(super) async fn drained<C, T>(
-    mut connection: std::pin::Pin<&mut C>,
-    draining: &DrainSignal,
-    started: impl Fn() -> bool,
-    shutdown: impl FnOnce(std::pin::Pin<&mut C>),
-) -> T
+pub(super) fn drained<'a, C, S, F>(
+    connection: C,
+    draining: &'a DrainSignal,
+    started: S,
+    shutdown: F,
+) -> Drained<'a, C, S, F>
 where
-    C: std::future::Future<Output = T>,
+    C: Future,
+    S: Fn() -> bool,
+    F: FnOnce(Pin<&mut C>),
 {
-    let notified = draining.notify.notified();
-    tokio::pin!(notified);
-    let mut registered = false;
-    let mut shutdown = Some(shutdown);
-    std::future::poll_fn(move |cx| {
-        if shutdown.is_some() {
-            if !registered {
-                registered = true;
-                let _ = notified.as_mut().poll(cx);
+    Drained {
+        connection,
+        notified: draining.notify.notified(),
+        draining,
+        registered: false,
+        started,
+        shutdown: Some(shutdown),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future [`drained`] returns. A named future rather than an
+    /// `async fn`: it holds the connection in place, once (an `async` block
+    /// given the connection would hold it as captured and again as pinned,
+    /// and it is most of an idle connection's task).
+    pub(super) struct Drained<'a, C, S, F> {
+        #[pin]
+        connection: C,
+        #[pin]
+        notified: Notified<'a>,
+        draining: &'a DrainSignal,
+        registered: bool,
+        started: S,
+        shutdown: Option<F>,
+    }
+}
+
+impl<C, S, F> Future for Drained<'_, C, S, F>
+where
+    C: Future,
+    S: Fn() -> bool,
+    F: FnOnce(Pin<&mut C>),
+{
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let mut this = self.project();
+        if this.shutdown.is_some() {
+            if !*this.registered {
+                *this.registered = true;
+                let _ = this.notified.as_mut().poll(cx);
             }
-            if draining.raised.load(Ordering::Acquire)
-                && started()
-                && let Some(shutdown) = shutdown.take()
+            if this.draining.raised.load(Ordering::Acquire)
+                && (this.started)()
+                && let Some(shutdown) = this.shutdown.take()
             {
-                shutdown(connection.as_mut());
+                shutdown(this.connection.as_mut());
             }
         }
-        connection.as_mut().poll(cx)
-    })
-    .await
+        this.connection.poll(cx)
+    }
 }

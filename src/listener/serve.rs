@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use hyper::Request;
+use std::convert::Infallible;
+
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::service::{Service, service_fn};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,7 +22,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::{Config, ListenerConfig, Protocol};
+use crate::config::{Config, LimitsConfig, ListenerConfig, Protocol};
 use crate::listener::drain::{Drain, DrainSignal, drained};
 use crate::listener::http::{H2_PREFACE, connection_builder, http1_builder};
 use crate::listener::proxy_protocol::{self, Header, ReadError};
@@ -30,6 +32,7 @@ use crate::pool::routing::Pools;
 use crate::pool::stats::ListenerLabels;
 use crate::proxy::Proxy;
 use crate::proxy::framing::{AmbiguousRequest, Watched};
+use crate::proxy::response_body::ProxyBody;
 use crate::proxy::tcp;
 use crate::proxy::tunnel::Tunnels;
 
@@ -74,23 +77,45 @@ struct Shared {
     /// current request and closes.
     draining: Arc<DrainSignal>,
     config: Arc<Config>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    http1: Arc<http1::Builder>,
+    /// What every HTTP connection is served with, for the running config's
+    /// `[limits]`: each connection holds a reference.
+    http: Arc<Http>,
     /// Each running listener's name, for its metrics' labels.
     names: Arc<[Arc<str>]>,
 }
 
-/// What serving one HTTP connection needs of [`Shared`], and no more: its
-/// task keeps this for as long as the connection is open, idle or not.
+/// What serving one HTTP connection needs of [`Shared`], and no more: each
+/// connection's task holds one reference to it (one word) for as long as the
+/// connection is open, idle or not.
 struct Http {
     tunnels: Tunnels,
     draining: Arc<DrainSignal>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    http1: Arc<http1::Builder>,
+    builder: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
     /// For the TLS handshake's counters.
     pools: Arc<Pools>,
     max_header_bytes: usize,
     header_timeout: Duration,
+}
+
+impl Http {
+    /// hyper's settings for `limits`.
+    fn new(
+        limits: &LimitsConfig,
+        tunnels: Tunnels,
+        draining: Arc<DrainSignal>,
+        pools: Arc<Pools>,
+    ) -> Http {
+        Http {
+            tunnels,
+            draining,
+            builder: connection_builder(limits),
+            http1: http1_builder(limits),
+            pools,
+            max_header_bytes: usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX),
+            header_timeout: limits.header_timeout,
+        }
+    }
 }
 
 impl Shared {
@@ -100,24 +125,14 @@ impl Shared {
         let current = self.pools.routing().config().clone();
         if !Arc::ptr_eq(&current, &self.config) {
             if current.limits != self.config.limits {
-                self.builder = Arc::new(connection_builder(&current.limits));
-                self.http1 = Arc::new(http1_builder(&current.limits));
+                self.http = Arc::new(Http::new(
+                    &current.limits,
+                    self.tunnels.clone(),
+                    self.draining.clone(),
+                    self.pools.clone(),
+                ));
             }
             self.config = current;
-        }
-    }
-
-    /// What serving one HTTP connection needs of these.
-    fn http(&self) -> Http {
-        Http {
-            tunnels: self.tunnels.clone(),
-            draining: self.draining.clone(),
-            builder: self.builder.clone(),
-            http1: self.http1.clone(),
-            pools: self.pools.clone(),
-            max_header_bytes: usize::try_from(self.config.limits.max_header_bytes)
-                .unwrap_or(usize::MAX),
-            header_timeout: self.config.limits.header_timeout,
         }
     }
 
@@ -155,15 +170,22 @@ pub(super) async fn serve(
         .iter()
         .map(|l| Arc::from(l.name.as_str()))
         .collect();
+    let tunnels = Tunnels::new();
+    let draining = Arc::new(DrainSignal::default());
+    let http = Http::new(
+        &config.limits,
+        tunnels.clone(),
+        draining.clone(),
+        pools.clone(),
+    );
     let mut shared = Shared {
-        builder: Arc::new(connection_builder(&config.limits)),
-        http1: Arc::new(http1_builder(&config.limits)),
+        http: Arc::new(http),
         config,
         proxies,
         tls,
         pools,
-        tunnels: Tunnels::new(),
-        draining: Arc::new(DrainSignal::default()),
+        tunnels,
+        draining,
         names: names.into(),
     };
     // Each listener's open connections, over every worker.
@@ -290,7 +312,7 @@ fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: 
             peer,
             proxy,
             tls,
-            shared.http(),
+            shared.http.clone(),
             counted,
         ));
         return;
@@ -326,7 +348,7 @@ fn spawn_connection(connections: &mut JoinSet<()>, connection: Counted, shared: 
             client.source,
             proxy,
             tls,
-            shared.http(),
+            shared.http.clone(),
             (),
         ))
         .await;
@@ -460,12 +482,16 @@ async fn serve_tcp(
 /// future can be spawned as it is, so that the task holds it once (an
 /// `async` block around it would hold it twice: as captured, and as
 /// awaited).
+///
+/// A plain HTTP/1 connection (most of the idle ones) is served in this
+/// task's own future, every other kind boxed: the task holds room for
+/// hyper's HTTP/1 connection and nothing bigger.
 fn serve_connection<K: Send + 'static>(
     stream: TcpStream,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     tls: Option<Arc<TlsListener>>,
-    http: Http,
+    http: Arc<Http>,
     keep: K,
 ) -> impl Future<Output = ()> + Send + 'static {
     if let Err(error) = stream.set_nodelay(true) {
@@ -482,11 +508,14 @@ fn serve_connection<K: Send + 'static>(
             let Some(maybe_h2) = first_bytes(&stream, peer, deadline).await else {
                 return;
             };
-            // `http` by reference: the task holds it once.
-            return serve_http(stream, peer, maybe_h2, deadline, proxy, &http).await;
+            if maybe_h2 {
+                return Box::pin(serve_http2(stream, peer, deadline, proxy, &http)).await;
+            }
+            if let Err(error) = serve_http1(stream, peer, proxy, &http).await {
+                tracing::debug!(%peer, %error, "client connection ended with an error");
+            }
+            return;
         };
-        // Boxed, the handshake and the TLS state: a plain connection's task
-        // (most of the idle ones) then holds no room for them.
         Box::pin(serve_tls(stream, peer, tls, proxy, &http)).await;
     }
 }
@@ -504,8 +533,13 @@ async fn serve_tls(
         return;
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    let deadline = Instant::now() + http.header_timeout;
-    serve_http(Box::new(stream), peer, h2, deadline, proxy, http).await;
+    let stream = Box::new(stream);
+    if h2 {
+        let deadline = Instant::now() + http.header_timeout;
+        serve_http2(stream, peer, deadline, proxy, http).await;
+    } else if let Err(error) = serve_http1(stream, peer, proxy, http).await {
+        tracing::debug!(%peer, %error, "client connection ended with an error");
+    }
 }
 
 /// Looks at a plain connection's first bytes without consuming them:
@@ -534,24 +568,33 @@ async fn first_bytes(stream: &TcpStream, peer: SocketAddr, deadline: Instant) ->
     }
 }
 
-/// Serves HTTP on `io` to its end: HTTP/2 when `h2` (the first bytes could
-/// be its preface, or ALPN chose it), else HTTP/1.1; no first request by
-/// `deadline` closes it.
-async fn serve_http<I>(
+/// The bytes of `io` as hyper reads them (watched for what hyper hides: a
+/// request with both Content-Length and Transfer-Encoding), the service
+/// that hands each request to `proxy`, and the count of requests it has
+/// been given.
+#[allow(clippy::type_complexity)]
+fn service<I>(
     io: I,
     peer: SocketAddr,
-    h2: bool,
-    deadline: Instant,
     proxy: Arc<Proxy>,
     http: &Http,
-) where
+) -> (
+    TokioIo<Watched<I>>,
+    impl Service<
+        Request<Incoming>,
+        Response = Response<ProxyBody>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+    > + Send
+    + 'static,
+    Arc<AtomicU64>,
+)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // The requests served so far: each one's index on the connection.
     let requests = Arc::new(AtomicU64::new(0));
     let served = requests.clone();
-    // The raw bytes are watched for what hyper hides: a request with both
-    // Content-Length and Transfer-Encoding.
     let (stream, ambiguity) = Watched::new(io, http.max_header_bytes);
     let tunnels = http.tunnels.clone();
     let service = service_fn(move |mut request: Request<Incoming>| {
@@ -564,56 +607,62 @@ async fn serve_http<I>(
         // few kilobytes of state live only while a request does.
         Box::pin(proxy.clone().handle(request, peer, tunnels.clone()))
     });
-    let Http {
-        draining,
-        builder,
-        http1,
-        ..
-    } = http;
-    let ended = if h2 {
-        // With upgrades: after a `101`, hyper hands the client's
-        // connection over to the tunnel and this future ends.
-        let mut connection = Box::pin(
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned(),
-        );
-        // Boxed, the wait for the first request: an HTTP/1 connection's
-        // task (most idle ones) holds no room for it. `None`: none came.
-        let served_h2 = Box::pin(async move {
-            let first = tokio::time::sleep_until(deadline);
-            tokio::pin!(first);
-            Some(tokio::select! {
-                ended = connection.as_mut() => ended,
-                () = &mut first, if served.load(Ordering::Relaxed) == 0 => {
-                    if served.load(Ordering::Relaxed) == 0 {
-                        return None;
-                    }
-                    drained(connection.as_mut(), draining, || true, |c| c.graceful_shutdown()).await
-                }
-                () = draining.started() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
+    (TokioIo::new(stream), service, served)
+}
+
+/// Serves HTTP/1.1 on `io` to its end (hyper times each request head,
+/// the first one included, with `header_timeout`).
+///
+/// Not an `async fn`: the future is hyper's connection itself, watched for
+/// the drain, held once; for a plain connection that is most of the task of
+/// an idle connection.
+fn serve_http1<'a, I>(
+    io: I,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    http: &'a Http,
+) -> impl Future<Output = Result<(), hyper::Error>> + Send + 'a
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (io, service, served) = service(io, peer, proxy, http);
+    // With upgrades: after a `101`, hyper hands the client's connection
+    // over to the tunnel and this future ends.
+    let connection = http.http1.serve_connection(io, service).with_upgrades();
+    let started = move || served.load(Ordering::Relaxed) > 0;
+    drained(connection, &http.draining, started, |c| {
+        c.graceful_shutdown()
+    })
+}
+
+/// Serves HTTP/2 on `io` (its first bytes could be the preface, or ALPN
+/// chose it) to its end; no first request by `deadline` closes it.
+async fn serve_http2<I>(io: I, peer: SocketAddr, deadline: Instant, proxy: Arc<Proxy>, http: &Http)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (io, service, served) = service(io, peer, proxy, http);
+    let draining = &http.draining;
+    let connection = http.builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let first = tokio::time::sleep_until(deadline);
+    tokio::pin!(first);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = &mut first, if served.load(Ordering::Relaxed) == 0 => {
+            if served.load(Ordering::Relaxed) == 0 {
+                tracing::debug!(%peer, "no request within the header timeout; closing");
+                return;
+            }
+            drained(connection.as_mut(), draining, || true, |c| {
+                c.get_mut().as_mut().graceful_shutdown()
             })
-        });
-        let Some(ended) = served_h2.await else {
-            tracing::debug!(%peer, "no request within the header timeout; closing");
-            return;
-        };
-        ended
-    } else {
-        // hyper times the head from here (header_timeout).
-        let connection = http1
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        tokio::pin!(connection);
-        let started = || served.load(Ordering::Relaxed) > 0;
-        drained(connection.as_mut(), draining, started, |c| {
-            c.graceful_shutdown()
-        })
-        .await
-        .map_err(Into::into)
+            .await
+        }
+        () = draining.started() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
     };
     if let Err(error) = ended {
         tracing::debug!(%peer, %error, "client connection ended with an error");
