@@ -265,7 +265,7 @@ fn respond(
         }
         None => Response::from_parts(
             head,
-            ProxyBody::Upstream(UpstreamBody::new(incoming, finish)),
+            ProxyBody::Upstream(Box::new(UpstreamBody::new(incoming, finish))),
         ),
     }
 }

@@ -17,8 +17,10 @@ use crate::proxy::upstream::ResponseBody;
 /// The body of every response the proxy sends.
 #[derive(Debug)]
 pub enum ProxyBody {
-    /// A backend's body, streamed through.
-    Upstream(UpstreamBody),
+    /// A backend's body, streamed through. Boxed: hyper keeps room for one
+    /// response body in every HTTP/1 connection, idle or not, and this
+    /// keeps that room to a few words (224 bytes unboxed).
+    Upstream(Box<UpstreamBody>),
     /// A short body written by the proxy itself (errors).
     Local(Full<Bytes>),
 }
