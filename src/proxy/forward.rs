@@ -117,29 +117,33 @@ enum Missed {
 
 /// Sends the request to backends until one answers or a failure ends it.
 /// (Given the [`Head`] rather than the request's parts, which would take
-/// room in the future for as long as it runs.)
-pub async fn forward(
-    ctx: &mut Forwarding<'_>,
+/// room in the future for as long as it runs; and not an `async fn`, which
+/// would keep its arguments twice.)
+#[allow(clippy::manual_async_fn)]
+pub fn forward<'a, 'p>(
+    ctx: &'a mut Forwarding<'p>,
     mut head: Head,
     mut body: ClientBody,
-) -> Result<Answer, ProxyError> {
-    let config = ctx.snapshot.config();
-    check_declared_length(&body, ctx.limits)?;
-    let deadline = Instant::from_std(ctx.started) + config.upstream.request_timeout;
-    let mut state = RetryState::new(config.upstream.retries, is_idempotent(&head.method));
-    loop {
-        let (index, backend) = next_backend(ctx, &mut state)?;
-        let plan = state.plan(ctx.snapshot.routable_count());
-        match attempt(ctx, backend, &mut head, body, plan, deadline).await {
-            Ok(answer) => return Ok(answer),
-            Err(Missed::Timeout) => {
-                return Err(ProxyError::Timeout {
-                    backend: backend.name().clone(),
-                    timeout: config.upstream.request_timeout,
-                });
-            }
-            Err(Missed::Failed(error, recovery)) => {
-                body = after_failure(ctx, &mut state, plan, (index, backend), error, recovery)?;
+) -> impl Future<Output = Result<Answer, ProxyError>> + Send + use<'a, 'p> {
+    async move {
+        let config = ctx.snapshot.config();
+        check_declared_length(&body, ctx.limits)?;
+        let deadline = Instant::from_std(ctx.started) + config.upstream.request_timeout;
+        let mut state = RetryState::new(config.upstream.retries, is_idempotent(&head.method));
+        loop {
+            let (index, backend) = next_backend(ctx, &mut state)?;
+            let plan = state.plan(ctx.snapshot.routable_count());
+            match attempt(ctx, backend, &mut head, body, plan, deadline).await {
+                Ok(answer) => return Ok(answer),
+                Err(Missed::Timeout) => {
+                    return Err(ProxyError::Timeout {
+                        backend: backend.name().clone(),
+                        timeout: config.upstream.request_timeout,
+                    });
+                }
+                Err(Missed::Failed(error, recovery)) => {
+                    body = after_failure(ctx, &mut state, plan, (index, backend), error, recovery)?;
+                }
             }
         }
     }

@@ -52,6 +52,22 @@ struct Ending {
     bytes_in: Option<Arc<AtomicU64>>,
 }
 
+impl Ending {
+    /// The end of a request that arrived at `started`, after `attempts`.
+    fn after(started: Instant, record: Option<AccessRecord>, attempts: Attempts) -> Ending {
+        Ending {
+            started,
+            record: record.map(|record| AccessRecord {
+                attempts: attempts.count,
+                failed: attempts.failed,
+                fallback: attempts.fallback,
+                ..record
+            }),
+            bytes_in: attempts.bytes_in,
+        }
+    }
+}
+
 impl Proxy {
     /// The handler of listener `listener` (its place among the running
     /// listeners) over `pools`; `tls`: the listener terminates TLS.
@@ -74,86 +90,82 @@ impl Proxy {
     ///
     /// It owns what it needs and answers as hyper's service does, so that
     /// its future is the service's own: no wrapper around it, which would be
-    /// one more copy of a few kilobytes per request.
-    pub async fn handle(
+    /// one more copy of a few kilobytes per request. Not an `async fn`: an
+    /// `async fn` keeps its arguments twice in its future (as given, and
+    /// moved into its body), the request's 264 bytes among them.
+    #[allow(clippy::manual_async_fn)]
+    pub fn handle(
         self: Arc<Self>,
         mut request: Request<Incoming>,
         peer: SocketAddr,
         tunnels: Tunnels,
-    ) -> Result<Response<ProxyBody>, Infallible> {
-        let started = Instant::now();
-        // Taken before the request is taken apart: hyper completes it with
-        // the client's connection once the `101` has been written.
-        // The hop-by-hop headers, found once for the checks below.
-        let hop_by_hop = HopByHop::of(request.headers());
-        let client_upgrade =
-            headers::is_upgrade_request(request.version(), request.headers(), hop_by_hop)
-                .then(|| hyper::upgrade::on(&mut request));
-        let routing = self.pools.routing_full();
-        let (mut parts, body) = request.into_parts();
-        let peer = peer.ip().to_canonical();
-        let limits = &routing.config().limits;
-        let body = ClientBody::new(body, parts.version, limits);
-        // Checked before the hop-by-hop headers go.
-        let rejection = check_request(&parts, limits, hop_by_hop);
-        prepare(&mut parts, client_upgrade.is_some(), hop_by_hop);
-        // The path as the client sent it, before routing resolves or strips it.
-        let record = access::enabled().then(|| AccessRecord::new(peer, &parts, started));
-        let destination = match self.destination(&routing, &mut parts) {
-            Ok(destination) => destination,
-            Err(error) => {
-                return Ok(self.unrouted(&rejection.unwrap_or(error), record, peer, started));
-            }
-        };
-        let routed = destination.pool;
-        let snapshot = routed.pool.snapshot();
-        let keyed = Keyed::new(&snapshot, &parts, peer);
-        let record =
-            record.map(|record| routed_record(record, &snapshot, &parts, &keyed, &destination));
-        let trusted = snapshot.is_trusted(peer);
-        let has_host = headers::set_forwarded(&mut parts.headers, peer, trusted, self.proto);
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
+        async move {
+            let started = Instant::now();
+            // Taken before the request is taken apart: hyper completes it with
+            // the client's connection once the `101` has been written.
+            // The hop-by-hop headers, found once for the checks below.
+            let hop_by_hop = HopByHop::of(request.headers());
+            let client_upgrade =
+                headers::is_upgrade_request(request.version(), request.headers(), hop_by_hop)
+                    .then(|| hyper::upgrade::on(&mut request));
+            let routing = self.pools.routing_full();
+            let (mut parts, body) = request.into_parts();
+            let peer = peer.ip().to_canonical();
+            let limits = &routing.config().limits;
+            let body = ClientBody::new(body, parts.version, limits);
+            // Checked before the hop-by-hop headers go.
+            let rejection = check_request(&parts, limits, hop_by_hop);
+            prepare(&mut parts, client_upgrade.is_some(), hop_by_hop);
+            // The path as the client sent it, before routing resolves or strips it.
+            let record = access::enabled().then(|| AccessRecord::new(peer, &parts, started));
+            let destination = match self.destination(&routing, &mut parts) {
+                Ok(destination) => destination,
+                Err(error) => {
+                    return Ok(self.unrouted(&rejection.unwrap_or(error), record, peer, started));
+                }
+            };
+            let routed = destination.pool;
+            let snapshot = routed.pool.snapshot();
+            let keyed = Keyed::new(&snapshot, &parts, peer);
+            let record =
+                record.map(|record| routed_record(record, &snapshot, &parts, &keyed, &destination));
+            let trusted = snapshot.is_trusted(peer);
+            let has_host = headers::set_forwarded(&mut parts.headers, peer, trusted, self.proto);
 
-        let mut attempts = Attempts {
-            bytes_in: record.as_ref().map(|r| r.bytes_in.clone()),
-            ..Attempts::default()
-        };
-        let result = match rejection {
-            Some(rejection) => Err(rejection),
-            None => {
-                let mut forwarding = Forwarding {
-                    pool: &routed.pool,
-                    health: routed.health.as_ref(),
-                    snapshot: &snapshot,
-                    limits,
-                    key_hash: keyed.hash.unwrap_or(0),
-                    pinned: keyed.pin.and_then(|pin| snapshot.pinned(pin)),
-                    attempts: &mut attempts,
-                    started,
-                };
-                forward(&mut forwarding, Head::of(parts, has_host), body)
-                    .await
-                    .and_then(|answer| checked_switch(answer, client_upgrade.is_some()))
-            }
-        };
-        let ending = Ending {
-            started,
-            record: record.map(|record| AccessRecord {
-                attempts: attempts.count,
-                failed: attempts.failed,
-                fallback: attempts.fallback,
-                ..record
-            }),
-            bytes_in: attempts.bytes_in,
-        };
-        Ok(match result {
-            Ok(answer) => {
-                let cookie = session_cookie(&snapshot, &keyed, answer.pin);
-                respond(routed, answer, client_upgrade, cookie, ending, &tunnels)
-            }
-            Err(error) => {
-                answer_error(self.pools.stats(), Some(&routed.pool), &error, peer, ending)
-            }
-        })
+            let mut attempts = Attempts {
+                bytes_in: record.as_ref().map(|r| r.bytes_in.clone()),
+                ..Attempts::default()
+            };
+            let result = match rejection {
+                Some(rejection) => Err(rejection),
+                None => {
+                    let mut forwarding = Forwarding {
+                        pool: &routed.pool,
+                        health: routed.health.as_ref(),
+                        snapshot: &snapshot,
+                        limits,
+                        key_hash: keyed.hash.unwrap_or(0),
+                        pinned: keyed.pin.and_then(|pin| snapshot.pinned(pin)),
+                        attempts: &mut attempts,
+                        started,
+                    };
+                    forward(&mut forwarding, Head::of(parts, has_host), body)
+                        .await
+                        .and_then(|answer| checked_switch(answer, client_upgrade.is_some()))
+                }
+            };
+            let ending = Ending::after(started, record, attempts);
+            Ok(match result {
+                Ok(answer) => {
+                    let cookie = session_cookie(&snapshot, &keyed, answer.pin);
+                    respond(routed, answer, client_upgrade, cookie, ending, &tunnels)
+                }
+                Err(error) => {
+                    answer_error(self.pools.stats(), Some(&routed.pool), &error, peer, ending)
+                }
+            })
+        }
     }
 }
 
