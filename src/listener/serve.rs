@@ -72,13 +72,10 @@ struct Shared {
     /// Each listener's TLS, in the order of the listeners; `None`: plain.
     tls: Arc<[Option<Arc<TlsListener>>]>,
     pools: Arc<Pools>,
-    tunnels: Tunnels,
-    /// Raised when the drain starts: every connection then finishes its
-    /// current request and closes.
-    draining: Arc<DrainSignal>,
     config: Arc<Config>,
     /// What every HTTP connection is served with, for the running config's
-    /// `[limits]`: each connection holds a reference.
+    /// `[limits]` (each connection holds a reference), and the worker's
+    /// tunnels and drain signal, which every `Http` of the worker shares.
     http: Arc<Http>,
     /// Each running listener's name, for its metrics' labels.
     names: Arc<[Arc<str>]>,
@@ -89,6 +86,8 @@ struct Shared {
 /// connection is open, idle or not.
 struct Http {
     tunnels: Tunnels,
+    /// Raised when the drain starts: every connection then finishes its
+    /// current request and closes.
     draining: Arc<DrainSignal>,
     builder: auto::Builder<TokioExecutor>,
     http1: http1::Builder,
@@ -99,21 +98,26 @@ struct Http {
 }
 
 impl Http {
-    /// hyper's settings for `limits`.
-    fn new(
-        limits: &LimitsConfig,
-        tunnels: Tunnels,
-        draining: Arc<DrainSignal>,
-        pools: Arc<Pools>,
-    ) -> Http {
+    /// A worker's first: hyper's settings for `limits`, new tunnels and a
+    /// new drain signal.
+    fn new(limits: &LimitsConfig, pools: Arc<Pools>) -> Http {
         Http {
-            tunnels,
-            draining,
+            tunnels: Tunnels::new(),
+            draining: Arc::new(DrainSignal::default()),
             builder: connection_builder(limits),
             http1: http1_builder(limits),
             pools,
             max_header_bytes: usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX),
             header_timeout: limits.header_timeout,
+        }
+    }
+
+    /// The same worker's, with hyper's settings for `limits`.
+    fn with_limits(&self, limits: &LimitsConfig) -> Http {
+        Http {
+            tunnels: self.tunnels.clone(),
+            draining: self.draining.clone(),
+            ..Http::new(limits, self.pools.clone())
         }
     }
 }
@@ -125,12 +129,7 @@ impl Shared {
         let current = self.pools.routing().config().clone();
         if !Arc::ptr_eq(&current, &self.config) {
             if current.limits != self.config.limits {
-                self.http = Arc::new(Http::new(
-                    &current.limits,
-                    self.tunnels.clone(),
-                    self.draining.clone(),
-                    self.pools.clone(),
-                ));
+                self.http = Arc::new(self.http.with_limits(&current.limits));
             }
             self.config = current;
         }
@@ -170,22 +169,12 @@ pub(super) async fn serve(
         .iter()
         .map(|l| Arc::from(l.name.as_str()))
         .collect();
-    let tunnels = Tunnels::new();
-    let draining = Arc::new(DrainSignal::default());
-    let http = Http::new(
-        &config.limits,
-        tunnels.clone(),
-        draining.clone(),
-        pools.clone(),
-    );
     let mut shared = Shared {
-        http: Arc::new(http),
+        http: Arc::new(Http::new(&config.limits, pools.clone())),
         config,
         proxies,
         tls,
         pools,
-        tunnels,
-        draining,
         names: names.into(),
     };
     // Each listener's open connections, over every worker.
@@ -463,7 +452,7 @@ async fn serve_tcp(
         let destination = client.destination.or(local).unwrap_or(running.address);
         proxy_protocol::encode(version, client.source, destination)
     };
-    let cut_off = shared.tunnels.on_cut_off();
+    let cut_off = shared.http.tunnels.on_cut_off();
     let pools = &shared.pools;
     match shared.tls.get(listener).cloned().flatten() {
         None => tcp::serve(stream, client.source, running, pools, header, cut_off).await,
@@ -511,10 +500,7 @@ fn serve_connection<K: Send + 'static>(
             if maybe_h2 {
                 return Box::pin(serve_http2(stream, peer, deadline, proxy, &http)).await;
             }
-            if let Err(error) = serve_http1(stream, peer, proxy, &http).await {
-                tracing::debug!(%peer, %error, "client connection ended with an error");
-            }
-            return;
+            return ended(peer, serve_http1(stream, peer, proxy, &http).await);
         };
         Box::pin(serve_tls(stream, peer, tls, proxy, &http)).await;
     }
@@ -537,7 +523,14 @@ async fn serve_tls(
     if h2 {
         let deadline = Instant::now() + http.header_timeout;
         serve_http2(stream, peer, deadline, proxy, http).await;
-    } else if let Err(error) = serve_http1(stream, peer, proxy, http).await {
+    } else {
+        ended(peer, serve_http1(stream, peer, proxy, http).await);
+    }
+}
+
+/// Logs how the client connection from `peer` ended, if with an error.
+fn ended<E: std::fmt::Display>(peer: SocketAddr, served: Result<(), E>) {
+    if let Err(error) = served {
         tracing::debug!(%peer, %error, "client connection ended with an error");
     }
 }
@@ -647,8 +640,8 @@ where
     tokio::pin!(connection);
     let first = tokio::time::sleep_until(deadline);
     tokio::pin!(first);
-    let ended = tokio::select! {
-        ended = connection.as_mut() => ended,
+    let outcome = tokio::select! {
+        outcome = connection.as_mut() => outcome,
         () = &mut first, if served.load(Ordering::Relaxed) == 0 => {
             if served.load(Ordering::Relaxed) == 0 {
                 tracing::debug!(%peer, "no request within the header timeout; closing");
@@ -664,9 +657,7 @@ where
             connection.await
         }
     };
-    if let Err(error) = ended {
-        tracing::debug!(%peer, %error, "client connection ended with an error");
-    }
+    ended(peer, outcome);
 }
 
 /// The next connection any of `listeners` accepts, with the listener's
@@ -688,7 +679,7 @@ fn accept_any(
 /// its current request and closes, and the tunnels close, within the running
 /// config's drain timeout; what is left then is cut off.
 async fn drain(mut connections: JoinSet<()>, shared: &Shared) -> Drain {
-    let tunnels = &shared.tunnels;
+    let tunnels = &shared.http.tunnels;
     // The drain timeout of the running config (a reload may have changed it).
     let drain_timeout = shared.pools.routing().config().drain_timeout;
     tracing::info!(
@@ -698,7 +689,7 @@ async fn drain(mut connections: JoinSet<()>, shared: &Shared) -> Drain {
         "stopped accepting; draining"
     );
     // Connections first: a request still in flight may yet open a tunnel.
-    shared.draining.raise();
+    shared.http.draining.raise();
     let drained = async {
         while connections.join_next().await.is_some() {}
         tunnels.closed().await;

@@ -102,10 +102,10 @@ impl Proxy {
     ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
         async move {
             let started = Instant::now();
-            // Taken before the request is taken apart: hyper completes it with
-            // the client's connection once the `101` has been written.
             // The hop-by-hop headers, found once for the checks below.
             let hop_by_hop = HopByHop::of(request.headers());
+            // Taken before the request is taken apart: hyper completes it with
+            // the client's connection once the `101` has been written.
             let client_upgrade =
                 headers::is_upgrade_request(request.version(), request.headers(), hop_by_hop)
                     .then(|| hyper::upgrade::on(&mut request));

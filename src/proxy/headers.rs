@@ -252,14 +252,13 @@ pub fn set_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::key::test_support::header_map as map;
 
     /// [`is_upgrade_request`], with the hop-by-hop headers found as the
     /// handler finds them.
     fn upgrade_requested(version: Version, headers: &HeaderMap) -> bool {
         is_upgrade_request(version, headers, HopByHop::of(headers))
     }
-
-    use crate::balance::key::test_support::header_map as map;
 
     fn names(map: &HeaderMap) -> Vec<&str> {
         let mut names: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
