@@ -131,6 +131,8 @@ impl ProxyError {
 
 /// The response the client gets for `error`: a status and a short text body.
 /// The only place where proxy errors become statuses.
+#[cold]
+#[inline(never)]
 pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
     let (status, text) = match error {
         ProxyError::NoHealthyBackend | ProxyError::AllBackendsFailed { .. } => {

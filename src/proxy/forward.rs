@@ -326,6 +326,8 @@ fn set_target<B>(
 /// After a failed attempt at `backend` (pool index and backend): counts it against the
 /// backend's health, and gives back the body for the next attempt, or the
 /// error that ends the request.
+#[cold]
+#[inline(never)]
 fn after_failure(
     ctx: &mut Forwarding<'_>,
     state: &mut RetryState,
@@ -393,6 +395,8 @@ fn after_failure(
 
 /// Counts a failed attempt against `backend`'s health: a connect failure,
 /// or the backend breaking the exchange off.
+#[cold]
+#[inline(never)]
 fn report_failure(health: Option<&HealthReporter>, backend: &Backend, failure: Failure) {
     let Some(health) = health else {
         return;
@@ -409,6 +413,8 @@ fn report_failure(health: Option<&HealthReporter>, backend: &Backend, failure: F
 }
 
 /// The error a request stopped by `stop` answers with.
+#[cold]
+#[inline(never)]
 fn stop_error(stop: Stop) -> ProxyError {
     match stop {
         Stop::NoHealthyBackend => ProxyError::NoHealthyBackend,

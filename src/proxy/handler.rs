@@ -200,6 +200,8 @@ impl Proxy {
     }
 
     /// The answer to a request that no route took to a pool: `error`.
+    #[cold]
+    #[inline(never)]
     fn unrouted(
         &self,
         error: &ProxyError,
@@ -284,6 +286,8 @@ fn respond(
 
 /// The proxy's own answer for `error`, counted in `stats` and logged; the
 /// request was routed to `pool` (`None`: to none).
+#[cold]
+#[inline(never)]
 fn answer_error(
     stats: &Stats,
     pool: Option<&Arc<Pool>>,
@@ -319,6 +323,8 @@ fn answer_error(
 }
 
 /// `parts`' request target with `path` as its path, its query kept.
+#[cold]
+#[inline(never)]
 fn replace_path(parts: &mut Parts, path: &str) {
     let target = match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
@@ -335,6 +341,8 @@ fn replace_path(parts: &mut Parts, path: &str) {
 
 /// `path_and_query` without `prefix` (a prefix of its path on a segment
 /// boundary; `/api` and `/api/` strip the same), always starting with `/`.
+#[cold]
+#[inline(never)]
 fn stripped_path(path_and_query: &str, prefix: &str) -> String {
     let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
     let rest = path_and_query
@@ -349,6 +357,8 @@ fn stripped_path(path_and_query: &str, prefix: &str) -> String {
 
 /// `record`, with what routing and keying learned: the client as the key
 /// reads it, the key, the pool and the route.
+#[cold]
+#[inline(never)]
 fn routed_record(
     record: AccessRecord,
     snapshot: &Snapshot,
