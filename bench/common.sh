@@ -139,3 +139,22 @@ write_haproxy_config() {
     done
   } > "$work/haproxy.cfg"
 }
+
+# $work/lb.conf: nginx as the load balancer, two workers, hashing the URL
+# consistently over the same backends, with keep-alive to them.
+write_nginx_config() {
+  {
+    echo "worker_processes 2; daemon off; pid $work/lb.pid; error_log $work/lb.err;"
+    echo "events { worker_connections 4096; }"
+    # keepalive_requests: nginx closes a client's connection after 1,000
+    # requests by default, which h2load does not reopen.
+    echo "http { access_log off; keepalive_requests 10000000;"
+    echo "  upstream pool { hash \$request_uri consistent; keepalive 64;"
+    for i in $(seq 1 "$BACKENDS"); do
+      echo "    server 127.0.0.1:$((BASE_PORT + i));"
+    done
+    echo "  }"
+    echo "  server { listen 127.0.0.1:$PROXY_PORT; location / { proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+    echo "}"
+  } > "$work/lb.conf"
+}

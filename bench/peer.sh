@@ -18,6 +18,7 @@
 #   bench/peer.sh                          # defaults: 8 backends, 64 conns, 10s
 #   DURATION=30s CONNS=64 bench/peer.sh
 #   ROUTES=50 bench/peer.sh                # also affinity behind 50 routes
+#   PGO_BIN=target/pgo/release/affinity bench/peer.sh   # and bench/pgo.sh's build
 #
 # With ROUTES=N, affinity runs a second time with the same pool behind N
 # routes that every request searches (exact hosts, *.suffix hosts and path
@@ -38,7 +39,12 @@ PROXY_PORT=${PROXY_PORT:-19080}
 for tool in wrk nginx; do
   command -v "$tool" >/dev/null || { echo "peer.sh: $tool is required (apt-get install $tool)" >&2; exit 1; }
 done
-cargo build --release --quiet
+# BIN: the affinity to measure (default: this tree's release build, built
+# now), e.g. target/pgo/release/affinity from bench/pgo.sh.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=target/release/affinity
+fi
 
 work=$(mktemp -d)
 . bench/common.sh
@@ -79,8 +85,8 @@ run_wrk() { # name port [pid]: pid's RSS and CPU are reported
 run_wrk direct $((BASE_PORT + 1))
 
 # --- affinity -------------------------------------------------------------------
-run_affinity() { # name config
-  RUST_LOG=warn target/release/affinity -c "$2" 2>"$work/$1.err" &
+run_affinity() { # name config [binary]
+  RUST_LOG=warn "${3:-$BIN}" -c "$2" 2>"$work/$1.err" &
   local pid=$!
   pids+=($pid)
   run_wrk "$1" "$PROXY_PORT" "$pid"
@@ -91,13 +97,17 @@ if [ "${ROUTES:-0}" -gt 1 ]; then
   # One route against ROUTES routes, in the order A B B A, so that a drift
   # of the machine during the run weighs on both alike.
   write_affinity_routes_config "$ROUTES"
-  target/release/affinity --check -c "$work/affinity-routes.toml" >/dev/null
+  "$BIN" --check -c "$work/affinity-routes.toml" >/dev/null
   run_affinity affinity "$work/affinity.toml"
   run_affinity "aff-${ROUTES}r" "$work/affinity-routes.toml"
   run_affinity "aff-${ROUTES}r" "$work/affinity-routes.toml"
   run_affinity affinity "$work/affinity.toml"
 else
   run_affinity affinity "$work/affinity.toml"
+fi
+# PGO_BIN: a profile-guided build (bench/pgo.sh) measured in the same run.
+if [ -n "${PGO_BIN:-}" ]; then
+  run_affinity aff-pgo "$work/affinity.toml" "$PGO_BIN"
 fi
 
 # --- HAProxy: balance uri, consistent hashing -----------------------------------
@@ -111,18 +121,7 @@ if command -v haproxy >/dev/null; then
 fi
 
 # --- nginx: hash $request_uri consistent ----------------------------------------
-{
-  echo "worker_processes 2; daemon off; pid $work/lb.pid; error_log $work/lb.err;"
-  echo "events { worker_connections 4096; }"
-  echo "http { access_log off;"
-  echo "  upstream pool { hash \$request_uri consistent; keepalive 64;"
-  for i in $(seq 1 "$BACKENDS"); do
-    echo "    server 127.0.0.1:$((BASE_PORT + i));"
-  done
-  echo "  }"
-  echo "  server { listen 127.0.0.1:$PROXY_PORT; location / { proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
-  echo "}"
-} > "$work/lb.conf"
+write_nginx_config
 nginx -c "$work/lb.conf" -e "$work/lb.err" &
 npid=$!
 pids+=($npid)
