@@ -65,8 +65,8 @@ run() { # name port [pid]: pid's CPU is reported
   out=$(h2load --h1 -t 2 -c "$CONNS" --rps $((RATE / CONNS)) -D "$DURATION" \
     -i "$work/urls.txt" --log-file="$work/$name.log" 2>&1)
   [ -n "$pid" ] && read -r u2 s2 < <(proc_ticks "$pid")
-  local done failed
-  done=$(awk '/^requests:/ {print $8}' <<<"$out")
+  local failed
+  # h2load's failed, errored and timed-out requests.
   failed=$(awk '/^requests:/ {print $10 + $12 + $14}' <<<"$out")
   # Percentiles of the logged times (µs, third column), in ms; CPU in µs
   # per request, user + system.
