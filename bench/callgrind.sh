@@ -29,14 +29,11 @@ PROXY_PORT=${PROXY_PORT:-19280}
 for tool in valgrind callgrind_control wrk nginx; do
   command -v "$tool" >/dev/null || { echo "callgrind.sh: $tool is required" >&2; exit 1; }
 done
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --quiet
-  BIN=target/release/affinity
-fi
 
 work=${OUT:-$(mktemp -d)}
 KEEP=1 # the profiles
 . bench/common.sh
+affinity_binary
 start_backends
 write_urls
 

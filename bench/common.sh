@@ -13,6 +13,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# BIN: the affinity to measure: as given (e.g. target/pgo/release/affinity
+# from bench/pgo.sh), or else this tree's release build, built now.
+affinity_binary() {
+  if [ -z "${BIN:-}" ]; then
+    cargo build --release --quiet
+    BIN=target/release/affinity
+  fi
+}
+
 # Waits until something listens on 127.0.0.1:$1 (up to 20 s).
 wait_port() {
   for _ in $(seq 1 400); do

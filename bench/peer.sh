@@ -18,6 +18,7 @@
 #   bench/peer.sh                          # defaults: 8 backends, 64 conns, 10s
 #   DURATION=30s CONNS=64 bench/peer.sh
 #   ROUTES=50 bench/peer.sh                # also affinity behind 50 routes
+#   BIN=path/to/affinity bench/peer.sh     # that binary instead of this tree's build
 #   PGO_BIN=target/pgo/release/affinity bench/peer.sh   # and bench/pgo.sh's build
 #
 # With ROUTES=N, affinity runs a second time with the same pool behind N
@@ -39,15 +40,10 @@ PROXY_PORT=${PROXY_PORT:-19080}
 for tool in wrk nginx; do
   command -v "$tool" >/dev/null || { echo "peer.sh: $tool is required (apt-get install $tool)" >&2; exit 1; }
 done
-# BIN: the affinity to measure (default: this tree's release build, built
-# now), e.g. target/pgo/release/affinity from bench/pgo.sh.
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --quiet
-  BIN=target/release/affinity
-fi
 
 work=$(mktemp -d)
 . bench/common.sh
+affinity_binary
 start_backends
 write_urls
 

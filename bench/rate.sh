@@ -15,6 +15,7 @@
 #
 #   bench/rate.sh                               # 20,000 req/s, 64 conns, 10 s, 3 rounds
 #   RATE=30000 ROUNDS=5 DURATION=20 bench/rate.sh
+#   BIN=target/pgo/release/affinity bench/rate.sh   # bench/pgo.sh's build
 #
 # Needs h2load (apt-get install nghttp2-client), nginx and (optionally)
 # haproxy. Everything listens on 127.0.0.1 only and is stopped on exit.
@@ -32,15 +33,10 @@ PROXY_PORT=${PROXY_PORT:-19080}
 for tool in h2load nginx; do
   command -v "$tool" >/dev/null || { echo "rate.sh: $tool is required" >&2; exit 1; }
 done
-# BIN: the affinity to measure (default: this tree's release build, built
-# now), e.g. target/pgo/release/affinity from bench/pgo.sh.
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --quiet
-  BIN=target/release/affinity
-fi
 
 work=$(mktemp -d)
 . bench/common.sh
+affinity_binary
 start_backends
 write_affinity_config
 write_haproxy_config
