@@ -323,8 +323,6 @@ fn answer_error(
 }
 
 /// `parts`' request target with `path` as its path, its query kept.
-#[cold]
-#[inline(never)]
 fn replace_path(parts: &mut Parts, path: &str) {
     let target = match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
@@ -341,8 +339,6 @@ fn replace_path(parts: &mut Parts, path: &str) {
 
 /// `path_and_query` without `prefix` (a prefix of its path on a segment
 /// boundary; `/api` and `/api/` strip the same), always starting with `/`.
-#[cold]
-#[inline(never)]
 fn stripped_path(path_and_query: &str, prefix: &str) -> String {
     let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
     let rest = path_and_query
@@ -357,8 +353,6 @@ fn stripped_path(path_and_query: &str, prefix: &str) -> String {
 
 /// `record`, with what routing and keying learned: the client as the key
 /// reads it, the key, the pool and the route.
-#[cold]
-#[inline(never)]
 fn routed_record(
     record: AccessRecord,
     snapshot: &Snapshot,
