@@ -13,6 +13,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# $work/site.pem and $work/site.key: a self-signed ECDSA P-256 certificate
+# for bench.example.com, for a TLS listener.
+write_certificate() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$work/site.key" -out "$work/site.pem" -days 30 -subj "/CN=bench.example.com" \
+    -addext "subjectAltName=DNS:bench.example.com" 2>/dev/null
+}
+
 # BIN: the affinity to measure: as given (e.g. target/pgo/release/affinity
 # from bench/pgo.sh), or else this tree's release build, built now.
 affinity_binary() {

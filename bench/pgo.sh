@@ -21,8 +21,8 @@
 # Needs llvm-profdata of the same LLVM major version as rustc (`rustc -vV`
 # names it): rustup's llvm-tools component, or the distribution's llvm-N
 # package (apt-get install llvm-22), or LLVM_PROFDATA=/path/to/llvm-profdata.
-# And wrk, nginx, h2load (nghttp2-client) and openssl. Everything listens on 127.0.0.1
-# only and is stopped on exit.
+# And wrk, nginx, h2load (nghttp2-client) and openssl. Everything listens
+# on 127.0.0.1 only and is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +32,7 @@ BACKENDS=${BACKENDS:-8}
 BASE_PORT=${BASE_PORT:-19300}
 PROXY_PORT=${PROXY_PORT:-19380}
 PGO_TARGET=${PGO_TARGET:-target/pgo}
+case $PGO_TARGET in /*) ;; *) PGO_TARGET=$PWD/$PGO_TARGET ;; esac
 
 llvm=$(rustc -vV | awk '/^LLVM version/ {split($3, v, "."); print v[1]}')
 profdata=${LLVM_PROFDATA:-}
@@ -52,7 +53,7 @@ done
 
 work=$(mktemp -d)
 . bench/common.sh
-profiles="$PWD/$PGO_TARGET/profiles"
+profiles="$PGO_TARGET/profiles"
 rm -rf "$profiles"
 mkdir -p "$profiles"
 
@@ -62,28 +63,27 @@ RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$profiles" \
 
 start_backends
 write_urls
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-  -keyout "$work/site.key" -out "$work/site.pem" -days 30 -subj "/CN=pgo.example.com" \
-  -addext "subjectAltName=DNS:pgo.example.com" 2>/dev/null
+write_certificate
 http=$PROXY_PORT tls=$((PROXY_PORT + 1)) tcp=$((PROXY_PORT + 2))
 {
-  for listener in "http $http" "tls $tls" "tcp $tcp"; do
-    read -r name port <<<"$listener"
+  for listener in "http $http main" "tls $tls main" "tcp $tcp relay"; do
+    read -r name port pool <<<"$listener"
     echo "[[listeners]]"
     echo "name = \"$name\""
     echo "address = \"127.0.0.1:$port\""
+    echo "pool = \"$pool\""
     case $name in
       tls) echo "tls.certificates = [{ cert = \"$work/site.pem\", key = \"$work/site.key\" }]" ;;
-      tcp) echo "protocol = \"tcp\""; echo "pool = \"relay\"" ;;
+      tcp) echo "protocol = \"tcp\"" ;;
     esac
-    [ "$name" = tcp ] || echo "pool = \"main\""
   done
-  for pool in "main http url" "relay tcp client_ip"; do
-    read -r name scheme key <<<"$pool"
+  # main: HTTP, keyed on the URL; relay: TCP, keyed on the client address.
+  for pool in "main http" "relay tcp"; do
+    read -r name scheme <<<"$pool"
     echo "[[pools]]"
     echo "name = \"$name\""
     echo "algorithm = \"maglev\""
-    [ "$key" = url ] && echo "key = \"url\""
+    [ "$name" = main ] && echo "key = \"url\""
     echo "backends = ["
     for i in $(seq 1 "$BACKENDS"); do
       echo "  { name = \"backend-$i\", url = \"$scheme://127.0.0.1:$((BASE_PORT + i))\" },"
@@ -128,6 +128,6 @@ ls "$profiles"/*.profraw >/dev/null 2>&1 || { echo "pgo.sh: no profile was writt
 
 "$profdata" merge -o "$PGO_TARGET/affinity.profdata" "$profiles"/*.profraw
 echo "pgo.sh: building with the profile"
-RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$PWD/$PGO_TARGET/affinity.profdata" \
+RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$PGO_TARGET/affinity.profdata" \
   cargo build --release --quiet --target-dir "$PGO_TARGET"
 echo "pgo.sh: $PGO_TARGET/release/affinity"

@@ -39,9 +39,7 @@ work=$(mktemp -d)
 start_backends
 write_urls
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-  -keyout "$work/site.key" -out "$work/site.pem" -days 30 -subj "/CN=bench.example.com" \
-  -addext "subjectAltName=DNS:bench.example.com" 2>/dev/null
+write_certificate
 cat "$work/site.pem" "$work/site.key" > "$work/site-haproxy.pem"
 
 results=()
